@@ -1,0 +1,192 @@
+"""Frozen request and settings dataclasses shared by every layer. No globals, no I/O.
+
+Field names follow AUTOMATIC1111's API (``modules/api/models.py``) where one exists, so the
+HTTP layer maps requests one to one and the infotext writer finds every value here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdstudio.errors import SDStudioError
+
+MAX_SEED = 4294967294  # A1111: random.randrange(4294967294)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds on what one request may ask for (configurable per server/CLI)."""
+
+    max_width: int = 2048
+    max_height: int = 2048
+    max_steps: int = 150
+    max_batch_size: int = 8
+    max_batch_count: int = 100
+    max_prompt_chars: int = 10_000
+    max_image_pixels: int = 4096 * 4096
+
+
+@dataclass(frozen=True)
+class HiresSettings:
+    """A1111 hires fix: first pass at (width, height), upscale, second pass (``enable_hr``)."""
+
+    scale: float = 2.0
+    upscaler: str = "Latent"
+    second_pass_steps: int = 0  # 0 = same as the first pass
+    denoising_strength: float = 0.7
+    resize_x: int = 0
+    resize_y: int = 0
+    sampler: str = ""  # "" = same as the first pass
+    scheduler: str = ""
+    prompt: str = ""  # "" = same as the first pass
+    negative_prompt: str = ""
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """Second-pass (width, height), as A1111 computes it from hr_scale or hr_resize_x/y."""
+        if self.resize_x or self.resize_y:
+            rx = self.resize_x or round(self.resize_y * width / height)
+            ry = self.resize_y or round(self.resize_x * height / width)
+            return _round8(rx), _round8(ry)
+        return _round8(width * self.scale), _round8(height * self.scale)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything that decides what a text-to-image (or image-to-image) job produces.
+
+    Seeds: ``seed`` -1 means random (resolved once per job by :meth:`with_resolved_seeds`);
+    image ``i`` of the job (batch-major, ``i = iteration * batch_size + position``) uses
+    ``seed + i`` and ``subseed + i``, as A1111 does.
+    """
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    cfg_scale: float = 7.0
+    steps: int = 20
+    sampler_name: str = "Euler a"
+    scheduler: str = "Automatic"
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    batch_size: int = 1
+    n_iter: int = 1  # "Batch count"
+    clip_skip: int = 1
+    eta: float | None = None  # None = sampler default (A1111: eta_ancestral 1.0, eta_ddim 0.0)
+    s_noise: float = 1.0
+    tiling: bool = False
+    styles: tuple[str, ...] = ()
+    hires: HiresSettings | None = None  # set = hires fix enabled
+    # image-to-image family (None/defaults for txt2img)
+    denoising_strength: float | None = None
+    resize_mode: int = 0  # 0 just resize, 1 crop and resize, 2 resize and fill
+    mask_blur: int = 4
+    inpainting_fill: int = 1  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = False  # "only masked"
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"Init image hash": "..."}
+
+    @property
+    def n_images(self) -> int:
+        return self.batch_size * self.n_iter
+
+    def replace(self, **changes: Any) -> GenerationRequest:
+        return dataclasses.replace(self, **changes)
+
+    def with_resolved_seeds(self, rng: Any = None) -> GenerationRequest:
+        """Return a copy with seed/subseed -1 replaced by random values (A1111 semantics)."""
+        import random
+
+        r = rng or random.SystemRandom()
+        seed = self.seed if self.seed not in (-1, None) else r.randrange(MAX_SEED)
+        subseed = self.subseed if self.subseed not in (-1, None) else r.randrange(MAX_SEED)
+        return self.replace(seed=int(seed), subseed=int(subseed))
+
+    def image_seeds(self) -> list[int]:
+        """Seed of every image in job order: ``seed, seed+1, ...`` (needs resolved seeds)."""
+        return [self.seed + i for i in range(self.n_images)]
+
+    def image_subseeds(self) -> list[int]:
+        return [self.subseed + i for i in range(self.n_images)]
+
+    def validate(self, limits: Limits = Limits()) -> GenerationRequest:
+        """Raise :class:`SDStudioError` naming the first bad field; return self when valid."""
+        _check(isinstance(self.prompt, str), "prompt", "prompt must be a string")
+        _check(
+            len(self.prompt) + len(self.negative_prompt) <= limits.max_prompt_chars,
+            "prompt",
+            f"prompt is too long (limit {limits.max_prompt_chars} characters)",
+        )
+        for name, value, top in (
+            ("width", self.width, limits.max_width),
+            ("height", self.height, limits.max_height),
+        ):
+            _check(
+                isinstance(value, int) and 64 <= value <= top and value % 8 == 0,
+                name,
+                f"{name} must be a multiple of 8 between 64 and {top}, got {value!r}",
+            )
+        _check(
+            isinstance(self.steps, int) and 1 <= self.steps <= limits.max_steps,
+            "steps",
+            f"steps must be between 1 and {limits.max_steps}, got {self.steps!r}",
+        )
+        _check(
+            1 <= self.batch_size <= limits.max_batch_size,
+            "batch_size",
+            f"batch_size must be between 1 and {limits.max_batch_size}, got {self.batch_size}",
+        )
+        _check(
+            1 <= self.n_iter <= limits.max_batch_count,
+            "n_iter",
+            f"batch count (n_iter) must be between 1 and {limits.max_batch_count}, got {self.n_iter}",
+        )
+        _check(0 <= self.cfg_scale <= 100, "cfg_scale", f"cfg_scale must be in [0, 100], got {self.cfg_scale}")
+        _check(1 <= self.clip_skip <= 12, "clip_skip", f"clip_skip must be in [1, 12], got {self.clip_skip}")
+        _check(
+            -1 <= self.seed <= MAX_SEED and -1 <= self.subseed <= MAX_SEED,
+            "seed",
+            f"seed must be -1 (random) or in [0, {MAX_SEED}]",
+        )
+        _check(
+            0.0 <= self.subseed_strength <= 1.0,
+            "subseed_strength",
+            f"subseed_strength must be in [0, 1], got {self.subseed_strength}",
+        )
+        if self.denoising_strength is not None:
+            _check(
+                0.0 <= self.denoising_strength <= 1.0,
+                "denoising_strength",
+                f"denoising_strength must be in [0, 1], got {self.denoising_strength}",
+            )
+        _check(self.resize_mode in (0, 1, 2), "resize_mode", "resize_mode must be 0, 1 or 2")
+        _check(self.inpainting_fill in (0, 1, 2, 3), "inpainting_fill", "inpainting_fill must be 0..3")
+        _check(0 <= self.mask_blur <= 64, "mask_blur", "mask_blur must be in [0, 64]")
+        if self.hires is not None:
+            w, h = self.hires.target_size(self.width, self.height)
+            _check(
+                w <= limits.max_width and h <= limits.max_height,
+                "hr_scale",
+                f"hires target {w}x{h} exceeds the limit {limits.max_width}x{limits.max_height}",
+            )
+            _check(
+                0.0 <= self.hires.denoising_strength <= 1.0,
+                "hr_denoising_strength",
+                "hires denoising strength must be in [0, 1]",
+            )
+        return self
+
+
+def _check(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise SDStudioError(message, field=field_name)
+
+
+def _round8(value: float) -> int:
+    return max(64, int(value) // 8 * 8)
