@@ -1,0 +1,179 @@
+"""Inpainting: mask preparation, "only masked" crops, latent blending and 9-channel conditioning.
+
+A1111 ``StableDiffusionProcessingImg2Img.init`` semantics: the mask is binarized, optionally
+inverted, blurred (separate x/y); with "only masked" (``inpaint_full_res``) the mask's bounding
+box plus padding, grown to the processing aspect ratio, is cropped, processed at full
+resolution and pasted back with the blurred mask as a feathered edge. Pixels whose mask is 0
+are restored exactly from the original after decoding (``apply_overlay``).
+
+Two ways of keeping the unmasked area, chosen by ``model.is_inpainting``:
+normal checkpoints blend latents after every step (``x = m * x + (1 - m) * noised(orig)``,
+the diffusers/RePaint-style variant of A1111's ``CFGDenoiser`` mask blend), and dedicated
+9-channel checkpoints receive ``[latent, mask, masked_image_latent]`` as UNet input
+(A1111 ``inpainting_image_conditioning``; both are applied for 9-channel models, as A1111 does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from sdstudio.errors import SDStudioError
+from sdstudio.pipelines import image_ops as ops
+
+
+@dataclass
+class PreparedInputs:
+    """What the sampler needs from the init images and mask, all at the processing size."""
+
+    images: list[Image.Image]  # RGB, (width, height): what the VAE encodes
+    mask: Image.Image | None = None  # L, (width, height), blurred: latent mask + 9-channel conditioning
+    overlays: list[Image.Image] = field(default_factory=list)  # RGBA at the original size, for paste-back
+    paste_loc: tuple[int, int, int, int] | None = None  # (x, y, w, h) of the crop in the original
+    extra: dict[str, Any] = field(default_factory=dict)  # infotext keys, A1111 names and order
+
+
+def prepare_inputs(
+    request: Any,
+    init_images: list[Image.Image],
+    mask: Image.Image | None = None,
+    *,
+    region: tuple[int, int, int, int] | None = None,
+) -> PreparedInputs:
+    """Resize/crop/fill the init images and mask as A1111's img2img ``init`` does.
+
+    ``request`` supplies width, height, resize_mode, mask_blur, inpainting_fill,
+    inpaint_full_res(_padding) and inpainting_mask_invert. ``region`` forces a crop box (the
+    outpainting canvas); otherwise "only masked" finds it from the mask.
+    """
+    width, height = request.width, request.height
+    images = [ops.flatten(img) for img in init_images]
+    if mask is None:
+        return PreparedInputs([ops.resize_image(request.resize_mode, img, width, height) for img in images])
+    for img in images:
+        ops.check_mask(mask, img)
+    work_mask = ops.prepare_mask(
+        mask, invert=request.inpainting_mask_invert, blur_x=request.mask_blur, blur_y=request.mask_blur
+    )
+    if work_mask.getbbox() is None:
+        raise SDStudioError("mask is empty after inverting: nothing to inpaint", field="mask")
+    extra = _mask_infotext(request)
+    if region is None and request.inpaint_full_res:
+        region = _only_masked_region(work_mask, request)
+        extra.update({"Inpaint area": "Only masked", "Masked area padding": request.inpaint_full_res_padding})
+    if region is not None:
+        overlay_mask = work_mask
+        proc_mask = ops.resize_image(2, work_mask.crop(region), width, height)
+        paste_loc = (region[0], region[1], region[2] - region[0], region[3] - region[1])
+    else:
+        proc_mask = ops.resize_image(request.resize_mode, work_mask, width, height)
+        overlay_mask = ops.overlay_mask(proc_mask)
+        paste_loc = None
+    prepared = PreparedInputs([], proc_mask, [], paste_loc, extra)
+    for img in images:
+        if region is None:
+            img = ops.resize_image(request.resize_mode, img, width, height)
+        prepared.overlays.append(ops.make_overlay(img, overlay_mask))
+        if region is not None:
+            img = ops.resize_image(2, img.crop(region), width, height)
+        if request.inpainting_fill == 0:
+            img = ops.fill_masked(img, proc_mask)
+        prepared.images.append(img)
+    return prepared
+
+
+def _mask_infotext(request: Any) -> dict[str, Any]:
+    """Infotext keys A1111 writes for a masked job (``Mask blur``, ``Mask mode``, ``Masked content``)."""
+    extra: dict[str, Any] = {"Mask blur": request.mask_blur}
+    if request.inpainting_mask_invert:
+        extra["Mask mode"] = "Inpaint not masked"
+    if request.inpainting_fill != 1:
+        extra["Masked content"] = ops.INPAINTING_FILL[request.inpainting_fill]
+    return extra
+
+
+def _only_masked_region(work_mask: Image.Image, request: Any) -> tuple[int, int, int, int]:
+    """The "only masked" crop box: mask bbox + padding, grown to the processing aspect ratio."""
+    box = ops.crop_region(work_mask, request.inpaint_full_res_padding)
+    assert box is not None  # prepare_inputs rejected empty masks
+    return ops.expand_crop_region(box, request.width, request.height, work_mask.width, work_mask.height)
+
+
+def paste_back(image: Image.Image, prepared: PreparedInputs, index: int) -> Image.Image:
+    """Return the final image: the decoded output composited under the original's overlay."""
+    if not prepared.overlays:
+        return image
+    return ops.apply_overlay(image, prepared.overlays[index % len(prepared.overlays)], prepared.paste_loc)
+
+
+# --------------------------------------------------------------------------- latent-space pieces
+
+
+def latent_masks(prepared: PreparedInputs, latents: torch.Tensor) -> torch.Tensor:
+    """Return the repaint mask at latent size, (1, 1, h, w) broadcastable over (B, C, h, w)."""
+    h, w = latents.shape[-2:]
+    return ops.latent_mask(prepared.mask, h, w).to(latents.device, latents.dtype)
+
+
+def fill_latents(
+    init_latents: torch.Tensor, nmask: torch.Tensor, fill: int, noise: torch.Tensor
+) -> torch.Tensor:
+    """Apply A1111 masked content 2 "latent noise" (masked area = N(0, 1)) or 3 "latent nothing" (0).
+
+    Modes 0 "fill" and 1 "original" act on pixels before encoding, so latents pass unchanged.
+    """
+    if fill == 2:
+        return init_latents * (1 - nmask) + noise * nmask
+    if fill == 3:
+        return init_latents * (1 - nmask)
+    return init_latents
+
+
+def blend_hook(
+    init_latents: torch.Tensor, nmask: torch.Tensor, noise: torch.Tensor
+) -> Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]:
+    """Return ``after_step(x, i, sigma_next)`` that keeps the unmasked area on the original's path.
+
+    After each step, ``x = nmask * x + (1 - nmask) * (init + noise * sigma_next)``: the kept
+    area is the original noised to the level the sampler has reached (exactly the original at
+    sigma 0), the masked area is what the sampler made (RePaint, Lugmayr et al. 2022, without
+    resampling; diffusers' StableDiffusionInpaintPipeline for 4-channel UNets).
+    """
+
+    def after_step(x: torch.Tensor, i: int, sigma: torch.Tensor) -> torch.Tensor:
+        kept = init_latents + noise * sigma
+        return nmask * x + (1 - nmask) * kept
+
+    return after_step
+
+
+def image_conditioning(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    source: torch.Tensor,
+    mask: torch.Tensor | None,
+    latent_hw: tuple[int, int],
+    mask_weight: float = 1.0,
+) -> torch.Tensor:
+    """Return the 9-channel model's extra input, (B, 1 + C, h, w) = [mask, masked_image_latent].
+
+    ``source`` (B, 3, H, W) in [-1, 1]; ``mask`` (1, 1, H, W) rounded 0/1 (None = all ones, as
+    for txt2img). The masked image is ``lerp(source, source * (1 - mask), mask_weight)`` encoded
+    by the VAE (A1111 ``inpainting_image_conditioning``, "Conditional mask weight" 1.0).
+    """
+    if mask is None:
+        mask = source.new_ones(1, 1, *source.shape[-2:])
+    mask = mask.to(source)
+    masked = torch.lerp(source, source * (1.0 - mask), mask_weight)
+    masked_latents = encode(masked)  # (B, C, h, w)
+    small = torch.nn.functional.interpolate(mask, size=latent_hw)  # nearest, (1, 1, h, w)
+    small = small.expand(masked_latents.shape[0], -1, -1, -1).to(masked_latents)
+    return torch.cat([small, masked_latents], dim=1)
+
+
+def pixel_mask_tensor(mask: Image.Image) -> torch.Tensor:
+    """Return the processing-size mask as (1, 1, H, W) rounded to 0/1 (A1111 ``round_image_mask``)."""
+    return (ops.images_to_tensor([mask])[:, :1] * 0.5 + 0.5).round()
