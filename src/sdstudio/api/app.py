@@ -1,0 +1,104 @@
+"""FastAPI app factory: ``create_app(settings)`` wires the studio, routes, errors and security.
+
+Layers: middleware (body limit -> basic auth -> same-origin) wraps everything, including the
+static web UI, image files and progress streams. Errors a user can cause come back as 422
+JSON ``{"detail": ..., "field": ...}``; nothing returns a stack trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from sdstudio import __version__
+from sdstudio.api import routes_a1111, routes_studio
+from sdstudio.api.security import BasicAuthMiddleware, BodyLimitMiddleware, SameOriginMiddleware
+from sdstudio.api.service import Studio
+from sdstudio.api.settings import ServerSettings
+from sdstudio.errors import SDStudioError
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
+
+
+def create_app(
+    settings: ServerSettings | None = None, *, models: dict[str, Any] | None = None, manager: Any = None
+) -> FastAPI:
+    """Build the server app; ``models`` registers already-built models by name (tests, embedding)."""
+    settings = settings or ServerSettings()
+    studio = Studio(settings, models=models, manager=manager)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        studio.start()
+        try:
+            yield
+        finally:
+            studio.stop()
+
+    app = FastAPI(
+        title="sdstudio",
+        version=__version__,
+        description="Local Stable Diffusion studio: A1111-compatible /sdapi/v1 routes and sdstudio's /api job routes.",
+        lifespan=lifespan,
+    )
+    app.state.studio = studio
+    studio.start()  # also started by lifespan; idempotent (lets plain TestClient(app) work)
+    _install_error_handlers(app)
+    app.include_router(routes_a1111.router)
+    app.include_router(routes_studio.router)
+    _mount_ui(app)
+    # outermost first: size limit, then auth, then origin check
+    app.add_middleware(SameOriginMiddleware)
+    if settings.api_auth:
+        app.add_middleware(BasicAuthMiddleware, credentials=settings.api_auth)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def _mount_ui(app: FastAPI) -> None:
+    """The browser UI: ``/`` serves index.html, ``/static`` the rest (no CDN, no build step)."""
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SDStudioError)
+    async def studio_error(request: Request, exc: SDStudioError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "field": exc.field}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [_describe(e) for e in exc.errors()]
+        first = errors[0] if errors else {"field": None, "message": "invalid request"}
+        return JSONResponse(
+            {"detail": "; ".join(e["message"] for e in errors), "field": first["field"], "errors": errors},
+            status_code=422,
+        )
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}", "field": None}, status_code=500)
+
+
+def _describe(error: dict) -> dict:
+    """One pydantic error as ``{"field": "steps", "message": "steps: Input should be ... (got 'x')"}``."""
+    loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
+    field = ".".join(loc) or None
+    given = error.get("input")
+    shown = repr(given)[:80] if isinstance(given, (str, int, float, bool, type(None))) else type(given).__name__
+    suffix = f" (got {shown})" if error.get("type") != "missing" else ""
+    return {"field": field, "message": f"{field or 'body'}: {error.get('msg', 'invalid')}{suffix}"}

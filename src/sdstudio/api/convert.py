@@ -1,0 +1,392 @@
+"""Map A1111 API requests onto :class:`GenerationRequest`, and results back onto A1111 shapes.
+
+Rules (A1111 ``modules/api/api.py`` behaviour, plus sdstudio's honesty about what it cannot do):
+- ``sampler_name`` falls back to ``sampler_index`` (default "Euler"), as ``text2imgapi`` does.
+- Fields A1111 knows but that do not change the result here (save flags, comments, ...) are
+  accepted silently; fields A1111 does not know are accepted and listed in ``warnings``.
+- Fields that would change the image in A1111 but are not implemented here (face restoration,
+  scripts, refiner, s_churn, ...) give a 422 naming the field, never a silently different image.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdstudio.api.schemas import Img2ImgRequest, Txt2ImgRequest, _A1111Base
+from sdstudio.config import GenerationRequest, HiresSettings, Limits
+from sdstudio.errors import SDStudioError
+
+_DATA_URL = re.compile(r"^data:[\w/+.-]+;base64,", re.IGNORECASE)
+# override_settings keys that cannot change the image (accepted silently)
+_HARMLESS_OPTIONS = {
+    "samples_format",
+    "samples_save",
+    "save_images_add_number",
+    "outdir_samples",
+    "outdir_txt2img_samples",
+    "outdir_img2img_samples",
+    "enable_pnginfo",
+    "sd_checkpoint_hash",
+    "show_progress_every_n_steps",
+    "live_previews_enable",
+}
+NO_CHECKPOINT = (None, "", "None", "Use same checkpoint")
+
+
+@dataclass
+class ConvertedRequest:
+    """A validated generation request plus what the API layer needs around it."""
+
+    request: GenerationRequest
+    kind: str  # txt2img | img2img
+    model_name: str | None = None
+    init_images: list[Any] = field(default_factory=list)  # PIL images (img2img)
+    mask: Any = None  # PIL "L" image or None
+    warnings: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)  # the request echoed (A1111 "parameters")
+
+
+def decode_image(data: str, *, field_name: str, limits: Limits) -> Any:
+    """Decode a base64 image (with or without a ``data:image/...;base64,`` prefix) to PIL.
+
+    Undecodable text, non-images and images over ``limits.max_image_pixels`` (decompression
+    bombs) raise :class:`SDStudioError` naming the field.
+    """
+    from sdstudio.pipelines.image_ops import load_image
+
+    if not isinstance(data, str) or not data.strip():
+        raise SDStudioError(f"{field_name}: expected a base64-encoded image, got an empty value", field=field_name)
+    text = _DATA_URL.sub("", data.strip(), count=1)
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
+    except (binascii.Error, ValueError):
+        raise SDStudioError(f"{field_name}: not valid base64", field=field_name) from None
+    return load_image(raw, field=field_name, max_pixels=limits.max_image_pixels)
+
+
+def encode_png(image: Any, infotext: str | None = None) -> str:
+    """Base64 PNG of a PIL image, carrying the infotext as the ``parameters`` chunk (as A1111 does)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if infotext:
+        info.add_text("parameters", infotext)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def convert(req: _A1111Base, *, limits: Limits, kind: str) -> ConvertedRequest:
+    """Validate an A1111 request and build the :class:`GenerationRequest` it describes."""
+    warnings = _unknown_field_warnings(req)
+    _refuse_unsupported(req)
+    overrides = dict(req.override_settings or {})
+    model_name, clip_skip = _apply_overrides(overrides, warnings)
+    sampler = _sampler_name(req.sampler_name or req.sampler_index)
+    scheduler = _scheduler_name(req.scheduler)
+    if req.styles:
+        warnings.append(f"styles {req.styles} ignored: sdstudio has no prompt-styles database")
+    common = dict(
+        prompt=req.prompt or "",
+        negative_prompt=req.negative_prompt or "",
+        width=req.width,
+        height=req.height,
+        cfg_scale=float(req.cfg_scale),
+        steps=req.steps,
+        sampler_name=sampler,
+        scheduler=scheduler,
+        seed=int(req.seed if req.seed is not None else -1),
+        subseed=int(req.subseed if req.subseed is not None else -1),
+        subseed_strength=float(req.subseed_strength or 0.0),
+        seed_resize_from_w=max(0, req.seed_resize_from_w or 0),
+        seed_resize_from_h=max(0, req.seed_resize_from_h or 0),
+        batch_size=req.batch_size,
+        n_iter=req.n_iter,
+        clip_skip=int(req.clip_skip or clip_skip or 1),
+        eta=req.eta,
+        s_noise=1.0 if req.s_noise is None else float(req.s_noise),
+        tiling=bool(req.tiling),
+        styles=tuple(req.styles or ()),
+    )
+    out = ConvertedRequest(request=GenerationRequest(), kind=kind, model_name=model_name, warnings=warnings)
+    if isinstance(req, Txt2ImgRequest):
+        common["hires"] = _hires(req)
+        out.request = GenerationRequest(**common)
+    else:
+        assert isinstance(req, Img2ImgRequest)
+        out.request = _img2img(req, common, limits, out)
+    out.request = out.request.validate(limits)
+    out.parameters = _echo(req)
+    return out
+
+
+def _img2img(req: Img2ImgRequest, common: dict, limits: Limits, out: ConvertedRequest) -> GenerationRequest:
+    """img2img / inpaint / outpaint: decode images, pad for outpainting, map mask fields."""
+    if not req.init_images:
+        raise SDStudioError("init_images: at least one base64 image is required for img2img", field="init_images")
+    out.init_images = [
+        decode_image(data, field_name=f"init_images[{i}]", limits=limits) for i, data in enumerate(req.init_images)
+    ]
+    out.mask = decode_image(req.mask, field_name="mask", limits=limits).convert("L") if req.mask else None
+    mask_blur = req.mask_blur if req.mask_blur is not None else req.mask_blur_x
+    sides = (req.outpaint_left, req.outpaint_right, req.outpaint_top, req.outpaint_bottom)
+    if any(sides):
+        _outpaint(req, common, sides, mask_blur, out)
+    return GenerationRequest(
+        **common,
+        denoising_strength=0.75 if req.denoising_strength is None else float(req.denoising_strength),
+        resize_mode=req.resize_mode,
+        mask_blur=int(mask_blur),
+        inpainting_fill=req.inpainting_fill if not any(sides) else max(req.inpainting_fill, 0),
+        inpaint_full_res=bool(req.inpaint_full_res) if not any(sides) else False,
+        inpaint_full_res_padding=req.inpaint_full_res_padding,
+        inpainting_mask_invert=bool(req.inpainting_mask_invert) if not any(sides) else False,
+    )
+
+
+def _outpaint(req: Img2ImgRequest, common: dict, sides: tuple[int, ...], mask_blur: int, out: ConvertedRequest):
+    """Pad the first init image (A1111 "poor man's outpainting") and inpaint the new margins."""
+    from sdstudio.pipelines.image_ops import extend_canvas
+
+    left, right, up, down = sides
+    if out.mask is not None:
+        raise SDStudioError("outpaint margins and a mask cannot be combined; send one or the other", field="mask")
+    image = out.init_images[0].convert("RGB")
+    seed = common["seed"] if common["seed"] >= 0 else 0
+    canvas, mask = extend_canvas(image, left=left, right=right, up=up, down=down, overlap=2 * mask_blur, seed=seed)
+    out.init_images = [canvas]
+    out.mask = mask
+    # the output covers the padded canvas at the requested scale (rounded to multiples of 8)
+    scale_w = common["width"] / image.width
+    scale_h = common["height"] / image.height
+    common["width"] = max(64, int(round(canvas.width * scale_w / 8)) * 8)
+    common["height"] = max(64, int(round(canvas.height * scale_h / 8)) * 8)
+
+
+def _hires(req: Txt2ImgRequest) -> HiresSettings | None:
+    """A1111 hires fix fields -> :class:`HiresSettings` (None when ``enable_hr`` is false)."""
+    if not req.enable_hr:
+        return None
+    upscaler = req.hr_upscaler or "Latent"
+    allowed = hires_upscalers()
+    if allowed and upscaler not in allowed:
+        raise SDStudioError(
+            f"hr_upscaler {upscaler!r} is not available; choose one of: {', '.join(allowed)}", field="hr_upscaler"
+        )
+    return HiresSettings(
+        scale=float(req.hr_scale),
+        upscaler=upscaler,
+        second_pass_steps=int(req.hr_second_pass_steps or 0),
+        denoising_strength=0.7 if req.denoising_strength is None else float(req.denoising_strength),
+        resize_x=int(req.hr_resize_x or 0),
+        resize_y=int(req.hr_resize_y or 0),
+        sampler=_sampler_name(req.hr_sampler_name) if req.hr_sampler_name not in (None, "", "Use same sampler") else "",
+        scheduler=_scheduler_name(req.hr_scheduler) if req.hr_scheduler not in (None, "", "Use same scheduler") else "",
+        prompt=req.hr_prompt or "",
+        negative_prompt=req.hr_negative_prompt or "",
+    )
+
+
+def hires_upscalers() -> list[str]:
+    """Upscaler names the hires pass implements (from the pipeline when it says; else A1111's latent ones)."""
+    try:
+        from sdstudio.pipelines import hires
+
+        names = getattr(hires, "UPSCALERS", None)
+        if names:
+            return list(names)
+    except Exception:
+        pass
+    return ["Latent", "Latent (nearest)", "Latent (nearest-exact)", "Latent (bicubic)", "Lanczos", "Nearest"]
+
+
+def _sampler_name(name: str | None) -> str:
+    """Canonical A1111 sampler name (aliases such as ``k_lms`` accepted); unknown -> 422."""
+    from sdstudio.sampling import get_sampler
+
+    return get_sampler(name or "Euler").name
+
+
+def _scheduler_name(name: str | None) -> str:
+    """Canonical schedule type ("karras" / "Karras" / None -> "Automatic")."""
+    from sdstudio.sampling import SCHEDULE_TYPES
+
+    if not name:
+        return "Automatic"
+    key = name.strip().lower().replace(" ", "_").replace("-", "_")
+    for label in (*SCHEDULE_TYPES, "DDIM"):
+        if label.lower().replace(" ", "_") == key:
+            return label
+    raise SDStudioError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULE_TYPES)}", field="scheduler")
+
+
+def _unknown_field_warnings(req: _A1111Base) -> list[str]:
+    extra = sorted((req.model_extra or {}).keys())
+    return [f"unknown fields ignored: {', '.join(extra)}"] if extra else []
+
+
+def _refuse_unsupported(req: _A1111Base) -> None:
+    """422 for fields that would change the result in A1111 but are not implemented here."""
+    checks = [
+        ("restore_faces", bool(req.restore_faces), "face restoration is not supported"),
+        ("script_name", bool(req.script_name), f"scripts are not supported (script_name={req.script_name!r})"),
+        (
+            "alwayson_scripts",
+            any(_script_active(v) for v in (req.alwayson_scripts or {}).values()),
+            f"always-on scripts are not supported ({', '.join(req.alwayson_scripts or {})})",
+        ),
+        ("s_min_uncond", bool(req.s_min_uncond), "s_min_uncond (negative guidance minimum sigma) is not supported"),
+        ("s_churn", bool(req.s_churn), "s_churn is not supported (leave it 0)"),
+        ("refiner_checkpoint", req.refiner_checkpoint not in NO_CHECKPOINT, "a refiner checkpoint is not supported"),
+        ("firstpass_image", bool(req.firstpass_image), "firstpass_image is not supported"),
+    ]
+    if isinstance(req, Txt2ImgRequest):
+        checks.append(
+            ("hr_checkpoint_name", req.hr_checkpoint_name not in NO_CHECKPOINT, "a separate hires checkpoint is not supported")
+        )
+    if isinstance(req, Img2ImgRequest):
+        checks += [
+            ("latent_mask", bool(req.latent_mask), "latent_mask is not supported"),
+            (
+                "initial_noise_multiplier",
+                req.initial_noise_multiplier not in (None, 1, 1.0),
+                "initial_noise_multiplier other than 1 is not supported",
+            ),
+        ]
+    for name, bad, message in checks:
+        if bad:
+            raise SDStudioError(f"{name}: {message}", field=name)
+
+
+def _script_active(value: Any) -> bool:
+    """An always-on script entry with no args (webuiapi sends {"args": []}) changes nothing."""
+    if isinstance(value, dict):
+        args = value.get("args")
+        return bool(args) and args != [False]
+    return bool(value)
+
+
+def _apply_overrides(overrides: dict[str, Any], warnings: list[str]) -> tuple[str | None, int | None]:
+    """Handle A1111 ``override_settings``: model, clip skip; refuse result-changing unknowns."""
+    model = overrides.pop("sd_model_checkpoint", None) or None
+    clip_skip = overrides.pop("CLIP_stop_at_last_layers", None)
+    vae = overrides.pop("sd_vae", None)
+    if vae not in (None, "", "Automatic", "None"):
+        raise SDStudioError(f"override_settings.sd_vae: separate VAE files are not supported ({vae!r})", field="sd_vae")
+    if overrides.pop("eta_noise_seed_delta", 0) not in (0, None):
+        raise SDStudioError("override_settings.eta_noise_seed_delta: only 0 is supported", field="eta_noise_seed_delta")
+    rng = overrides.pop("randn_source", "CPU")
+    if str(rng).upper() != "CPU":
+        raise SDStudioError("override_settings.randn_source: sdstudio always draws noise on the CPU", field="randn_source")
+    ignored = sorted(k for k in overrides if k not in _HARMLESS_OPTIONS)
+    if ignored:
+        warnings.append(f"override_settings ignored: {', '.join(ignored)}")
+    return model, int(clip_skip) if clip_skip is not None else None
+
+
+def _echo(req: _A1111Base) -> dict[str, Any]:
+    """The request as A1111 echoes it in ``parameters`` (init images and mask dropped unless asked)."""
+    params = req.model_dump(exclude=set((req.model_extra or {}).keys()))
+    if isinstance(req, Img2ImgRequest) and not req.include_init_images:
+        params["init_images"] = None
+        params["mask"] = None
+    params.pop("include_init_images", None)
+    return params
+
+
+def build_info(
+    converted: ConvertedRequest,
+    images: list[Any],
+    *,
+    model_name: str,
+    model_hash: str,
+    vae_name: str = "",
+    vae_hash: str = "",
+    is_inpainting: bool = False,
+    version: str = "",
+) -> str:
+    """A1111 ``Processed.js()``: the ``info`` JSON string of a txt2img/img2img response."""
+    r = converted.request
+    seeds = [g.seed for g in images] or r.image_seeds()
+    subseeds = [getattr(g, "subseed", r.subseed) for g in images] or r.image_subseeds()
+    infotexts = [g.infotext for g in images]
+    n = len(images)
+    info = {
+        "prompt": r.prompt,
+        "all_prompts": [r.prompt] * n,
+        "negative_prompt": r.negative_prompt,
+        "all_negative_prompts": [r.negative_prompt] * n,
+        "seed": seeds[0] if seeds else r.seed,
+        "all_seeds": seeds,
+        "subseed": subseeds[0] if subseeds else r.subseed,
+        "all_subseeds": subseeds,
+        "subseed_strength": r.subseed_strength,
+        "width": r.width,
+        "height": r.height,
+        "sampler_name": r.sampler_name,
+        "cfg_scale": r.cfg_scale,
+        "steps": r.steps,
+        "batch_size": r.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": model_name,
+        "sd_model_hash": model_hash or None,
+        "sd_vae_name": vae_name or None,
+        "sd_vae_hash": vae_hash or None,
+        "seed_resize_from_w": r.seed_resize_from_w or -1,
+        "seed_resize_from_h": r.seed_resize_from_h or -1,
+        "denoising_strength": r.denoising_strength if converted.kind == "img2img" else (
+            r.hires.denoising_strength if r.hires else None
+        ),
+        "extra_generation_params": _extra_params(infotexts[0] if infotexts else ""),
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": list(r.styles),
+        "job_timestamp": datetime.datetime.now().strftime("%Y%m%d%H%M%S"),
+        "clip_skip": r.clip_skip,
+        "is_using_inpainting_conditioning": bool(is_inpainting and converted.kind == "img2img"),
+        "version": version,
+    }
+    return json.dumps(info, ensure_ascii=False)
+
+
+_STANDARD_KEYS = {
+    "Prompt",
+    "Negative prompt",
+    "Steps",
+    "Sampler",
+    "CFG scale",
+    "Seed",
+    "Size",
+    "Size-1",
+    "Size-2",
+    "Model hash",
+    "Model",
+    "VAE hash",
+    "VAE",
+    "Variation seed",
+    "Variation seed strength",
+    "Seed resize from",
+    "Seed resize from-1",
+    "Seed resize from-2",
+    "Denoising strength",
+    "Clip skip",
+    "Version",
+    "Face restoration",
+}
+
+
+def _extra_params(infotext: str) -> dict[str, Any]:
+    """Infotext pairs beyond the standard ones (Schedule type, Hires upscale, ...), A1111-style."""
+    if not infotext:
+        return {}
+    from sdstudio.runtime.history import _parse
+
+    return {k: v for k, v in _parse(infotext).items() if k not in _STANDARD_KEYS}

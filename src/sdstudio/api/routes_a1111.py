@@ -1,0 +1,378 @@
+"""A1111-compatible routes under ``/sdapi/v1`` (``modules/api/api.py`` v1.10 shapes).
+
+Generation routes queue a job like any other client's and wait for it, so A1111 clients
+(e.g. the ``webuiapi`` package) share the fair queue with the browser UI.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+
+from sdstudio import __version__
+from sdstudio.api import schemas as s
+from sdstudio.api.convert import build_info, convert, decode_image, encode_png, hires_upscalers
+from sdstudio.api.deps import client_id, raise_if_failed, studio, wait_finished
+from sdstudio.errors import SDStudioError
+
+router = APIRouter(prefix="/sdapi/v1", tags=["A1111 compatible"])
+
+SCHEDULER_FACTS = {  # A1111 modules/sd_schedulers.py: name, default_rho, need_inner_model
+    "Automatic": ("automatic", None, False),
+    "Uniform": ("uniform", None, True),
+    "Karras": ("karras", 7.0, False),
+    "Exponential": ("exponential", None, False),
+    "Polyexponential": ("polyexponential", 1.0, False),
+    "SGM Uniform": ("sgm_uniform", None, True),
+}
+
+
+async def _generate(request: Request, req: s._A1111Base, kind: str) -> s.GenerationResponse:
+    st = studio(request)
+    overrides = {"CLIP_stop_at_last_layers": st.options.get("CLIP_stop_at_last_layers", 1)}
+    req.override_settings = {**overrides, **(req.override_settings or {})}
+    converted = await run_in_threadpool(convert, req, limits=st.settings.limits, kind=kind)
+    job = st.submit(converted, client=client_id(request))
+    await wait_finished(job, st.settings.sync_timeout)
+    raise_if_failed(job)
+    result = job.result
+    images = result.images if result is not None else []
+    warnings = list(converted.warnings)
+    if job.state == "cancelled":
+        warnings.append(f"job {job.state}: {job.error}")
+    info = build_info(
+        converted,
+        images,
+        model_name=getattr(result, "model_name", ""),
+        model_hash=getattr(result, "model_hash", ""),
+        vae_name=getattr(result, "vae_name", ""),
+        vae_hash=getattr(result, "vae_hash", ""),
+        is_inpainting=getattr(result, "is_inpainting", False),
+        version=__version__,
+    )
+    encoded = [encode_png(im.image, im.infotext) for im in images] if req.send_images else []
+    return s.GenerationResponse(images=encoded, parameters=converted.parameters, info=info, warnings=warnings, job_id=job.id)
+
+
+@router.post("/txt2img", response_model=s.GenerationResponse)
+async def txt2img(req: s.Txt2ImgRequest, request: Request) -> s.GenerationResponse:
+    """Text to image; waits for the queued job and returns base64 PNGs (A1111 TextToImageResponse)."""
+    return await _generate(request, req, "txt2img")
+
+
+@router.post("/img2img", response_model=s.GenerationResponse)
+async def img2img(req: s.Img2ImgRequest, request: Request) -> s.GenerationResponse:
+    """Image to image / inpaint (mask) / outpaint (sdstudio's outpaint_* margins)."""
+    return await _generate(request, req, "img2img")
+
+
+@router.get("/progress", response_model=s.ProgressResponse)
+async def progress(request: Request, skip_current_image: bool = False) -> s.ProgressResponse:
+    """The running job's progress in A1111's shape (progress 0 and job_count 0 when idle)."""
+    st = studio(request)
+    job = st.queue.running
+    queued = len(st.queue.pending())
+    if job is None:
+        return s.ProgressResponse(progress=0, eta_relative=0, state=s.ProgressState(), textinfo=_queue_text(queued))
+    p = job.progress
+    state = s.ProgressState(
+        skipped=job.cancel_token.skipped,
+        interrupted=job.cancel_token.interrupted,
+        job=f"{job.kind}:{job.id}",
+        job_count=max(1, p.batch_count),
+        job_timestamp=datetime.datetime.fromtimestamp(job.started_at or job.created_at).strftime("%Y%m%d%H%M%S"),
+        job_no=p.batch_index,
+        sampling_step=p.step,
+        sampling_steps=p.steps,
+    )
+    image = None
+    if p.preview is not None and not skip_current_image:
+        image = encode_png(p.preview)
+    return s.ProgressResponse(
+        progress=min(1.0, p.fraction),
+        eta_relative=job.eta_seconds() or 0.0,
+        state=state,
+        current_image=image,
+        textinfo=_queue_text(queued),
+    )
+
+
+def _queue_text(queued: int) -> str:
+    return f"{queued} job(s) waiting" if queued else ""
+
+
+@router.post("/interrupt")
+async def interrupt(request: Request) -> dict:
+    """Interrupt the running job (images finished so far are kept), as A1111's Interrupt."""
+    st = studio(request)
+    job = st.queue.running
+    if job is not None:
+        st.queue.cancel(job.id)
+    return {}
+
+
+@router.post("/skip")
+async def skip(request: Request) -> dict:
+    """Skip the running job's current batch (A1111 Skip)."""
+    st = studio(request)
+    job = st.queue.running
+    if job is not None:
+        st.queue.skip(job.id)
+    return {}
+
+
+def _options(request: Request) -> dict[str, Any]:
+    st = studio(request)
+    entry = st.manager.current_entry()
+    out = Path(st.settings.outdir)
+    opts = {
+        "sd_model_checkpoint": entry.title if entry else None,
+        "sd_checkpoint_hash": entry.sha256 if entry else None,
+        "sd_vae": "Automatic",
+        "CLIP_stop_at_last_layers": 1,
+        "samples_save": True,
+        "samples_format": st.settings.save_format,
+        "outdir_samples": "",
+        "outdir_txt2img_samples": str(out / "txt2img-images"),
+        "outdir_img2img_samples": str(out / "img2img-images"),
+        "enable_pnginfo": True,
+        "eta_ancestral": 1.0,
+        "eta_ddim": 0.0,
+        "eta_noise_seed_delta": 0,
+        "randn_source": "CPU",
+        "live_previews_enable": True,
+        "show_progress_every_n_steps": 1,
+    }
+    opts.update({k: v for k, v in st.options.items() if k != "sd_model_checkpoint"})
+    return opts
+
+
+SETTABLE_OPTIONS = {"CLIP_stop_at_last_layers"}
+
+
+@router.get("/options")
+async def get_options(request: Request) -> dict[str, Any]:
+    """Current options (A1111 keys that sdstudio honours or reports)."""
+    return _options(request)
+
+
+@router.post("/options")
+async def set_options(body: dict[str, Any], request: Request) -> dict[str, Any]:
+    """Set options; ``sd_model_checkpoint`` selects the model for the next jobs (unknown -> 422)."""
+    st = studio(request)
+    ignored = []
+    for key, value in body.items():
+        if key == "sd_model_checkpoint":
+            st.manager.select(str(value))
+        elif key == "CLIP_stop_at_last_layers":
+            if not isinstance(value, int) or not 1 <= value <= 12:
+                raise SDStudioError("CLIP_stop_at_last_layers must be an integer in [1, 12]", field=key)
+            st.options[key] = value
+        else:
+            ignored.append(key)
+    return {"warnings": [f"options ignored: {', '.join(sorted(ignored))}"] if ignored else []}
+
+
+@router.get("/cmd-flags")
+async def cmd_flags(request: Request) -> dict[str, Any]:
+    """The server's launch settings under A1111's flag names where one exists."""
+    st = studio(request)
+    cfg = st.settings
+    md = cfg.models_dir
+    return {
+        "listen": cfg.host not in ("127.0.0.1", "localhost", "::1"),
+        "port": cfg.port,
+        "api": True,
+        "nowebui": False,
+        "api_auth": "<set>" if cfg.api_auth else None,
+        "ckpt": cfg.model,
+        "ckpt_dir": str(Path(md) / "Stable-diffusion") if md else None,
+        "vae_dir": str(Path(md) / "VAE") if md else None,
+        "lora_dir": str(Path(md) / "Lora") if md else None,
+        "embeddings_dir": str(Path(md) / "embeddings") if md else None,
+        "models_dir": str(md) if md else None,
+        "outdir": str(cfg.outdir),
+        "precision": cfg.precision,
+        "device": cfg.device,
+    }
+
+
+@router.get("/samplers", response_model=list[s.SamplerItem])
+async def samplers() -> list[s.SamplerItem]:
+    """Samplers by A1111 name with aliases and options (``{"scheduler": default}``)."""
+    from sdstudio.sampling import list_samplers
+
+    return [
+        s.SamplerItem(name=x.name, aliases=list(x.aliases), options={"scheduler": x.default_schedule.lower(), **x.options})
+        for x in list_samplers()
+    ]
+
+
+@router.get("/schedulers", response_model=list[s.SchedulerItem])
+async def schedulers() -> list[s.SchedulerItem]:
+    """Schedule types (A1111 ``modules/sd_schedulers.py`` names and labels)."""
+    from sdstudio.sampling import SCHEDULE_TYPES
+
+    out = []
+    for label in SCHEDULE_TYPES:
+        name, rho, inner = SCHEDULER_FACTS.get(label, (label.lower().replace(" ", "_"), None, False))
+        out.append(s.SchedulerItem(name=name, label=label, aliases=None, default_rho=rho, need_inner_model=inner))
+    return out
+
+
+@router.get("/sd-models", response_model=list[s.SDModelItem])
+async def sd_models(request: Request) -> list[s.SDModelItem]:
+    """Checkpoints in models/Stable-diffusion (and in-memory models) in A1111's shape."""
+    return [
+        s.SDModelItem(title=e.title, model_name=e.model_name, hash=e.hash, sha256=e.sha256, filename=e.filename, config=None)
+        for e in studio(request).manager.entries()
+    ]
+
+
+@router.post("/refresh-checkpoints")
+async def refresh_checkpoints(request: Request) -> None:
+    """Rescan the models folder."""
+    await run_in_threadpool(studio(request).manager.refresh)
+
+
+@router.post("/refresh-vae")
+async def refresh_vae() -> None:
+    """VAE files are listed fresh on every call; nothing to do."""
+
+
+@router.post("/refresh-loras")
+async def refresh_loras() -> None:
+    """LoRA files are listed fresh on every call; nothing to do."""
+
+
+@router.get("/sd-vae", response_model=list[s.SDVaeItem])
+async def sd_vae(request: Request) -> list[s.SDVaeItem]:
+    return [s.SDVaeItem(model_name=f.name, filename=f.path) for f in studio(request).manager.aux_files("vae")]
+
+
+@router.get("/loras", response_model=list[s.LoraItem])
+async def loras(request: Request) -> list[s.LoraItem]:
+    """LoRA files in models/Lora with their safetensors metadata (A1111 Lora extension shape)."""
+    return [
+        s.LoraItem(name=f.name, alias=f.name, path=f.path, metadata=safetensors_metadata(f.path))
+        for f in studio(request).manager.aux_files("lora")
+    ]
+
+
+@router.get("/embeddings", response_model=s.EmbeddingsResponse)
+async def embeddings(request: Request) -> s.EmbeddingsResponse:
+    """Textual-inversion files; all listed as skipped (sdstudio does not apply embeddings yet)."""
+    skipped = {}
+    for f in studio(request).manager.aux_files("embeddings"):
+        vectors, shape = embedding_shape(f.path)
+        skipped[f.name] = s.EmbeddingItem(shape=shape, vectors=vectors)
+    return s.EmbeddingsResponse(loaded={}, skipped=skipped)
+
+
+@router.get("/upscalers", response_model=list[s.UpscalerItem])
+async def upscalers() -> list[s.UpscalerItem]:
+    """Image upscalers usable by the hires pass (latent modes are in /latent-upscale-modes)."""
+    names = ["None"] + [n for n in hires_upscalers() if not n.startswith("Latent")]
+    return [s.UpscalerItem(name=n, scale=4.0 if n != "None" else None) for n in names]
+
+
+@router.get("/latent-upscale-modes")
+async def latent_upscale_modes() -> list[dict[str, str]]:
+    return [{"name": n} for n in hires_upscalers() if n.startswith("Latent")]
+
+
+@router.get("/prompt-styles", response_model=list[s.PromptStyleItem])
+async def prompt_styles() -> list[s.PromptStyleItem]:
+    """sdstudio keeps no styles database: always empty."""
+    return []
+
+
+@router.get("/scripts", response_model=s.ScriptsList)
+async def scripts() -> s.ScriptsList:
+    """No A1111 scripts or extensions run here."""
+    return s.ScriptsList(txt2img=[], img2img=[])
+
+
+@router.get("/script-info")
+async def script_info() -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/extensions")
+async def extensions() -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/memory", response_model=s.MemoryResponse)
+async def memory() -> s.MemoryResponse:
+    """Process RSS and system RAM (bytes); CUDA stats when a GPU is present."""
+    return s.MemoryResponse(ram=_ram(), cuda=_cuda())
+
+
+@router.post("/png-info", response_model=s.PNGInfoResponse)
+async def png_info(req: s.PNGInfoRequest, request: Request) -> s.PNGInfoResponse:
+    """Read the A1111 infotext of an image and parse it into fields."""
+    return await run_in_threadpool(read_png_info, req.image, studio(request).settings.limits)
+
+
+def read_png_info(data: str, limits) -> s.PNGInfoResponse:
+    from sdstudio.runtime.history import _parse, read_image_text
+
+    image = decode_image(data, field_name="image", limits=limits)
+    text, items = read_image_text(image)
+    return s.PNGInfoResponse(info=text, items=items, parameters=_parse(text) if text else {})
+
+
+def _ram() -> dict[str, Any]:
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        total = int(info["MemTotal"].split()[0]) * 1024
+        free = int(info.get("MemAvailable", info["MemFree"]).split()[0]) * 1024
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        rss = int(status["VmRSS"].split()[0]) * 1024
+        return {"free": free, "used": total - free, "total": total, "process_rss": rss}
+    except (OSError, KeyError, ValueError) as exc:
+        return {"error": str(exc)}
+
+
+def _cuda() -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"error": "unavailable"}
+    free, total = torch.cuda.mem_get_info()
+    return {"system": {"free": free, "used": total - free, "total": total}}
+
+
+def _safetensors_header(path: str) -> dict[str, Any]:
+    """The JSON header of a .safetensors file (size-checked, no tensor data read)."""
+    if not path.endswith(".safetensors"):
+        return {}
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > min(100 * 1024 * 1024, os.path.getsize(path)):
+                return {}
+            return json.loads(f.read(n))
+    except (OSError, ValueError, struct.error):
+        return {}
+
+
+def safetensors_metadata(path: str) -> dict[str, Any]:
+    meta = _safetensors_header(path).get("__metadata__", {})
+    return meta if isinstance(meta, dict) else {}
+
+
+def embedding_shape(path: str) -> tuple[int, int]:
+    """(vectors, width) of a textual-inversion safetensors file; (0, 0) when unknown."""
+    for key, value in _safetensors_header(path).items():
+        if key != "__metadata__" and isinstance(value, dict) and len(value.get("shape", [])) == 2:
+            return int(value["shape"][0]), int(value["shape"][1])
+    return 0, 0

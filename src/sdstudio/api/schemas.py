@@ -1,0 +1,342 @@
+"""Pydantic request/response models: A1111's ``/sdapi/v1`` shapes and sdstudio's ``/api`` shapes.
+
+A1111 field names and defaults follow ``modules/api/models.py`` and the v1.10
+``StableDiffusionProcessing*`` dataclasses (e.g. steps 50, cfg_scale 7.0, sampler_index
+"Euler", img2img denoising_strength 0.75, inpaint_full_res True). Unknown fields are kept
+(``extra="allow"``) so the API can list them in a warning instead of failing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _A1111Base(BaseModel):
+    """Fields common to txt2img and img2img (A1111 StableDiffusionProcessing)."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    prompt: str = ""
+    negative_prompt: Optional[str] = ""
+    styles: Optional[list[str]] = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: Optional[str] = None
+    scheduler: Optional[str] = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    restore_faces: Optional[bool] = None
+    tiling: Optional[bool] = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: Optional[float] = None
+    denoising_strength: Optional[float] = None
+    s_min_uncond: Optional[float] = None
+    s_churn: Optional[float] = None
+    s_tmax: Optional[float] = None
+    s_tmin: Optional[float] = None
+    s_noise: Optional[float] = None
+    override_settings: Optional[dict[str, Any]] = None
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: Optional[str] = None
+    refiner_switch_at: Optional[float] = None
+    disable_extra_networks: bool = False
+    firstpass_image: Optional[str] = None
+    comments: Optional[dict[str, Any]] = None
+    sampler_index: str = Field("Euler", description="Old alias of sampler_name (A1111 default 'Euler').")
+    script_name: Optional[str] = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    force_task_id: Optional[str] = None
+    infotext: Optional[str] = None
+    # sdstudio extension (ignored by A1111 clients): clip skip without override_settings
+    clip_skip: Optional[int] = Field(None, description="sdstudio: CLIP skip (A1111: CLIP_stop_at_last_layers)")
+
+
+class Txt2ImgRequest(_A1111Base):
+    """POST /sdapi/v1/txt2img body (A1111 StableDiffusionTxt2ImgProcessingAPI)."""
+
+    enable_hr: bool = False
+    denoising_strength: Optional[float] = 0.75
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    hr_scale: float = 2.0
+    hr_upscaler: Optional[str] = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: Optional[str] = None
+    hr_sampler_name: Optional[str] = None
+    hr_scheduler: Optional[str] = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+
+
+class Img2ImgRequest(_A1111Base):
+    """POST /sdapi/v1/img2img body (A1111 StableDiffusionImg2ImgProcessingAPI)."""
+
+    init_images: Optional[list[str]] = Field(None, description="Base64 images, with or without data: prefix.")
+    resize_mode: int = 0
+    denoising_strength: Optional[float] = 0.75
+    image_cfg_scale: Optional[float] = None
+    mask: Optional[str] = Field(None, description="Base64 mask image: white = repaint.")
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: Optional[int] = None
+    mask_round: bool = True
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: Optional[float] = None
+    latent_mask: Optional[str] = None
+    include_init_images: bool = False
+    # sdstudio extension: outpainting margins in pixels (the UI's outpaint fields)
+    outpaint_left: int = 0
+    outpaint_right: int = 0
+    outpaint_top: int = 0
+    outpaint_bottom: int = 0
+
+
+class GenerationResponse(BaseModel):
+    """A1111 TextToImageResponse / ImageToImageResponse (+ sdstudio's warnings and job id)."""
+
+    images: Optional[list[str]] = Field(None, description="The generated images in base64 PNG format.")
+    parameters: dict[str, Any]
+    info: str = Field(description="JSON string: prompt, all_seeds, infotexts, ... as A1111's Processed.js()")
+    warnings: list[str] = Field(default_factory=list, description="sdstudio: ignored fields and the like")
+    job_id: Optional[str] = None
+
+
+class PNGInfoRequest(BaseModel):
+    image: str = Field(description="The base64 encoded image (PNG, JPEG or WebP)")
+
+
+class PNGInfoResponse(BaseModel):
+    info: str = Field(description="The A1111 infotext ('parameters') the image carries")
+    items: dict[str, Any] = Field(description="Other text items of the image")
+    parameters: dict[str, Any] = Field(description="The infotext parsed into fields")
+
+
+class ProgressState(BaseModel):
+    skipped: bool = False
+    interrupted: bool = False
+    stopping_generation: bool = False
+    job: str = ""
+    job_count: int = 0
+    job_timestamp: str = "0"
+    job_no: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+
+
+class ProgressResponse(BaseModel):
+    progress: float = Field(description="0..1")
+    eta_relative: float = Field(description="Seconds left (estimate)")
+    state: ProgressState
+    current_image: Optional[str] = Field(None, description="Live preview, base64 PNG")
+    textinfo: Optional[str] = None
+
+
+class SamplerItem(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class SchedulerItem(BaseModel):
+    name: str
+    label: str
+    aliases: Optional[list[str]] = None
+    default_rho: Optional[float] = None
+    need_inner_model: Optional[bool] = None
+
+
+class SDModelItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    title: str
+    model_name: str
+    hash: Optional[str] = None
+    sha256: Optional[str] = None
+    filename: str
+    config: Optional[str] = None
+
+
+class SDVaeItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    filename: str
+
+
+class LoraItem(BaseModel):
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class UpscalerItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    model_name: Optional[str] = None
+    model_path: Optional[str] = None
+    model_url: Optional[str] = None
+    scale: Optional[float] = None
+
+
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: Optional[str] = None
+    negative_prompt: Optional[str] = None
+
+
+class EmbeddingItem(BaseModel):
+    step: Optional[int] = None
+    sd_checkpoint: Optional[str] = None
+    sd_checkpoint_name: Optional[str] = None
+    shape: int
+    vectors: int
+
+
+class EmbeddingsResponse(BaseModel):
+    loaded: dict[str, EmbeddingItem]
+    skipped: dict[str, EmbeddingItem]
+
+
+class MemoryResponse(BaseModel):
+    ram: dict[str, Any]
+    cuda: dict[str, Any]
+
+
+class ScriptsList(BaseModel):
+    txt2img: list[str] = Field(default_factory=list)
+    img2img: list[str] = Field(default_factory=list)
+
+
+# -- sdstudio's own routes ----------------------------------------------------------------------
+
+
+class JobImage(BaseModel):
+    index: int
+    seed: int
+    url: Optional[str] = Field(None, description="GET URL of the saved file")
+    history_id: Optional[int] = None
+    infotext: str = ""
+
+
+class JobInfo(BaseModel):
+    """State of one queued generation (GET /api/jobs/{id})."""
+
+    id: str
+    kind: str
+    client: str
+    state: str = Field(description="queued | running | done | failed | cancelled")
+    position: Optional[int] = Field(None, description="0-based place in the run order while queued")
+    created_at: float
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    step: int = 0
+    steps: int = 0
+    job_step: int = 0
+    job_steps: int = 0
+    batch_index: int = 0
+    batch_count: int = 0
+    progress: float = 0.0
+    eta_seconds: Optional[float] = None
+    preview_url: Optional[str] = None
+    preview_step: int = 0
+    error: Optional[str] = None
+    error_field: Optional[str] = None
+    warnings: list[str] = Field(default_factory=list)
+    model: Optional[str] = None
+    images: list[JobImage] = Field(default_factory=list)
+    prompt: str = ""
+
+
+class JobList(BaseModel):
+    jobs: list[JobInfo]
+    running: Optional[str] = None
+    queued: int
+
+
+class HistoryItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: int
+    path: str
+    url: str
+    job_id: Optional[str] = None
+    kind: str = ""
+    created_at: float
+    day: str
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: Optional[int] = None
+    sampler: str = ""
+    model_name: str = ""
+    model_hash: str = ""
+    width: Optional[int] = None
+    height: Optional[int] = None
+    steps: Optional[int] = None
+    cfg_scale: Optional[float] = None
+    file_size: Optional[int] = None
+    infotext: str = ""
+    request: dict[str, Any] = Field(default_factory=dict)
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryItem]
+    total: int
+    offset: int
+    limit: int
+    facets: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    title: str
+    model_name: str
+    hash: Optional[str] = None
+    filename: str
+    in_memory: bool
+    selected: bool
+    loaded: bool
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    loras: list[LoraItem]
+    vaes: list[SDVaeItem]
+    embeddings: list[str]
+    models_dir: Optional[str] = None
+    last_error: Optional[str] = None
+
+
+class SelectModelRequest(BaseModel):
+    name: str
+
+
+class ServerInfo(BaseModel):
+    version: str
+    auth: bool
+    limits: dict[str, Any]
+    upscalers: list[str]
+    samplers: list[str]
+    schedulers: list[str]
+    img2img_available: bool
+    lab_available: bool

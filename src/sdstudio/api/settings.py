@@ -1,0 +1,46 @@
+"""Server settings: one frozen dataclass built by ``sdstudio serve`` (or a test) and passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdstudio.config import Limits
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything ``create_app`` needs; no globals, no argv."""
+
+    outdir: Path = Path("outputs")
+    models_dir: Path | None = Path("models")
+    model: str | None = None  # checkpoint path; None = first in models_dir, else the embedded default
+    db_path: Path | None = None  # default: <outdir>/history.sqlite3
+    host: str = "127.0.0.1"
+    port: int = 7860
+    api_auth: tuple[tuple[str, str], ...] = ()  # ((user, password), ...); empty = no auth
+    device: str = "cpu"
+    precision: str = "auto"
+    limits: Limits = field(default_factory=Limits)
+    max_body_bytes: int = 64 * 1024 * 1024  # whole request body
+    preview_interval: float = 0.5  # seconds between live previews
+    save_format: str = "png"
+    history_page_max: int = 200
+    sync_timeout: float = 3600.0  # how long /sdapi/v1/txt2img waits for its job
+
+    @property
+    def history_db(self) -> Path:
+        return Path(self.db_path) if self.db_path else Path(self.outdir) / "history.sqlite3"
+
+
+def parse_api_auth(text: str) -> tuple[tuple[str, str], ...]:
+    """``user:pass[,user2:pass2]`` (A1111 --api-auth syntax) -> ((user, pass), ...)."""
+    from sdstudio.errors import SDStudioError
+
+    pairs = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        user, sep, password = item.partition(":")
+        if not sep or not user or not password:
+            raise SDStudioError("--api-auth must look like user:password[,user2:password2]", field="api_auth")
+        pairs.append((user, password))
+    return tuple(pairs)

@@ -1,0 +1,244 @@
+"""The model manager: what is in the models folder, and which one model is loaded.
+
+The folder follows A1111's layout so a user can point sdstudio at an existing A1111 install:
+``Stable-diffusion/`` (checkpoints), ``Lora/``, ``VAE/``, ``embeddings/``. Checkpoints are
+named as A1111 names them (``title`` = relative file name plus ``[short hash]`` once known,
+``model_name`` = relative name without extension). Models built in memory (tests, the
+embedded default) are registered by name. Only the queue's worker calls :meth:`acquire`, so
+loading and switching happen between jobs, never during one.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from sdstudio.errors import SDStudioError
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
+VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
+LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+SUBFOLDERS = {"checkpoints": "Stable-diffusion", "lora": "Lora", "vae": "VAE", "embeddings": "embeddings"}
+
+
+@dataclass
+class ModelEntry:
+    """One selectable checkpoint (a file under Stable-diffusion/, or a model held in memory)."""
+
+    model_name: str  # relative path without extension, '/'-separated (A1111 model_name)
+    filename: str  # absolute path ('' for in-memory models)
+    sha256: str | None = None
+    in_memory: Any = None  # a StableDiffusionModel registered directly
+
+    @property
+    def hash(self) -> str | None:
+        """A1111 short hash: the first 10 hex digits of the file's SHA-256."""
+        return self.sha256[:10] if self.sha256 else None
+
+    @property
+    def title(self) -> str:
+        """A1111 title: ``name.safetensors [hash]`` (file name only when the hash is unknown)."""
+        base = self.relname
+        return f"{base} [{self.hash}]" if self.hash else base
+
+    @property
+    def relname(self) -> str:
+        if not self.filename:
+            return self.model_name
+        return self.model_name + Path(self.filename).suffix
+
+    def matches(self, name: str) -> bool:
+        """True when ``name`` is this entry's title, file name, model name, or short/full hash."""
+        name = name.strip()
+        candidates = {self.title, self.relname, self.model_name, Path(self.relname).name}
+        if self.filename:
+            candidates.add(self.filename)
+        if self.sha256:
+            candidates |= {self.hash, self.sha256}
+        return name in candidates
+
+
+@dataclass
+class AuxFile:
+    """A LoRA, VAE or embedding file found in the models folder."""
+
+    name: str
+    path: str
+
+
+class ModelManager:
+    """Scans the models folder, resolves names, and loads one model at a time.
+
+    ``loader(path_or_None, device=..., precision=...)`` defaults to
+    :func:`sdstudio.models.loader.load_model` (``None`` = the embedded default model).
+    """
+
+    def __init__(
+        self,
+        models_dir: str | os.PathLike | None = None,
+        *,
+        default_model: str | None = None,
+        device: str = "cpu",
+        precision: str = "auto",
+        loader: Callable[..., Any] | None = None,
+        models: dict[str, Any] | None = None,
+    ) -> None:
+        self.models_dir = Path(models_dir) if models_dir else None
+        self.default_model = default_model
+        self.device = device
+        self.precision = precision
+        self._loader = loader
+        self._lock = threading.RLock()
+        self._memory: dict[str, Any] = dict(models or {})
+        self._entries: list[ModelEntry] = []
+        self._hash_cache: dict[tuple[str, int, float], str] = {}
+        self.selected: str | None = None  # name chosen via options / API; loaded before the next job
+        self.loaded_name: str | None = None
+        self.loaded: Any = None
+        self.last_error: str | None = None
+        self.refresh()
+
+    # -- listing ---------------------------------------------------------------------------
+    def refresh(self) -> list[ModelEntry]:
+        """Rescan the checkpoints folder (A1111 refresh-checkpoints) and return all entries."""
+        entries = [ModelEntry(model_name=name, filename="", in_memory=m) for name, m in self._memory.items()]
+        if self.default_model:
+            entries.append(self._file_entry(Path(self.default_model), Path(self.default_model).parent))
+        folder = self.folder("checkpoints")
+        for path in _files(folder, CHECKPOINT_SUFFIXES):
+            if not any(e.filename == str(path.resolve()) for e in entries):
+                entries.append(self._file_entry(path, folder))
+        with self._lock:
+            self._entries = entries
+        return entries
+
+    def entries(self) -> list[ModelEntry]:
+        with self._lock:
+            return list(self._entries)
+
+    def folder(self, kind: str) -> Path | None:
+        """``models_dir/<A1111 subfolder>`` for kind checkpoints|lora|vae|embeddings."""
+        return self.models_dir / SUBFOLDERS[kind] if self.models_dir else None
+
+    def aux_files(self, kind: str) -> list[AuxFile]:
+        """LoRA, VAE or embedding files (kind lora|vae|embeddings) with A1111-style names."""
+        suffixes = {"lora": LORA_SUFFIXES, "vae": VAE_SUFFIXES, "embeddings": EMBEDDING_SUFFIXES}[kind]
+        folder = self.folder(kind)
+        out = []
+        for path in _files(folder, suffixes):
+            rel = path.relative_to(folder).as_posix()
+            name = rel if kind == "vae" else rel.rsplit(".", 1)[0]
+            out.append(AuxFile(name=name, path=str(path.resolve())))
+        return out
+
+    def register(self, name: str, model: Any) -> None:
+        """Make an already-built model selectable under ``name``."""
+        with self._lock:
+            self._memory[name] = model
+        self.refresh()
+
+    def find(self, name: str) -> ModelEntry:
+        """The entry a client's name refers to (title, file name, model name or hash)."""
+        for entry in self.entries():
+            if entry.matches(name):
+                return entry
+        # A1111 clients may send "name [oldhash]" where the hash differs: match on the name part.
+        base = name.split(" [", 1)[0].strip()
+        for entry in self.entries():
+            if base and entry.matches(base):
+                return entry
+        known = ", ".join(e.title for e in self.entries()) or "none"
+        raise SDStudioError(f"model {name!r} not found; available: {known}", field="sd_model_checkpoint")
+
+    def select(self, name: str) -> ModelEntry:
+        """Choose the model for the next jobs (loaded by the worker before it runs one)."""
+        entry = self.find(name)
+        with self._lock:
+            self.selected = entry.model_name
+        return entry
+
+    def current_entry(self) -> ModelEntry | None:
+        """The entry that the next job without an explicit model will use (None = embedded default)."""
+        name = self.selected or self.loaded_name
+        if name:
+            try:
+                return self.find(name)
+            except SDStudioError:
+                return None
+        entries = self.entries()
+        return entries[0] if entries else None
+
+    # -- loading (worker thread only) ------------------------------------------------------
+    def acquire(self, name: str | None = None) -> Any:
+        """The loaded model for ``name`` (or the current one), loading/switching if needed."""
+        entry = self.find(name) if name else self.current_entry()
+        key = entry.model_name if entry else "<default>"
+        with self._lock:
+            if self.loaded is not None and self.loaded_name == key:
+                return self.loaded
+            self._unload_locked()
+            try:
+                model = self._load(entry)
+            except SDStudioError as exc:
+                self.last_error = str(exc)
+                raise
+            except Exception as exc:
+                self.last_error = f"could not load model {key!r}: {type(exc).__name__}: {exc}"
+                raise SDStudioError(self.last_error, field="sd_model_checkpoint", status=503) from exc
+            self.loaded, self.loaded_name, self.last_error = model, key, None
+            return model
+
+    def _load(self, entry: ModelEntry | None) -> Any:
+        if entry is not None and entry.in_memory is not None:
+            return entry.in_memory
+        loader = self._loader or _default_loader
+        path = entry.filename if entry is not None else None
+        model = loader(path, device=self.device, precision=self.precision)
+        if entry is not None and entry.filename:
+            entry.sha256 = entry.sha256 or self.sha256(Path(entry.filename))
+            if not getattr(model, "model_hash", ""):
+                model.model_hash = entry.hash
+        return model
+
+    def _unload_locked(self) -> None:
+        self.loaded, self.loaded_name = None, None
+        gc.collect()
+
+    def sha256(self, path: Path) -> str:
+        """SHA-256 of a file, cached by (path, size, mtime)."""
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime)
+        if key not in self._hash_cache:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            self._hash_cache[key] = h.hexdigest()
+        return self._hash_cache[key]
+
+    def _file_entry(self, path: Path, folder: Path) -> ModelEntry:
+        try:
+            rel = path.resolve().relative_to(folder.resolve()).as_posix()
+        except ValueError:
+            rel = path.name
+        st = path.stat() if path.exists() else None
+        cached = self._hash_cache.get((str(path.resolve()), st.st_size, st.st_mtime)) if st else None
+        return ModelEntry(model_name=rel.rsplit(".", 1)[0], filename=str(path.resolve()), sha256=cached)
+
+
+def _default_loader(path: str | None, *, device: str, precision: str) -> Any:
+    from sdstudio.models.loader import load_model
+
+    return load_model(path, device=device, precision=precision)
+
+
+def _files(folder: Path | None, suffixes: tuple[str, ...]) -> list[Path]:
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
