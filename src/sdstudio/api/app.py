@@ -91,7 +91,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}", "field": None}, status_code=500)
+        return JSONResponse(
+            {"detail": f"internal error: {type(exc).__name__}", "field": None}, status_code=500
+        )
 
 
 def _describe(error: dict) -> dict:
@@ -99,6 +101,8 @@ def _describe(error: dict) -> dict:
     loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
     field = ".".join(loc) or None
     given = error.get("input")
-    shown = repr(given)[:80] if isinstance(given, (str, int, float, bool, type(None))) else type(given).__name__
+    shown = (
+        repr(given)[:80] if isinstance(given, (str, int, float, bool, type(None))) else type(given).__name__
+    )
     suffix = f" (got {shown})" if error.get("type") != "missing" else ""
     return {"field": field, "message": f"{field or 'body'}: {error.get('msg', 'invalid')}{suffix}"}

@@ -62,7 +62,9 @@ def decode_image(data: str, *, field_name: str, limits: Limits) -> Any:
     from sdstudio.pipelines.image_ops import load_image
 
     if not isinstance(data, str) or not data.strip():
-        raise SDStudioError(f"{field_name}: expected a base64-encoded image, got an empty value", field=field_name)
+        raise SDStudioError(
+            f"{field_name}: expected a base64-encoded image, got an empty value", field=field_name
+        )
     text = _DATA_URL.sub("", data.strip(), count=1)
     try:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
@@ -130,9 +132,12 @@ def convert(req: _A1111Base, *, limits: Limits, kind: str) -> ConvertedRequest:
 def _img2img(req: Img2ImgRequest, common: dict, limits: Limits, out: ConvertedRequest) -> GenerationRequest:
     """img2img / inpaint / outpaint: decode images, pad for outpainting, map mask fields."""
     if not req.init_images:
-        raise SDStudioError("init_images: at least one base64 image is required for img2img", field="init_images")
+        raise SDStudioError(
+            "init_images: at least one base64 image is required for img2img", field="init_images"
+        )
     out.init_images = [
-        decode_image(data, field_name=f"init_images[{i}]", limits=limits) for i, data in enumerate(req.init_images)
+        decode_image(data, field_name=f"init_images[{i}]", limits=limits)
+        for i, data in enumerate(req.init_images)
     ]
     out.mask = decode_image(req.mask, field_name="mask", limits=limits).convert("L") if req.mask else None
     mask_blur = req.mask_blur if req.mask_blur is not None else req.mask_blur_x
@@ -151,16 +156,22 @@ def _img2img(req: Img2ImgRequest, common: dict, limits: Limits, out: ConvertedRe
     )
 
 
-def _outpaint(req: Img2ImgRequest, common: dict, sides: tuple[int, ...], mask_blur: int, out: ConvertedRequest):
+def _outpaint(
+    req: Img2ImgRequest, common: dict, sides: tuple[int, ...], mask_blur: int, out: ConvertedRequest
+):
     """Pad the first init image (A1111 "poor man's outpainting") and inpaint the new margins."""
     from sdstudio.pipelines.image_ops import extend_canvas
 
     left, right, up, down = sides
     if out.mask is not None:
-        raise SDStudioError("outpaint margins and a mask cannot be combined; send one or the other", field="mask")
+        raise SDStudioError(
+            "outpaint margins and a mask cannot be combined; send one or the other", field="mask"
+        )
     image = out.init_images[0].convert("RGB")
-    seed = common["seed"] if common["seed"] >= 0 else 0
-    canvas, mask = extend_canvas(image, left=left, right=right, up=up, down=down, overlap=2 * mask_blur, seed=seed)
+    seed = max(common["seed"], 0)
+    canvas, mask = extend_canvas(
+        image, left=left, right=right, up=up, down=down, overlap=2 * mask_blur, seed=seed
+    )
     out.init_images = [canvas]
     out.mask = mask
     # the output covers the padded canvas at the requested scale (rounded to multiples of 8)
@@ -178,7 +189,8 @@ def _hires(req: Txt2ImgRequest) -> HiresSettings | None:
     allowed = hires_upscalers()
     if allowed and upscaler not in allowed:
         raise SDStudioError(
-            f"hr_upscaler {upscaler!r} is not available; choose one of: {', '.join(allowed)}", field="hr_upscaler"
+            f"hr_upscaler {upscaler!r} is not available; choose one of: {', '.join(allowed)}",
+            field="hr_upscaler",
         )
     return HiresSettings(
         scale=float(req.hr_scale),
@@ -187,8 +199,12 @@ def _hires(req: Txt2ImgRequest) -> HiresSettings | None:
         denoising_strength=0.7 if req.denoising_strength is None else float(req.denoising_strength),
         resize_x=int(req.hr_resize_x or 0),
         resize_y=int(req.hr_resize_y or 0),
-        sampler=_sampler_name(req.hr_sampler_name) if req.hr_sampler_name not in (None, "", "Use same sampler") else "",
-        scheduler=_scheduler_name(req.hr_scheduler) if req.hr_scheduler not in (None, "", "Use same scheduler") else "",
+        sampler=_sampler_name(req.hr_sampler_name)
+        if req.hr_sampler_name not in (None, "", "Use same sampler")
+        else "",
+        scheduler=_scheduler_name(req.hr_scheduler)
+        if req.hr_scheduler not in (None, "", "Use same scheduler")
+        else "",
         prompt=req.hr_prompt or "",
         negative_prompt=req.hr_negative_prompt or "",
     )
@@ -224,7 +240,9 @@ def _scheduler_name(name: str | None) -> str:
     for label in (*SCHEDULE_TYPES, "DDIM"):
         if label.lower().replace(" ", "_") == key:
             return label
-    raise SDStudioError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULE_TYPES)}", field="scheduler")
+    raise SDStudioError(
+        f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULE_TYPES)}", field="scheduler"
+    )
 
 
 def _unknown_field_warnings(req: _A1111Base) -> list[str]:
@@ -236,20 +254,36 @@ def _refuse_unsupported(req: _A1111Base) -> None:
     """422 for fields that would change the result in A1111 but are not implemented here."""
     checks = [
         ("restore_faces", bool(req.restore_faces), "face restoration is not supported"),
-        ("script_name", bool(req.script_name), f"scripts are not supported (script_name={req.script_name!r})"),
+        (
+            "script_name",
+            bool(req.script_name),
+            f"scripts are not supported (script_name={req.script_name!r})",
+        ),
         (
             "alwayson_scripts",
             any(_script_active(v) for v in (req.alwayson_scripts or {}).values()),
             f"always-on scripts are not supported ({', '.join(req.alwayson_scripts or {})})",
         ),
-        ("s_min_uncond", bool(req.s_min_uncond), "s_min_uncond (negative guidance minimum sigma) is not supported"),
+        (
+            "s_min_uncond",
+            bool(req.s_min_uncond),
+            "s_min_uncond (negative guidance minimum sigma) is not supported",
+        ),
         ("s_churn", bool(req.s_churn), "s_churn is not supported (leave it 0)"),
-        ("refiner_checkpoint", req.refiner_checkpoint not in NO_CHECKPOINT, "a refiner checkpoint is not supported"),
+        (
+            "refiner_checkpoint",
+            req.refiner_checkpoint not in NO_CHECKPOINT,
+            "a refiner checkpoint is not supported",
+        ),
         ("firstpass_image", bool(req.firstpass_image), "firstpass_image is not supported"),
     ]
     if isinstance(req, Txt2ImgRequest):
         checks.append(
-            ("hr_checkpoint_name", req.hr_checkpoint_name not in NO_CHECKPOINT, "a separate hires checkpoint is not supported")
+            (
+                "hr_checkpoint_name",
+                req.hr_checkpoint_name not in NO_CHECKPOINT,
+                "a separate hires checkpoint is not supported",
+            )
         )
     if isinstance(req, Img2ImgRequest):
         checks += [
@@ -279,12 +313,18 @@ def _apply_overrides(overrides: dict[str, Any], warnings: list[str]) -> tuple[st
     clip_skip = overrides.pop("CLIP_stop_at_last_layers", None)
     vae = overrides.pop("sd_vae", None)
     if vae not in (None, "", "Automatic", "None"):
-        raise SDStudioError(f"override_settings.sd_vae: separate VAE files are not supported ({vae!r})", field="sd_vae")
+        raise SDStudioError(
+            f"override_settings.sd_vae: separate VAE files are not supported ({vae!r})", field="sd_vae"
+        )
     if overrides.pop("eta_noise_seed_delta", 0) not in (0, None):
-        raise SDStudioError("override_settings.eta_noise_seed_delta: only 0 is supported", field="eta_noise_seed_delta")
+        raise SDStudioError(
+            "override_settings.eta_noise_seed_delta: only 0 is supported", field="eta_noise_seed_delta"
+        )
     rng = overrides.pop("randn_source", "CPU")
     if str(rng).upper() != "CPU":
-        raise SDStudioError("override_settings.randn_source: sdstudio always draws noise on the CPU", field="randn_source")
+        raise SDStudioError(
+            "override_settings.randn_source: sdstudio always draws noise on the CPU", field="randn_source"
+        )
     ignored = sorted(k for k in overrides if k not in _HARMLESS_OPTIONS)
     if ignored:
         warnings.append(f"override_settings ignored: {', '.join(ignored)}")
@@ -342,9 +382,9 @@ def build_info(
         "sd_vae_hash": vae_hash or None,
         "seed_resize_from_w": r.seed_resize_from_w or -1,
         "seed_resize_from_h": r.seed_resize_from_h or -1,
-        "denoising_strength": r.denoising_strength if converted.kind == "img2img" else (
-            r.hires.denoising_strength if r.hires else None
-        ),
+        "denoising_strength": r.denoising_strength
+        if converted.kind == "img2img"
+        else (r.hires.denoising_strength if r.hires else None),
         "extra_generation_params": _extra_params(infotexts[0] if infotexts else ""),
         "index_of_first_image": 0,
         "infotexts": infotexts,

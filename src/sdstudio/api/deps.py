@@ -66,7 +66,11 @@ def job_info(s: Studio, job: Job) -> JobInfo:
     result = job.result
     for img in getattr(result, "images", []) or []:
         url = f"/api/images/{img.path}" if img.path else None
-        images.append(JobImage(index=img.index, seed=img.seed, url=url, history_id=img.history_id, infotext=img.infotext))
+        images.append(
+            JobImage(
+                index=img.index, seed=img.seed, url=url, history_id=img.history_id, infotext=img.infotext
+            )
+        )
     return JobInfo(
         id=job.id,
         kind=job.kind,

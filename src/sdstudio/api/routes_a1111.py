@@ -58,7 +58,9 @@ async def _generate(request: Request, req: s._A1111Base, kind: str) -> s.Generat
         version=__version__,
     )
     encoded = [encode_png(im.image, im.infotext) for im in images] if req.send_images else []
-    return s.GenerationResponse(images=encoded, parameters=converted.parameters, info=info, warnings=warnings, job_id=job.id)
+    return s.GenerationResponse(
+        images=encoded, parameters=converted.parameters, info=info, warnings=warnings, job_id=job.id
+    )
 
 
 @router.post("/txt2img", response_model=s.GenerationResponse)
@@ -80,14 +82,18 @@ async def progress(request: Request, skip_current_image: bool = False) -> s.Prog
     job = st.queue.running
     queued = len(st.queue.pending())
     if job is None:
-        return s.ProgressResponse(progress=0, eta_relative=0, state=s.ProgressState(), textinfo=_queue_text(queued))
+        return s.ProgressResponse(
+            progress=0, eta_relative=0, state=s.ProgressState(), textinfo=_queue_text(queued)
+        )
     p = job.progress
     state = s.ProgressState(
         skipped=job.cancel_token.skipped,
         interrupted=job.cancel_token.interrupted,
         job=f"{job.kind}:{job.id}",
         job_count=max(1, p.batch_count),
-        job_timestamp=datetime.datetime.fromtimestamp(job.started_at or job.created_at).strftime("%Y%m%d%H%M%S"),
+        job_timestamp=datetime.datetime.fromtimestamp(job.started_at or job.created_at).strftime(
+            "%Y%m%d%H%M%S"
+        ),
         job_no=p.batch_index,
         sampling_step=p.step,
         sampling_steps=p.steps,
@@ -210,7 +216,11 @@ async def samplers() -> list[s.SamplerItem]:
     from sdstudio.sampling import list_samplers
 
     return [
-        s.SamplerItem(name=x.name, aliases=list(x.aliases), options={"scheduler": x.default_schedule.lower(), **x.options})
+        s.SamplerItem(
+            name=x.name,
+            aliases=list(x.aliases),
+            options={"scheduler": x.default_schedule.lower(), **x.options},
+        )
         for x in list_samplers()
     ]
 
@@ -223,7 +233,9 @@ async def schedulers() -> list[s.SchedulerItem]:
     out = []
     for label in SCHEDULE_TYPES:
         name, rho, inner = SCHEDULER_FACTS.get(label, (label.lower().replace(" ", "_"), None, False))
-        out.append(s.SchedulerItem(name=name, label=label, aliases=None, default_rho=rho, need_inner_model=inner))
+        out.append(
+            s.SchedulerItem(name=name, label=label, aliases=None, default_rho=rho, need_inner_model=inner)
+        )
     return out
 
 
@@ -231,7 +243,14 @@ async def schedulers() -> list[s.SchedulerItem]:
 async def sd_models(request: Request) -> list[s.SDModelItem]:
     """Checkpoints in models/Stable-diffusion (and in-memory models) in A1111's shape."""
     return [
-        s.SDModelItem(title=e.title, model_name=e.model_name, hash=e.hash, sha256=e.sha256, filename=e.filename, config=None)
+        s.SDModelItem(
+            title=e.title,
+            model_name=e.model_name,
+            hash=e.hash,
+            sha256=e.sha256,
+            filename=e.filename,
+            config=None,
+        )
         for e in studio(request).manager.entries()
     ]
 
@@ -332,10 +351,14 @@ def read_png_info(data: str, limits) -> s.PNGInfoResponse:
 
 def _ram() -> dict[str, Any]:
     try:
-        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        info = dict(
+            line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line
+        )
         total = int(info["MemTotal"].split()[0]) * 1024
         free = int(info.get("MemAvailable", info["MemFree"]).split()[0]) * 1024
-        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        status = dict(
+            line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line
+        )
         rss = int(status["VmRSS"].split()[0]) * 1024
         return {"free": free, "used": total - free, "total": total, "process_rss": rss}
     except (OSError, KeyError, ValueError) as exc:

@@ -57,7 +57,9 @@ async def list_jobs(request: Request, limit: int = Query(50, ge=1, le=500)) -> s
     jobs = st.queue.jobs()[:limit]
     running = st.queue.running
     return s.JobList(
-        jobs=[job_info(st, j) for j in jobs], running=running.id if running else None, queued=len(st.queue.pending())
+        jobs=[job_info(st, j) for j in jobs],
+        running=running.id if running else None,
+        queued=len(st.queue.pending()),
     )
 
 
@@ -167,7 +169,12 @@ async def samplers() -> dict:
 
     return {
         "samplers": [
-            {"name": x.name, "aliases": list(x.aliases), "default_schedule": x.default_schedule, "schedules": list(x.schedules)}
+            {
+                "name": x.name,
+                "aliases": list(x.aliases),
+                "default_schedule": x.default_schedule,
+                "schedules": list(x.schedules),
+            }
             for x in list_samplers()
         ],
         "schedulers": list(SCHEDULE_TYPES),
@@ -235,7 +242,11 @@ async def history(
         limit=limit,
     )
     return s.HistoryPage(
-        items=[_history_item(r) for r in rows], total=total, offset=offset, limit=limit, facets=st.history.facets()
+        items=[_history_item(r) for r in rows],
+        total=total,
+        offset=offset,
+        limit=limit,
+        facets=st.history.facets(),
     )
 
 

@@ -8,7 +8,7 @@ A1111 field names and defaults follow ``modules/api/models.py`` and the v1.10
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,66 +19,66 @@ class _A1111Base(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
     prompt: str = ""
-    negative_prompt: Optional[str] = ""
-    styles: Optional[list[str]] = None
+    negative_prompt: str | None = ""
+    styles: list[str] | None = None
     seed: int = -1
     subseed: int = -1
     subseed_strength: float = 0.0
     seed_resize_from_h: int = -1
     seed_resize_from_w: int = -1
-    sampler_name: Optional[str] = None
-    scheduler: Optional[str] = None
+    sampler_name: str | None = None
+    scheduler: str | None = None
     batch_size: int = 1
     n_iter: int = 1
     steps: int = 50
     cfg_scale: float = 7.0
     width: int = 512
     height: int = 512
-    restore_faces: Optional[bool] = None
-    tiling: Optional[bool] = None
+    restore_faces: bool | None = None
+    tiling: bool | None = None
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
-    eta: Optional[float] = None
-    denoising_strength: Optional[float] = None
-    s_min_uncond: Optional[float] = None
-    s_churn: Optional[float] = None
-    s_tmax: Optional[float] = None
-    s_tmin: Optional[float] = None
-    s_noise: Optional[float] = None
-    override_settings: Optional[dict[str, Any]] = None
+    eta: float | None = None
+    denoising_strength: float | None = None
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool = True
-    refiner_checkpoint: Optional[str] = None
-    refiner_switch_at: Optional[float] = None
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
     disable_extra_networks: bool = False
-    firstpass_image: Optional[str] = None
-    comments: Optional[dict[str, Any]] = None
+    firstpass_image: str | None = None
+    comments: dict[str, Any] | None = None
     sampler_index: str = Field("Euler", description="Old alias of sampler_name (A1111 default 'Euler').")
-    script_name: Optional[str] = None
+    script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
     send_images: bool = True
     save_images: bool = False
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    force_task_id: Optional[str] = None
-    infotext: Optional[str] = None
+    force_task_id: str | None = None
+    infotext: str | None = None
     # sdstudio extension (ignored by A1111 clients): clip skip without override_settings
-    clip_skip: Optional[int] = Field(None, description="sdstudio: CLIP skip (A1111: CLIP_stop_at_last_layers)")
+    clip_skip: int | None = Field(None, description="sdstudio: CLIP skip (A1111: CLIP_stop_at_last_layers)")
 
 
 class Txt2ImgRequest(_A1111Base):
     """POST /sdapi/v1/txt2img body (A1111 StableDiffusionTxt2ImgProcessingAPI)."""
 
     enable_hr: bool = False
-    denoising_strength: Optional[float] = 0.75
+    denoising_strength: float | None = 0.75
     firstphase_width: int = 0
     firstphase_height: int = 0
     hr_scale: float = 2.0
-    hr_upscaler: Optional[str] = None
+    hr_upscaler: str | None = None
     hr_second_pass_steps: int = 0
     hr_resize_x: int = 0
     hr_resize_y: int = 0
-    hr_checkpoint_name: Optional[str] = None
-    hr_sampler_name: Optional[str] = None
-    hr_scheduler: Optional[str] = None
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
 
@@ -86,21 +86,21 @@ class Txt2ImgRequest(_A1111Base):
 class Img2ImgRequest(_A1111Base):
     """POST /sdapi/v1/img2img body (A1111 StableDiffusionImg2ImgProcessingAPI)."""
 
-    init_images: Optional[list[str]] = Field(None, description="Base64 images, with or without data: prefix.")
+    init_images: list[str] | None = Field(None, description="Base64 images, with or without data: prefix.")
     resize_mode: int = 0
-    denoising_strength: Optional[float] = 0.75
-    image_cfg_scale: Optional[float] = None
-    mask: Optional[str] = Field(None, description="Base64 mask image: white = repaint.")
+    denoising_strength: float | None = 0.75
+    image_cfg_scale: float | None = None
+    mask: str | None = Field(None, description="Base64 mask image: white = repaint.")
     mask_blur_x: int = 4
     mask_blur_y: int = 4
-    mask_blur: Optional[int] = None
+    mask_blur: int | None = None
     mask_round: bool = True
     inpainting_fill: int = 0
     inpaint_full_res: bool = True
     inpaint_full_res_padding: int = 0
     inpainting_mask_invert: int = 0
-    initial_noise_multiplier: Optional[float] = None
-    latent_mask: Optional[str] = None
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
     include_init_images: bool = False
     # sdstudio extension: outpainting margins in pixels (the UI's outpaint fields)
     outpaint_left: int = 0
@@ -112,11 +112,11 @@ class Img2ImgRequest(_A1111Base):
 class GenerationResponse(BaseModel):
     """A1111 TextToImageResponse / ImageToImageResponse (+ sdstudio's warnings and job id)."""
 
-    images: Optional[list[str]] = Field(None, description="The generated images in base64 PNG format.")
+    images: list[str] | None = Field(None, description="The generated images in base64 PNG format.")
     parameters: dict[str, Any]
     info: str = Field(description="JSON string: prompt, all_seeds, infotexts, ... as A1111's Processed.js()")
     warnings: list[str] = Field(default_factory=list, description="sdstudio: ignored fields and the like")
-    job_id: Optional[str] = None
+    job_id: str | None = None
 
 
 class PNGInfoRequest(BaseModel):
@@ -145,8 +145,8 @@ class ProgressResponse(BaseModel):
     progress: float = Field(description="0..1")
     eta_relative: float = Field(description="Seconds left (estimate)")
     state: ProgressState
-    current_image: Optional[str] = Field(None, description="Live preview, base64 PNG")
-    textinfo: Optional[str] = None
+    current_image: str | None = Field(None, description="Live preview, base64 PNG")
+    textinfo: str | None = None
 
 
 class SamplerItem(BaseModel):
@@ -158,9 +158,9 @@ class SamplerItem(BaseModel):
 class SchedulerItem(BaseModel):
     name: str
     label: str
-    aliases: Optional[list[str]] = None
-    default_rho: Optional[float] = None
-    need_inner_model: Optional[bool] = None
+    aliases: list[str] | None = None
+    default_rho: float | None = None
+    need_inner_model: bool | None = None
 
 
 class SDModelItem(BaseModel):
@@ -168,10 +168,10 @@ class SDModelItem(BaseModel):
 
     title: str
     model_name: str
-    hash: Optional[str] = None
-    sha256: Optional[str] = None
+    hash: str | None = None
+    sha256: str | None = None
     filename: str
-    config: Optional[str] = None
+    config: str | None = None
 
 
 class SDVaeItem(BaseModel):
@@ -192,22 +192,22 @@ class UpscalerItem(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     name: str
-    model_name: Optional[str] = None
-    model_path: Optional[str] = None
-    model_url: Optional[str] = None
-    scale: Optional[float] = None
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
 
 
 class PromptStyleItem(BaseModel):
     name: str
-    prompt: Optional[str] = None
-    negative_prompt: Optional[str] = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
 
 
 class EmbeddingItem(BaseModel):
-    step: Optional[int] = None
-    sd_checkpoint: Optional[str] = None
-    sd_checkpoint_name: Optional[str] = None
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
     shape: int
     vectors: int
 
@@ -233,8 +233,8 @@ class ScriptsList(BaseModel):
 class JobImage(BaseModel):
     index: int
     seed: int
-    url: Optional[str] = Field(None, description="GET URL of the saved file")
-    history_id: Optional[int] = None
+    url: str | None = Field(None, description="GET URL of the saved file")
+    history_id: int | None = None
     infotext: str = ""
 
 
@@ -245,10 +245,10 @@ class JobInfo(BaseModel):
     kind: str
     client: str
     state: str = Field(description="queued | running | done | failed | cancelled")
-    position: Optional[int] = Field(None, description="0-based place in the run order while queued")
+    position: int | None = Field(None, description="0-based place in the run order while queued")
     created_at: float
-    started_at: Optional[float] = None
-    finished_at: Optional[float] = None
+    started_at: float | None = None
+    finished_at: float | None = None
     step: int = 0
     steps: int = 0
     job_step: int = 0
@@ -256,20 +256,20 @@ class JobInfo(BaseModel):
     batch_index: int = 0
     batch_count: int = 0
     progress: float = 0.0
-    eta_seconds: Optional[float] = None
-    preview_url: Optional[str] = None
+    eta_seconds: float | None = None
+    preview_url: str | None = None
     preview_step: int = 0
-    error: Optional[str] = None
-    error_field: Optional[str] = None
+    error: str | None = None
+    error_field: str | None = None
     warnings: list[str] = Field(default_factory=list)
-    model: Optional[str] = None
+    model: str | None = None
     images: list[JobImage] = Field(default_factory=list)
     prompt: str = ""
 
 
 class JobList(BaseModel):
     jobs: list[JobInfo]
-    running: Optional[str] = None
+    running: str | None = None
     queued: int
 
 
@@ -279,21 +279,21 @@ class HistoryItem(BaseModel):
     id: int
     path: str
     url: str
-    job_id: Optional[str] = None
+    job_id: str | None = None
     kind: str = ""
     created_at: float
     day: str
     prompt: str = ""
     negative_prompt: str = ""
-    seed: Optional[int] = None
+    seed: int | None = None
     sampler: str = ""
     model_name: str = ""
     model_hash: str = ""
-    width: Optional[int] = None
-    height: Optional[int] = None
-    steps: Optional[int] = None
-    cfg_scale: Optional[float] = None
-    file_size: Optional[int] = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    file_size: int | None = None
     infotext: str = ""
     request: dict[str, Any] = Field(default_factory=dict)
 
@@ -311,7 +311,7 @@ class ModelInfo(BaseModel):
 
     title: str
     model_name: str
-    hash: Optional[str] = None
+    hash: str | None = None
     filename: str
     in_memory: bool
     selected: bool
@@ -323,8 +323,8 @@ class ModelsResponse(BaseModel):
     loras: list[LoraItem]
     vaes: list[SDVaeItem]
     embeddings: list[str]
-    models_dir: Optional[str] = None
-    last_error: Optional[str] = None
+    models_dir: str | None = None
+    last_error: str | None = None
 
 
 class SelectModelRequest(BaseModel):

@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Awaitable, Callable
 from hmac import compare_digest
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
@@ -42,7 +43,10 @@ class BasicAuthMiddleware:
             await self.app(scope, receive, send)
             return
         await _send_json(
-            send, 401, {"detail": "Incorrect username or password"}, [(b"www-authenticate", b'Basic realm="sdstudio"')]
+            send,
+            401,
+            {"detail": "Incorrect username or password"},
+            [(b"www-authenticate", b'Basic realm="sdstudio"')],
         )
 
     def _ok(self, header: str | None) -> bool:
@@ -129,7 +133,9 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await _send_json(send, 413, {"detail": f"request body over the limit of {self.max_bytes} bytes"})
+                await _send_json(
+                    send, 413, {"detail": f"request body over the limit of {self.max_bytes} bytes"}
+                )
 
 
 class _BodyTooLarge(Exception):

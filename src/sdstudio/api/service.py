@@ -53,7 +53,9 @@ class JobResult:
 class Studio:
     """Queue + models + history for one server."""
 
-    def __init__(self, settings: ServerSettings, *, models: dict[str, Any] | None = None, manager=None) -> None:
+    def __init__(
+        self, settings: ServerSettings, *, models: dict[str, Any] | None = None, manager=None
+    ) -> None:
         self.settings = settings
         self.outdir = Path(settings.outdir)
         self.outdir.mkdir(parents=True, exist_ok=True)
@@ -86,14 +88,15 @@ class Studio:
             "prompt": converted.request.prompt,
             "model": converted.model_name,
         }
-        return self.queue.submit(lambda ctx: self._generate(ctx, converted), client=client, kind=converted.kind, meta=meta)
+        return self.queue.submit(
+            lambda ctx: self._generate(ctx, converted), client=client, kind=converted.kind, meta=meta
+        )
 
     def _generate(self, ctx: JobContext, converted: ConvertedRequest) -> JobResult:
-        """Worker side of a job: model, pipeline, save, record."""
+        """Worker side of a job: model, pipeline, then save and record each image as it finishes."""
         model = self.manager.acquire(converted.model_name)
         request = converted.request.with_resolved_seeds()
         ctx.job.meta["model"] = getattr(model, "name", "") or self.manager.loaded_name
-        generated = self._run_pipeline(model, converted, request, ctx)
         result = JobResult(
             model_name=_model_title(model, self.manager),
             model_hash=getattr(model, "model_hash", "") or "",
@@ -101,32 +104,43 @@ class Studio:
             vae_hash=getattr(model, "vae_hash", "") or "",
             is_inpainting=bool(getattr(model, "is_inpainting", False)),
         )
-        for gi in generated:
+        ctx.job.result = result  # images appear here one by one (kept if the job is interrupted)
+
+        def on_image(gi: Any) -> None:
             saved = SavedImage(
-                index=gi.index, seed=gi.seed, subseed=getattr(gi, "subseed", request.subseed), infotext=gi.infotext, image=gi.image
+                index=gi.index, seed=gi.seed, subseed=gi.subseed, infotext=gi.infotext, image=gi.image
             )
             self._save(saved, ctx.job.id, converted, result)
             result.images.append(saved)
+            ctx.touch()
+
+        self._run_pipeline(model, converted, request, ctx, on_image)
         return result
 
-    def _run_pipeline(self, model: Any, converted: ConvertedRequest, request: Any, ctx: JobContext) -> list[Any]:
+    def _run_pipeline(
+        self, model: Any, converted: ConvertedRequest, request: Any, ctx: JobContext, on_image: Any
+    ) -> list[Any]:
         from sdstudio import pipelines
 
+        kw = {"progress": ctx.progress, "cancel": ctx.cancel, "on_image": on_image}
         if converted.kind == "txt2img":
-            return pipelines.txt2img(model, request, progress=ctx.progress, cancel=ctx.cancel)
-        img2img = getattr(pipelines, "img2img", None)
-        if img2img is None:
-            raise SDStudioError("image-to-image is not available in this build yet", field="init_images", status=501)
-        return img2img(
-            model, request, init_images=converted.init_images, mask=converted.mask, progress=ctx.progress, cancel=ctx.cancel
-        )
+            return pipelines.txt2img(model, request, **kw)
+        try:
+            img2img = pipelines.img2img
+        except AttributeError:
+            raise SDStudioError(
+                "image-to-image is not available in this build yet", field="init_images", status=501
+            )
+        return img2img(model, request, init_images=converted.init_images, mask=converted.mask, **kw)
 
     def _save(self, saved: SavedImage, job_id: str, converted: ConvertedRequest, result: JobResult) -> None:
         """Write the image atomically under outputs/<kind>-images/ and add its history row."""
         from sdstudio.runtime.outputs import save_image
 
         folder = self.outdir / f"{converted.kind}-images"
-        path = Path(save_image(saved.image, saved.infotext, folder, saved.seed, ext=self.settings.save_format))
+        path = Path(
+            save_image(saved.image, saved.infotext, folder, saved.seed, ext=self.settings.save_format)
+        )
         saved.path = self.history.relative(path)
         r = converted.request
         record = ImageRecord(

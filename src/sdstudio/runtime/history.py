@@ -50,10 +50,26 @@ CREATE INDEX IF NOT EXISTS images_created ON images(created_at);
 CREATE INDEX IF NOT EXISTS images_model ON images(model_name);
 """
 
-COLUMNS = (
-    "path job_id kind created_at day prompt negative_prompt seed sampler model_name model_hash "
-    "width height steps cfg_scale file_size infotext request_json"
-).split()
+COLUMNS = [
+    "path",
+    "job_id",
+    "kind",
+    "created_at",
+    "day",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "sampler",
+    "model_name",
+    "model_hash",
+    "width",
+    "height",
+    "steps",
+    "cfg_scale",
+    "file_size",
+    "infotext",
+    "request_json",
+]
 
 
 @dataclass
@@ -202,7 +218,11 @@ class HistoryStore:
         if model:
             where.append("(model_name = ? OR model_hash = ?)")
             args += [model, model]
-        for column, value, op in (("sampler", sampler, "="), ("day", date_from, ">="), ("day", date_to, "<=")):
+        for column, value, op in (
+            ("sampler", sampler, "="),
+            ("day", date_from, ">="),
+            ("day", date_to, "<="),
+        ):
             if value:
                 where.append(f"{column} {op} ?")
                 args.append(value)

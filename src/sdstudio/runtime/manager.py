@@ -14,9 +14,10 @@ import gc
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sdstudio.errors import SDStudioError
 

@@ -15,8 +15,9 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from sdstudio.errors import SDStudioError
 from sdstudio.sampling.control import CancelToken, StepInfo
@@ -90,6 +91,7 @@ class JobContext:
     job: Job
     cancel: CancelToken
     progress: Callable[[StepInfo], None]
+    touch: Callable[[], None] = lambda: None  # tell watchers the job changed (e.g. a new image)
 
 
 class JobQueue:
@@ -222,14 +224,21 @@ class JobQueue:
 
     def _run(self, job: Job) -> None:
         """Run one job function and record its result, error or cancellation."""
-        ctx = JobContext(job=job, cancel=job.cancel_token, progress=lambda info: self._on_step(job, info))
+        ctx = JobContext(
+            job=job,
+            cancel=job.cancel_token,
+            progress=lambda info: self._on_step(job, info),
+            touch=lambda: self._touch(job),
+        )
         state, error, err_field, status, result = DONE, None, None, 422, None
         try:
             result = job.fn(ctx)
         except SDStudioError as exc:
             state, error, err_field, status = FAILED, str(exc), exc.field, exc.status
-        except Exception as exc:  # a bug or a runtime failure: report it, keep the worker alive
+            result = job.result  # whatever the function published before failing
+        except Exception as exc:  # noqa: BLE001 - a bug or runtime failure: report it, keep the worker alive
             state, error, status = FAILED, f"{type(exc).__name__}: {exc}", 500
+            result = job.result
             traceback.print_exc()
         if state == DONE and job.cancel_token.interrupted:
             state, error = CANCELLED, "interrupted"
@@ -237,6 +246,11 @@ class JobQueue:
             job.result, job.error_field, job.error_status = result, err_field, status
             self._running = None
             self._finish_locked(job, state, error=error)
+            self._lock.notify_all()
+
+    def _touch(self, job: Job) -> None:
+        with self._lock:
+            job.version += 1
             self._lock.notify_all()
 
     def _on_step(self, job: Job, info: StepInfo) -> None:
@@ -252,7 +266,7 @@ class JobQueue:
         if want_preview:
             try:
                 preview = info.preview()
-            except Exception:  # a preview must never kill a job
+            except Exception:  # noqa: BLE001 - a preview must never kill a job
                 preview = None
         with self._lock:
             p.job_step, p.job_steps = info.job_step, info.job_steps
