@@ -1,0 +1,162 @@
+"""Safe reading and writing of model state dicts: safetensors, or weights-only pickles.
+
+Pickled checkpoints (.ckpt/.pt/.pth/.bin) are read only with ``torch.load(weights_only=True)``; a
+pickle that needs to run code (any callable other than torch's tensor rebuilders) is refused. No
+code from a model file ever runs (shared/REFERENCE.md §7).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdstudio.errors import SDStudioError
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+METADATA_KEY = "sdstudio_metadata"  # top-level dict of str -> str in pickled checkpoints we read
+
+
+@dataclass
+class Checkpoint:
+    """A state dict read from one file, with its string metadata and (pickles only) ``global_step``."""
+
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+    global_step: int | None = None
+    path: Path | None = None
+
+
+def check_model_path(path: str | Path) -> Path:
+    """Return ``path`` as a Path if it is a readable model file or diffusers folder, else raise SDStudioError."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SDStudioError(f"model not found: {p}", field="model")
+    if p.is_dir():
+        if not (p / "model_index.json").is_file():
+            raise SDStudioError(
+                f"{p} is a folder without model_index.json; a diffusers model folder needs one "
+                "(or pass a single .safetensors/.ckpt file)",
+                field="model",
+            )
+        return p
+    suffix = p.suffix.lower()
+    if suffix not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
+        allowed = ", ".join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)
+        raise SDStudioError(
+            f"unsupported model file type {suffix or '(no extension)'!r} for {p}; expected {allowed} or a diffusers folder",
+            field="model",
+        )
+    if p.stat().st_size == 0:
+        raise SDStudioError(f"model file {p} is empty (0 bytes)", field="model")
+    return p
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a single-file checkpoint into CPU tensors; unwrap ``state_dict`` nesting (A1111/LDM .ckpt)."""
+    p = check_model_path(path)
+    if p.is_dir():
+        raise SDStudioError(f"{p} is a diffusers folder, not a single-file checkpoint", field="model")
+    if p.suffix.lower() in SAFETENSORS_SUFFIXES:
+        state_dict, metadata = _read_safetensors(p)
+        return Checkpoint(state_dict, metadata, None, p)
+    return _read_pickle(p)
+
+
+def _read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            state_dict = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise SDStudioError(
+            f"{p} is not a valid safetensors file (truncated or corrupt: {exc})", field="model"
+        ) from exc
+    if not state_dict:
+        raise SDStudioError(f"{p} holds no tensors", field="model")
+    return state_dict, metadata
+
+
+def _read_pickle(p: Path) -> Checkpoint:
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise SDStudioError(
+            f"{p} needs arbitrary code execution to load (its pickle calls something other than tensor "
+            f"rebuilders: {_pickle_reason(exc)}). sdstudio never unpickles code; convert the file to "
+            ".safetensors with a tool you trust, or get a .safetensors release of the model",
+            field="model",
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
+        raise SDStudioError(
+            f"{p} is not a readable PyTorch checkpoint (truncated or corrupt: {_first_line(exc)})",
+            field="model",
+        ) from exc
+    return _unwrap(obj, p)
+
+
+def _unwrap(obj: Any, p: Path) -> Checkpoint:
+    if not isinstance(obj, dict):
+        raise SDStudioError(f"{p} holds a {type(obj).__name__}, not a state dict of tensors", field="model")
+    global_step = obj.get("global_step") if isinstance(obj.get("global_step"), int) else None
+    raw_meta = obj.get(METADATA_KEY) if isinstance(obj.get(METADATA_KEY), dict) else {}
+    while isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    state_dict = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not state_dict:
+        raise SDStudioError(f"{p} holds no tensors (keys: {_sample(obj.keys())})", field="model")
+    metadata = {str(k): str(v) for k, v in raw_meta.items()}
+    return Checkpoint(state_dict, metadata, global_step, p)
+
+
+def write_safetensors(
+    state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write ``state_dict`` as .safetensors (contiguous copies where needed) via a temp file + rename."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+    tmp = p.with_name(p.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
+    tmp.replace(p)
+    return p
+
+
+def metadata_json(metadata: dict[str, str], key: str) -> dict[str, Any] | None:
+    """Return the JSON object stored under ``key`` in file metadata, or None (bad JSON counts as absent)."""
+    raw = metadata.get(key)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _pickle_reason(exc: BaseException) -> str:
+    """Return the line of torch's weights-only error that names the blocked global, if any."""
+    for line in str(exc).splitlines():
+        if "GLOBAL" in line:
+            return line.strip()[:300]
+    return _first_line(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _sample(keys: Any, n: int = 8) -> str:
+    keys = [str(k) for k in keys]
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "") if keys else "none"

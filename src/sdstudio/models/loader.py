@@ -1,0 +1,420 @@
+"""Load a :class:`StableDiffusionModel` from a diffusers folder or a single-file checkpoint, offline.
+
+* diffusers folder (``model_index.json``): components via ``from_pretrained(local_files_only=True)``;
+  tokenizers from the folder when present, else the shipped CLIP tokenizer.
+* single file (.safetensors, or .ckpt/.pt/.pth/.bin read weights-only): architecture detected from
+  keys and shapes, converted in memory with diffusers' converters, modules built empty from the
+  shipped config of that architecture (or the configs our converter embeds in the file's metadata)
+  and filled with ``load_state_dict(strict, assign)``; any missing, unexpected or mis-shaped key is
+  an SDStudioError naming them.
+
+Model hash (A1111 "Model hash", sha256[:10], cached per file): the file itself for single files;
+for diffusers folders the UNet weights file (``unet/diffusion_pytorch_model.safetensors``), since a
+folder has no single file and the UNet is what tells fine-tunes apart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdstudio.checkpoints.convert import (
+    StateDict,
+    canonical_text_keys,
+    diffusers_to_original,
+    fit_text_keys,
+    normalize_original_keys,
+    original_to_diffusers,
+)
+from sdstudio.checkpoints.detect import detect_architecture, normalize_prediction_type
+from sdstudio.checkpoints.hashing import default_cache_dir, diffusers_weights_file, model_hash
+from sdstudio.checkpoints.io import check_model_path, metadata_json, read_checkpoint, write_safetensors
+from sdstudio.devices import resolve_device, resolve_dtype
+from sdstudio.errors import SDStudioError
+from sdstudio.models.architectures import (
+    ARCHITECTURES,
+    FAMILIES,
+    Architecture,
+    architecture_for,
+    component_config,
+    read_json,
+)
+from sdstudio.models.sdmodel import StableDiffusionModel
+from sdstudio.models.tokenizer import clip_tokenizer
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default-model"
+CONFIG_METADATA_PREFIX = "sdstudio.config."  # + component name: JSON config embedded by our converter
+ARCH_INDEX_KEY = "_sdstudio_arch"  # written into model_index.json by save_diffusers
+
+
+def load_model(
+    path: str | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    precision: str = "auto",
+    prediction_type: str | None = None,
+    vae_path: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> StableDiffusionModel:
+    """Return a ready (eval, no-grad) model from ``path``: a diffusers folder or single-file checkpoint.
+
+    ``path=None`` loads the embedded default model. ``dtype`` overrides ``precision`` ("auto" = bf16
+    on a bf16 CPU, fp16 on CUDA, else fp32). ``prediction_type`` ("epsilon" | "v_prediction")
+    overrides detection. ``vae_path`` replaces the VAE. ``cache_dir`` holds ``hashes.json``
+    (default ``$SDSTUDIO_CACHE_DIR`` or ``~/.cache/sdstudio``).
+    """
+    target_device = resolve_device(device)
+    target_dtype = dtype or resolve_dtype(precision, target_device)
+    p = check_model_path(default_model_path() if path is None else path)
+    cache_file = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "hashes.json"
+    if p.is_dir():
+        model = _load_diffusers_folder(p, prediction_type)
+        hash_file = diffusers_weights_file(p, "unet")
+    else:
+        model = _load_single_file(p, prediction_type)
+        hash_file = p
+    model.model_hash = model_hash(hash_file, cache_file) if hash_file else ""
+    if vae_path is not None:
+        _replace_vae(model, Path(vae_path), cache_file)
+    return _place(model, target_device, target_dtype).eval()
+
+
+def _place(model: StableDiffusionModel, device: torch.device, dtype: torch.dtype) -> StableDiffusionModel:
+    """Move every module to ``device``/``dtype`` (plain ``nn.Module.to``: diffusers' override only adds a
+    spurious fp32-modules warning for these models)."""
+    for module in [model.unet, model.vae, *model.text_encoders]:
+        torch.nn.Module.to(module, device=device, dtype=dtype)
+    model.device, model.dtype = device, dtype
+    return model
+
+
+def default_model_path() -> Path:
+    """Return the embedded default model folder, or raise SDStudioError while none is shipped."""
+    if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+        raise SDStudioError("no default model shipped yet; pass --model PATH", field="model")
+    return DEFAULT_MODEL_DIR
+
+
+# ----------------------------------------------------------------------------- diffusers folders
+
+
+def _load_diffusers_folder(folder: Path, prediction_type: str | None) -> StableDiffusionModel:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    index = read_json(folder / "model_index.json")
+    for sub in ("unet", "vae", "text_encoder"):
+        if not (folder / sub / "config.json").is_file():
+            raise SDStudioError(f"diffusers folder {folder} has no {sub}/config.json", field="model")
+    unet = _from_pretrained(UNet2DConditionModel, folder, "unet")
+    vae = _from_pretrained(AutoencoderKL, folder, "vae")
+    arch = _folder_architecture(folder, index, unet, prediction_type)
+    text_encoders, tokenizers = [], []
+    for spec in arch.text_encoders:
+        text_encoders.append(_from_pretrained(_text_class(spec.class_name), folder, spec.subfolder))
+        tokenizers.append(_folder_tokenizer(folder / spec.tokenizer_subfolder, spec.pad_token))
+    sched_file = folder / "scheduler" / "scheduler_config.json"
+    scheduler = read_json(sched_file) if sched_file.is_file() else component_config(arch, "scheduler")
+    return StableDiffusionModel(
+        name=folder.name,
+        arch=arch.model_arch,
+        unet=unet,
+        vae=vae,
+        text_encoders=text_encoders,
+        tokenizers=tokenizers,
+        scheduler_config=_scheduler_config(scheduler, arch.prediction_type),
+        path=str(folder),
+    )
+
+
+def _folder_architecture(
+    folder: Path, index: dict[str, Any], unet: Any, prediction_type: str | None
+) -> Architecture:
+    """Return a diffusers folder's architecture: recorded by save_diffusers, else inferred from its configs."""
+    recorded = index.get(ARCH_INDEX_KEY)
+    if recorded in ARCHITECTURES:
+        family = ARCHITECTURES[recorded].family.name
+    elif "text_encoder_2" in index or unet.config.get("addition_embed_type") == "text_time":
+        family = "sdxl"
+    elif unet.config.get("use_linear_projection") or unet.config.get("cross_attention_dim") == 1024:
+        family = "sd2"  # SD 2.x UNets use linear projections; SD 1.x 1x1 convs
+    else:
+        family = "sd1"
+    sched_file = folder / "scheduler" / "scheduler_config.json"
+    found = read_json(sched_file).get("prediction_type") if sched_file.is_file() else None
+    prediction = normalize_prediction_type(prediction_type) or normalize_prediction_type(found) or "epsilon"
+    inpainting = int(unet.config.in_channels) == 9
+    return architecture_for(family, inpainting=inpainting, prediction_type=prediction)
+
+
+def _from_pretrained(cls: Any, folder: Path, subfolder: str) -> Any:
+    try:
+        return cls.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise SDStudioError(
+            f"cannot load {subfolder} from {folder}: {str(exc).splitlines()[0]}", field="model"
+        ) from exc
+
+
+def _text_class(name: str) -> Any:
+    import transformers
+
+    if name not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+        raise SDStudioError(f"unsupported text encoder class {name}", field="model")
+    return getattr(transformers, name)
+
+
+def _folder_tokenizer(tok_dir: Path, pad_token: str) -> Any:
+    if (tok_dir / "vocab.json").is_file() and (tok_dir / "merges.txt").is_file():
+        from transformers import CLIPTokenizer
+
+        return CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    return clip_tokenizer(pad_token=pad_token)
+
+
+def _scheduler_config(config: dict[str, Any], prediction_type: str) -> dict[str, Any]:
+    """Return the scheduler config without diffusers' bookkeeping keys, with the resolved prediction type."""
+    clean = {k: v for k, v in config.items() if not k.startswith("_")}
+    clean["prediction_type"] = prediction_type
+    return clean
+
+
+# ----------------------------------------------------------------------------- single files
+
+
+def _load_single_file(path: Path, prediction_type: str | None) -> StableDiffusionModel:
+    checkpoint = read_checkpoint(path)
+    state_dict = normalize_original_keys(checkpoint.state_dict)
+    arch = detect_architecture(
+        state_dict,
+        prediction_type=prediction_type,
+        metadata=checkpoint.metadata,
+        global_step=checkpoint.global_step,
+    )
+    configs = _component_configs(arch, checkpoint.metadata)
+    components = original_to_diffusers(state_dict, arch, configs)
+    del checkpoint, state_dict
+    unet = _build_module(_unet_factory(configs["unet"]), components.pop("unet"), "UNet", arch, path)
+    vae = _build_module(_vae_factory(configs["vae"]), components.pop("vae"), "VAE", arch, path)
+    text_encoders = []
+    for spec in arch.text_encoders:
+        factory = _text_factory(spec.class_name, configs[spec.subfolder])
+        text_encoders.append(
+            _build_module(factory, components.pop(spec.subfolder), spec.subfolder, arch, path)
+        )
+    return StableDiffusionModel(
+        name=path.stem,
+        arch=arch.model_arch,
+        unet=unet,
+        vae=vae,
+        text_encoders=text_encoders,
+        tokenizers=[clip_tokenizer(pad_token=spec.pad_token) for spec in arch.text_encoders],
+        scheduler_config=_scheduler_config(configs["scheduler"], arch.prediction_type),
+        path=str(path),
+    )
+
+
+def _component_configs(arch: Architecture, metadata: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Return component configs: those embedded by our converter, else the shipped ones for ``arch``."""
+    names = ["unet", "vae", "scheduler", *(spec.subfolder for spec in arch.text_encoders)]
+    return {
+        name: metadata_json(metadata, CONFIG_METADATA_PREFIX + name) or component_config(arch, name)
+        for name in names
+    }
+
+
+def _unet_factory(config: dict[str, Any]) -> Callable[[], Any]:
+    from diffusers import UNet2DConditionModel
+
+    return lambda: UNet2DConditionModel.from_config(config)
+
+
+def _vae_factory(config: dict[str, Any]) -> Callable[[], Any]:
+    from diffusers import AutoencoderKL
+
+    return lambda: AutoencoderKL.from_config(config)
+
+
+def _text_factory(class_name: str, config: dict[str, Any]) -> Callable[[], Any]:
+    from transformers import CLIPTextConfig
+
+    cls = _text_class(class_name)
+    return lambda: cls(CLIPTextConfig.from_dict(config))
+
+
+def _build_module(
+    factory: Callable[[], Any], state_dict: StateDict, what: str, arch: Architecture, path: Path
+) -> Any:
+    """Build a module with empty (meta) weights and assign ``state_dict`` strictly; SDStudioError on mismatch."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        module = factory()
+    expected = module.state_dict()
+    if what.startswith("text_encoder"):
+        state_dict = fit_text_keys(state_dict, expected.keys())
+    problems = _state_dict_problems(expected, state_dict)
+    if problems:
+        raise SDStudioError(
+            f"{path.name} does not match the {arch.name} {what} layout: {problems}", field="model"
+        )
+    module.load_state_dict(state_dict, strict=True, assign=True)
+    return module.eval()
+
+
+def _state_dict_problems(expected: dict[str, torch.Tensor], given: StateDict, show: int = 4) -> str:
+    """Return a one-line description of missing, unexpected and mis-shaped keys ("" if none)."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    mismatched = [
+        f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            more = f", ... ({len(items)} in all)" if len(items) > show else ""
+            parts.append(f"{len(items)} {label} ({', '.join(items[:show])}{more})")
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------- separate VAE
+
+
+def _replace_vae(model: StableDiffusionModel, vae_path: Path, cache_file: Path) -> None:
+    """Load a VAE (diffusers folder, or a single file in LDM or diffusers layout) into ``model``."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    if not vae_path.exists():
+        raise SDStudioError(f"VAE not found: {vae_path}", field="vae")
+    if vae_path.is_dir():
+        sub = "vae" if (vae_path / "vae" / "config.json").is_file() else ""
+        vae = _from_pretrained(AutoencoderKL, vae_path, sub) if sub else _vae_folder(vae_path)
+        hash_file = diffusers_weights_file(vae_path, sub or ".")
+    else:
+        config = dict(model.vae.config)
+        state_dict = read_checkpoint(vae_path).state_dict
+        if not any(k.startswith("encoder.down_blocks.") for k in state_dict):
+            state_dict = convert_ldm_vae_checkpoint(state_dict, config)
+        arch = architecture_for("sd1", inpainting=False, prediction_type="epsilon")
+        vae = _build_module(_vae_factory(config), state_dict, "VAE", arch, vae_path)
+        hash_file = vae_path
+    model.vae = vae
+    model.vae_name = vae_path.stem if vae_path.is_file() else vae_path.name
+    model.vae_hash = model_hash(hash_file, cache_file) if hash_file else ""
+
+
+def _vae_folder(folder: Path) -> Any:
+    from diffusers import AutoencoderKL
+
+    try:
+        return AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise SDStudioError(
+            f"cannot load a VAE from {folder}: {str(exc).splitlines()[0]}", field="vae"
+        ) from exc
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def model_architecture(model: StableDiffusionModel) -> Architecture:
+    """Return the :class:`Architecture` of an in-memory model (family from ``model.arch``)."""
+    family = "sd2" if model.arch.startswith("sd2") else model.arch
+    if family not in FAMILIES:
+        raise SDStudioError(f"unknown model architecture {model.arch!r}", field="model")
+    return architecture_for(family, inpainting=model.is_inpainting, prediction_type=model.prediction_type)
+
+
+def _module_config(module: Any) -> dict[str, Any]:
+    if hasattr(module.config, "to_dict"):
+        return module.config.to_dict()
+    return {k: v for k, v in dict(module.config).items() if k != "_use_default_values"}
+
+
+def _scheduler_file_config(model: StableDiffusionModel, arch: Architecture) -> dict[str, Any]:
+    shipped = component_config(arch, "scheduler")
+    return {"_class_name": shipped["_class_name"], **model.scheduler_config}
+
+
+def model_components(
+    model: StableDiffusionModel,
+) -> tuple[Architecture, dict[str, StateDict], dict[str, dict]]:
+    """Return (architecture, diffusers component state dicts, component configs) of a model."""
+    arch = model_architecture(model)
+    components = {"unet": model.unet.state_dict(), "vae": model.vae.state_dict()}
+    configs = {"unet": _module_config(model.unet), "vae": _module_config(model.vae)}
+    for spec, encoder in zip(arch.text_encoders, model.text_encoders, strict=True):
+        components[spec.subfolder] = canonical_text_keys(encoder.state_dict())
+        configs[spec.subfolder] = _module_config(encoder)
+    configs["scheduler"] = _scheduler_file_config(model, arch)
+    return arch, components, configs
+
+
+def save_single_file(model: StableDiffusionModel, path: str | Path, *, half: bool = False) -> Path:
+    """Write ``model`` as one original-layout (A1111/CompVis) .safetensors file; return its path.
+
+    The component configs and prediction type go into the file's metadata
+    (``sdstudio.config.<component>``, ``sdstudio.prediction_type``), so non-standard sizes load
+    back exactly; other tools ignore them. ``half`` stores floating tensors as fp16.
+    """
+    p = Path(path)
+    if p.suffix.lower() != ".safetensors":
+        raise SDStudioError(f"single-file output must end in .safetensors, got {p.name}", field="dst")
+    arch, components, configs = model_components(model)
+    state_dict = diffusers_to_original(components, arch, configs)
+    if half:
+        state_dict = {k: v.half() if v.is_floating_point() else v for k, v in state_dict.items()}
+    metadata = {"sdstudio.arch": arch.name, "sdstudio.prediction_type": arch.prediction_type}
+    for name, config in configs.items():
+        metadata[CONFIG_METADATA_PREFIX + name] = json.dumps(config, sort_keys=True, default=list)
+    return write_safetensors(state_dict, p, metadata)
+
+
+def save_diffusers(model: StableDiffusionModel, folder: str | Path, *, half: bool = False) -> Path:
+    """Write ``model`` as a diffusers folder (safetensors weights, configs, tokenizers); return it."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    arch, _, configs = model_components(model)
+    model.unet.save_pretrained(out / "unet", safe_serialization=True)
+    model.vae.save_pretrained(out / "vae", safe_serialization=True)
+    index: dict[str, Any] = {
+        "_class_name": arch.family.pipeline_class,
+        ARCH_INDEX_KEY: arch.name,
+        "scheduler": ["diffusers", configs["scheduler"]["_class_name"]],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    for spec, encoder, tokenizer in zip(
+        arch.text_encoders, model.text_encoders, model.tokenizers, strict=True
+    ):
+        encoder.save_pretrained(out / spec.subfolder, safe_serialization=True)
+        tokenizer.save_pretrained(out / spec.tokenizer_subfolder)
+        index[spec.subfolder] = ["transformers", type(encoder).__name__]
+        index[spec.tokenizer_subfolder] = ["transformers", "CLIPTokenizer"]
+    (out / "scheduler").mkdir(exist_ok=True)
+    _write_json(out / "scheduler" / "scheduler_config.json", configs["scheduler"])
+    _write_json(out / "model_index.json", index)
+    if half:
+        for name in ("unet", "vae", *(s.subfolder for s in arch.text_encoders)):
+            _halve_folder(out / name)
+    return out
+
+
+def _halve_folder(sub: Path) -> None:
+    """Rewrite a component folder's safetensors weights as fp16 in place."""
+    from safetensors.torch import load_file, save_file
+
+    for f in sub.glob("*.safetensors"):
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(f)).items()}
+        save_file(tensors, str(f), metadata={"format": "pt"})
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=list) + "\n", encoding="utf-8")
