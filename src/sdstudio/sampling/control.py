@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 
 class CancelToken:
@@ -50,7 +50,7 @@ class StepInfo:
     batch_count: int
     job_step: int  # 1-based across the whole job (all batches, hires passes)
     job_steps: int
-    preview: Optional[Callable[[], object]] = None  # -> PIL.Image, decoded cheaply on demand
+    preview: Callable[[], object] | None = None  # -> PIL.Image, decoded cheaply on demand
 
 
 ProgressCallback = Callable[[StepInfo], None]

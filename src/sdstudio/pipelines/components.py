@@ -1,0 +1,125 @@
+"""Model-side pieces the sampling loop needs: the UNet as a k-diffusion denoiser, VAE encode/decode.
+
+``ModelDenoiser`` wraps a UNet that predicts eps or v at discrete timesteps into
+``D(x, sigma, cond) -> x0`` (k-diffusion ``CompVisDenoiser`` / ``CompVisVDenoiser``):
+``c_in = 1/sqrt(sigma^2+1)``; eps: ``x0 = x - sigma*eps``; v: ``x0 = c_skip*x + c_out*v`` with
+``c_skip = 1/(sigma^2+1)``, ``c_out = -sigma/sqrt(sigma^2+1)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sdstudio.errors import SDStudioError
+from sdstudio.prompts.encode import Conditioning
+from sdstudio.sampling.schedules import DiscreteSchedule
+
+
+class ModelDenoiser:
+    """``D(x, sigma, cond) -> x0`` for a StableDiffusionModel's UNet (fp32 in/out, model dtype inside)."""
+
+    def __init__(self, model, schedule: DiscreteSchedule) -> None:
+        self.model = model
+        self.schedule = schedule
+        self.v_prediction = model.prediction_type == "v_prediction"
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        s = sigma.view(-1, 1, 1, 1).float()  # (B, 1, 1, 1)
+        c_in = 1 / (s**2 + 1) ** 0.5
+        x_in = x * c_in  # (B, C, h, w)
+        if "concat" in cond.extra:  # 9-channel inpainting: [latent, mask, masked-image latent]
+            x_in = torch.cat([x_in, cond.extra["concat"].to(x_in)], dim=1)
+        t = self.schedule.sigma_to_t(sigma.float().cpu()).to(self.model.device)
+        out = self._unet(x_in, t, cond).float()
+        if self.v_prediction:
+            return x * (1 / (s**2 + 1)) + out * (-s / (s**2 + 1) ** 0.5)
+        return x - out * s
+
+    def _unet(self, x_in: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        m = self.model
+        added = None
+        if cond.pooled is not None:
+            added = {
+                "text_embeds": cond.pooled.to(m.device, m.dtype),
+                "time_ids": cond.extra["time_ids"].to(m.device, m.dtype),
+            }
+        return m.unet(
+            x_in.to(m.device, m.dtype),
+            t,
+            encoder_hidden_states=cond.context.to(m.device, m.dtype),
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0]
+
+
+@torch.no_grad()
+def decode_latents(model, latents: torch.Tensor) -> torch.Tensor:
+    """VAE-decode (B, C, h, w) latents to (B, 3, H, W) images in [0, 1], float32.
+
+    If the decode in reduced precision produces NaN/Inf (the SDXL fp16 VAE is known to), it is
+    redone in fp32; if fp32 fails too, a SDStudioError is raised: never a black image saved silently.
+    """
+    images = _decode(model, latents, model.dtype)
+    if not torch.isfinite(images).all() and model.dtype != torch.float32:
+        images = _decode(model, latents, torch.float32)
+    if not torch.isfinite(images).all():
+        raise SDStudioError("the VAE produced NaN/Inf values even in fp32; the model weights may be corrupt")
+    return ((images + 1) / 2).clamp(0, 1)
+
+
+def _decode(model, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    vae = model.vae
+    original = next(vae.parameters()).dtype
+    if dtype != original:
+        vae.to(dtype)
+    try:
+        z = latents / model.vae_scaling_factor + model.vae_shift_factor
+        return vae.decode(z.to(model.device, dtype), return_dict=False)[0].float()
+    finally:
+        if dtype != original:
+            vae.to(original)
+
+
+@torch.no_grad()
+def encode_images(model, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """VAE-encode (B, 3, H, W) images in [0, 1] to scaled latents (B, C, H/f, W/f), using the mean."""
+    x = (images * 2 - 1).to(model.device, model.dtype)
+    dist = model.vae.encode(x).latent_dist
+    z = dist.mean.float()
+    return (z - model.vae_shift_factor) * model.vae_scaling_factor
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """(B, 3, H, W) floats in [0, 1] -> list of PIL RGB images (rounded like A1111: x*255 + 0.5)."""
+    from PIL import Image
+
+    arr = (images.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).clip(0, 255).astype("uint8")
+    return [Image.fromarray(a, "RGB") for a in arr]
+
+
+def from_pil(images: list, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """List of PIL images -> (B, 3, H, W) float tensor in [0, 1]."""
+    import numpy as np
+
+    arrays = [
+        np.asarray((im.convert("RGB").resize(size) if size else im.convert("RGB")), dtype="float32") / 255
+        for im in images
+    ]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def cheap_preview(latents: torch.Tensor) -> object:
+    """Fast approximate RGB preview of the first latent (A1111 "Approx cheap" linear map), as PIL."""
+    from PIL import Image
+
+    coefs = torch.tensor(
+        [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
+    )
+    lat = latents[0].float().cpu()
+    if lat.shape[0] != 4:
+        lat = (
+            lat[:4] if lat.shape[0] > 4 else torch.cat([lat, lat.new_zeros(4 - lat.shape[0], *lat.shape[1:])])
+        )
+    rgb = torch.einsum("chw,cr->hwr", lat, coefs)
+    arr = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
+    return Image.fromarray(arr, "RGB")

@@ -1,0 +1,126 @@
+"""The one sampling loop shared by txt2img, img2img, inpainting, outpainting and hires fix.
+
+``sample_batch`` draws per-image noise, wraps the model as a CFG denoiser and runs the chosen
+sampler over the given sigmas. img2img-style modes pass ``init_latent`` and a tail of the
+schedule; inpainting passes ``post_denoise`` (mask blending) or 9-channel ``cond.extra["concat"]``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from sdstudio.pipelines.components import ModelDenoiser, cheap_preview
+from sdstudio.prompts.encode import Conditioning
+from sdstudio.sampling.control import CancelToken, ProgressCallback, StepInfo
+from sdstudio.sampling.guidance import CFGDenoiser
+from sdstudio.sampling.noise import ImageNoise
+from sdstudio.sampling.registry import SamplerSpec
+from sdstudio.sampling.schedules import DiscreteSchedule
+
+
+class SamplingInterrupted(Exception):
+    """Raised from the step callback when a job is interrupted or skipped; carries the last x0 guess."""
+
+    def __init__(self, denoised: torch.Tensor) -> None:
+        super().__init__("sampling interrupted")
+        self.denoised = denoised
+
+
+@dataclass
+class JobProgress:
+    """Counts steps across a whole job (all batches, hires passes) for progress reporting."""
+
+    total_steps: int
+    batch_count: int
+    callback: ProgressCallback | None = None
+    cancel: CancelToken | None = None
+    done_steps: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class SamplerContext:
+    """What samplers that need the discrete schedule (UniPC) may read."""
+
+    schedule: DiscreteSchedule
+    scheduler_config: dict
+
+
+def sample_batch(
+    model,
+    spec: SamplerSpec,
+    sigmas: torch.Tensor,  # (n + 1,) descending, ending in 0
+    cond_at: Callable[[int], Conditioning],
+    uncond_at: Callable[[int], Conditioning],
+    *,
+    cfg_scale: float,
+    seeds: Sequence[int],
+    latent_shape: tuple[int, int, int],  # (C, h, w)
+    subseeds: Sequence[int] = (),
+    subseed_strength: float = 0.0,
+    seed_resize_from: tuple[int, int] = (0, 0),
+    init_latent: torch.Tensor | None = None,  # (B, C, h, w) scaled latents for img2img
+    noise_multiplier: float = 1.0,
+    post_denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    eta: float | None = None,
+    s_noise: float = 1.0,
+    batch_index: int = 0,
+    progress: JobProgress | None = None,
+    on_step: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    """Run one batch through the sampler; returns final latents (B, C, h, w), float32.
+
+    If the job is interrupted or skipped mid-way, returns the sampler's last x0 prediction (as A1111
+    does, so the partial image is still shown) and leaves the decision to stop to the caller.
+    """
+    noise = ImageNoise(latent_shape, seeds, subseeds, subseed_strength, seed_resize_from)
+    x = noise.initial() * noise_multiplier * sigmas[0]
+    if init_latent is not None:
+        x = init_latent.float() + x
+    schedule = DiscreteSchedule.from_config(model.scheduler_config)
+    denoiser = CFGDenoiser(
+        ModelDenoiser(model, schedule), cond_at, uncond_at, cfg_scale, sigmas, Conditioning.cat, post_denoise
+    )
+    steps = len(sigmas) - 1
+
+    def callback(state: dict) -> None:
+        if on_step is not None:
+            on_step(state)
+        if progress is None:
+            return
+        progress.done_steps += 1
+        if progress.callback is not None:
+            progress.callback(_step_info(state, steps, batch_index, progress))
+        if progress.cancel is not None and progress.cancel.stop_batch:
+            raise SamplingInterrupted(state["denoised"])
+
+    try:
+        return spec.function(
+            denoiser,
+            x,
+            sigmas,
+            noise=noise,
+            callback=callback,
+            eta=eta,
+            s_noise=s_noise,
+            ctx=SamplerContext(schedule, model.scheduler_config),
+        ).float()
+    except SamplingInterrupted as stop:
+        return stop.denoised.float()
+
+
+def _step_info(state: dict, steps: int, batch_index: int, progress: JobProgress) -> StepInfo:
+    denoised = state["denoised"]
+    return StepInfo(
+        step=state["i"] + 1,
+        steps=steps,
+        batch_index=batch_index,
+        batch_count=progress.batch_count,
+        job_step=progress.done_steps,
+        job_steps=progress.total_steps,
+        preview=lambda: cheap_preview(denoised),
+    )

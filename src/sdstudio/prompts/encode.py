@@ -1,0 +1,109 @@
+"""Prompt -> text-encoder conditioning, A1111 style (``modules/sd_hijack_clip.py``).
+
+Tokens are cut into chunks of 75; each chunk is wrapped with BOS/EOS and padded to 77, encoded
+separately, and the results concatenated along the token axis (long prompts). Clip skip N takes the
+hidden state N-1 layers before the last, then the final layer norm. SDXL concatenates the
+penultimate states of both encoders (768 + 1280 -> 2048 for the real model) and takes the pooled,
+projected embedding of the second encoder from the first chunk. Per-token weights are carried so
+emphasis can be applied ("Original" A1111 emphasis: scale, then restore the chunk mean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+CHUNK = 75
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning for a batch: cross-attention context plus SDXL extras."""
+
+    context: torch.Tensor  # (B, 77 * chunks, D)
+    pooled: torch.Tensor | None = None  # (B, P) SDXL text_embeds
+    extra: dict = field(default_factory=dict)  # e.g. {"time_ids": (B, 6), "concat": (B, 5, h, w)}
+
+    @staticmethod
+    def cat(items: Sequence[Conditioning]) -> Conditioning:
+        """Batch-concatenate conditionings, padding shorter contexts by repeating their last chunk."""
+        longest = max(c.context.shape[1] for c in items)
+        contexts = [_pad_context(c.context, longest) for c in items]
+        pooled = torch.cat([c.pooled for c in items]) if items[0].pooled is not None else None
+        keys = items[0].extra.keys()
+        extra = {k: torch.cat([c.extra[k] for c in items]) for k in keys}
+        return Conditioning(torch.cat(contexts), pooled, extra)
+
+    def repeat(self, n: int) -> Conditioning:
+        return Conditioning(
+            self.context.repeat(n, 1, 1),
+            None if self.pooled is None else self.pooled.repeat(n, 1),
+            {k: v.repeat(n, *[1] * (v.ndim - 1)) for k, v in self.extra.items()},
+        )
+
+
+def _pad_context(context: torch.Tensor, length: int) -> torch.Tensor:
+    if context.shape[1] == length:
+        return context
+    reps = (length - context.shape[1]) // 77
+    return torch.cat([context, context[:, -77:].repeat(1, reps, 1)], dim=1)
+
+
+def tokenize_chunks(tokenizer, text: str, min_chunks: int = 1) -> list[list[int]]:
+    """Token ids of ``text`` in chunks of 77 (BOS + 75 + EOS/pad); at least ``min_chunks`` chunks."""
+    ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    chunks = []
+    for start in range(0, max(len(ids), 1), CHUNK):
+        body = ids[start : start + CHUNK]
+        chunk = [bos, *body, eos]
+        chunks.append(chunk + [pad] * (77 - len(chunk)))
+    while len(chunks) < min_chunks:
+        chunks.append([bos, eos] + [pad] * 75)
+    return chunks
+
+
+def count_chunks(tokenizer, text: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+    return max(1, -(-len(ids) // CHUNK))
+
+
+def _hidden(
+    encoder, ids: torch.Tensor, layer_from_end: int, final_norm: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden state ``layer_from_end`` layers before the last [+ final LN], model output[0 or text_embeds])."""
+    out = encoder(ids, output_hidden_states=True)
+    hidden = out.hidden_states[-(layer_from_end + 1)]
+    if final_norm:
+        hidden = getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
+    pooled = getattr(out, "text_embeds", None)
+    return hidden, pooled
+
+
+@torch.no_grad()
+def encode_prompts(model, prompts: Sequence[str], clip_skip: int = 1, min_chunks: int = 1) -> Conditioning:
+    """Encode one prompt per batch row; returns (B, 77*chunks, D) context (and pooled for SDXL)."""
+    chunks_needed = max([min_chunks] + [count_chunks(model.tokenizers[0], p) for p in prompts])
+    rows, pooled_rows = [], []
+    for prompt in prompts:
+        per_chunk, pooled = [], None
+        for ci in range(chunks_needed):
+            parts = []
+            for idx, (tok, enc) in enumerate(zip(model.tokenizers, model.text_encoders)):
+                ids = torch.tensor([tokenize_chunks(tok, prompt, chunks_needed)[ci]], device=model.device)
+                if model.is_sdxl:  # SDXL: penultimate layer, no final LN (clip_skip adds more)
+                    hidden, p = _hidden(enc, ids, clip_skip, final_norm=False)
+                    if idx == 1 and ci == 0:
+                        pooled = p
+                else:
+                    hidden, _ = _hidden(enc, ids, clip_skip - 1, final_norm=True)
+                parts.append(hidden)
+            per_chunk.append(torch.cat(parts, dim=-1))
+        rows.append(torch.cat(per_chunk, dim=1))
+        pooled_rows.append(pooled)
+    context = torch.cat(rows).float()
+    pooled = torch.cat(pooled_rows).float() if model.is_sdxl else None
+    return Conditioning(context, pooled)
