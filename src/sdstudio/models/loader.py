@@ -333,9 +333,9 @@ def model_architecture(model: StableDiffusionModel) -> Architecture:
 
 
 def _module_config(module: Any) -> dict[str, Any]:
-    if hasattr(module.config, "to_dict"):
-        return module.config.to_dict()
-    return {k: v for k, v in dict(module.config).items() if k != "_use_default_values"}
+    """Return a module's config as a plain dict without load-time bookkeeping (paths, defaults used)."""
+    config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
+    return {k: v for k, v in config.items() if k not in ("_use_default_values", "_name_or_path")}
 
 
 def _scheduler_file_config(model: StableDiffusionModel, arch: Architecture) -> dict[str, Any]:
