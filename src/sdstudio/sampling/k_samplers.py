@@ -9,12 +9,12 @@ receives ``{"x", "i", "sigma", "denoised"}`` after every step. Nothing here know
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Callback = Optional[Callable[[dict], None]]
+Callback = Callable[[dict], None] | None
 
 
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:

@@ -49,9 +49,8 @@ class ImageNoise:
         return torch.stack([self._first(i) for i in range(len(self.seeds))])
 
     def _first(self, i: int) -> torch.Tensor:
-        c, h, w = self.shape
         fh, fw = self.seed_resize_from
-        noise_shape = (c, fh, fw) if fh and fw else self.shape
+        noise_shape = (self.shape[0], fh, fw) if fh and fw else self.shape
         subnoise = None
         if self.subseeds and self.subseed_strength > 0:
             sub_gen = torch.Generator("cpu").manual_seed(int(self.subseeds[i]))
@@ -75,7 +74,7 @@ class ImageNoise:
 
 def _paste_centered(noise: torch.Tensor, shape: tuple[int, int, int], gen: torch.Generator) -> torch.Tensor:
     """A1111 "seed resize from": noise made at another size, centred in fresh noise of ``shape``."""
-    c, h, w = shape
+    _, h, w = shape
     x = torch.randn(shape, generator=gen)
     _, fh, fw = noise.shape
     dx, dy = (w - fw) // 2, (h - fh) // 2
