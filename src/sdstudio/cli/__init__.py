@@ -14,7 +14,7 @@ import sys
 from sdstudio.errors import SDStudioError
 
 # module name under sdstudio.cli -> each defines register(subparsers); missing ones are skipped
-COMMAND_MODULES = ("generate", "info", "convert", "serve", "train", "data", "lab")
+COMMAND_MODULES = ("generate", "edit", "info", "convert", "serve", "train", "data", "lab")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -88,6 +88,7 @@ def txt2img(
     """Generate ``batch_size * n_iter`` images; image i uses seed+i (A1111 batch-major order)."""
     request = request.validate().with_resolved_seeds()
     spec = get_sampler(request.sampler_name)
+    request = request.replace(sampler_name=spec.name)  # canonical A1111 name in the infotext (k_lms -> LMS)
     schedule = DiscreteSchedule.from_config(model.scheduler_config)
     sigmas = sigmas_for(spec, request.scheduler, request.steps, schedule)
     hires_steps = _hires_steps(request)
