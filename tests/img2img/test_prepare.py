@@ -138,17 +138,15 @@ def test_fill_latents_modes():
     assert (noised[..., :2, :] == 5).all() and (noised[..., 2:, :] == 1).all()
 
 
-def test_blend_hook_keeps_unmasked_on_original_path():
+def test_denoised_blend_resets_unmasked_area_to_original():
     init = torch.randn(1, 4, 4, 4)
-    noise = torch.randn(1, 4, 4, 4)
     nmask = torch.zeros(1, 1, 4, 4)
     nmask[..., 1:3, 1:3] = 1
-    hook = inpaint.blend_hook(init, nmask, noise)
-    x = torch.full((1, 4, 4, 4), 7.0)
-    out = hook(x, 0, torch.tensor(2.0))
-    assert torch.allclose(out[..., 0, 0], init[..., 0, 0] + 2 * noise[..., 0, 0])
+    blend = inpaint.denoised_blend(init, nmask)
+    out = blend(torch.full((2, 4, 4, 4), 7.0), torch.tensor([2.0, 2.0]))
+    assert out.shape == (2, 4, 4, 4)
+    assert torch.equal(out[:, :, 0, :], init[:, :, 0, :].expand(2, -1, -1))
     assert (out[..., 1:3, 1:3] == 7).all()
-    assert torch.equal(hook(x, 5, torch.tensor(0.0))[..., 0, :], init[..., 0, :])
 
 
 def test_image_conditioning_layout_and_masking():

@@ -6,11 +6,11 @@ box plus padding, grown to the processing aspect ratio, is cropped, processed at
 resolution and pasted back with the blurred mask as a feathered edge. Pixels whose mask is 0
 are restored exactly from the original after decoding (``apply_overlay``).
 
-Two ways of keeping the unmasked area, chosen by ``model.is_inpainting``:
-normal checkpoints blend latents after every step (``x = m * x + (1 - m) * noised(orig)``,
-the diffusers/RePaint-style variant of A1111's ``CFGDenoiser`` mask blend), and dedicated
-9-channel checkpoints receive ``[latent, mask, masked_image_latent]`` as UNet input
-(A1111 ``inpainting_image_conditioning``; both are applied for 9-channel models, as A1111 does).
+Two ways of keeping the unmasked area: every checkpoint gets A1111's ``CFGDenoiser`` mask
+blend (the denoised prediction is reset to the original outside the mask after every model
+call, and the final latents once more), and dedicated 9-channel checkpoints
+(``model.is_inpainting``) also receive ``[latent, mask, masked_image_latent]`` as UNet input
+(A1111 ``inpainting_image_conditioning``), as A1111 does.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from PIL import Image
 
 from sdstudio.errors import SDStudioError
 from sdstudio.pipelines import image_ops as ops
+from sdstudio.prompts.encode import Conditioning
 
 
 @dataclass
@@ -133,22 +134,20 @@ def fill_latents(
     return init_latents
 
 
-def blend_hook(
-    init_latents: torch.Tensor, nmask: torch.Tensor, noise: torch.Tensor
-) -> Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]:
-    """Return ``after_step(x, i, sigma_next)`` that keeps the unmasked area on the original's path.
+def denoised_blend(
+    init_latents: torch.Tensor, nmask: torch.Tensor
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Return ``post_denoise(denoised, sigma)`` that keeps the unmasked area on the original.
 
-    After each step, ``x = nmask * x + (1 - nmask) * (init + noise * sigma_next)``: the kept
-    area is the original noised to the level the sampler has reached (exactly the original at
-    sigma 0), the masked area is what the sampler made (RePaint, Lugmayr et al. 2022, without
-    resampling; diffusers' StableDiffusionInpaintPipeline for 4-channel UNets).
+    A1111 ``CFGDenoiser.forward`` (``mask_before_denoising`` off): after every model call the
+    prediction becomes ``init * (1 - nmask) + denoised * nmask``, so the sampler steps the kept
+    area towards the original and only the masked area towards what the model made.
     """
 
-    def after_step(x: torch.Tensor, i: int, sigma: torch.Tensor) -> torch.Tensor:
-        kept = init_latents + noise * sigma
-        return nmask * x + (1 - nmask) * kept
+    def post_denoise(denoised: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return init_latents * (1 - nmask) + denoised * nmask
 
-    return after_step
+    return post_denoise
 
 
 def image_conditioning(
@@ -177,3 +176,31 @@ def image_conditioning(
 def pixel_mask_tensor(mask: Image.Image) -> torch.Tensor:
     """Return the processing-size mask as (1, 1, H, W) rounded to 0/1 (A1111 ``round_image_mask``)."""
     return (ops.images_to_tensor([mask])[:, :1] * 0.5 + 0.5).round()
+
+
+def txt2img_concat(model: Any, batch: int, height: int, width: int) -> torch.Tensor:
+    """9-channel input for text-to-image on an inpainting model, (B, 5, h, w): everything masked.
+
+    A1111 ``txt2img_image_conditioning``: a mask of ones and the latent of a uniform 0.5 grey
+    image (0 in the VAE's [-1, 1] range), so the model sees nothing known.
+    """
+    from sdstudio.pipelines.components import encode_images
+
+    grey = torch.full((1, 3, height, width), 0.5)
+    f = model.vae_scale_factor
+    cond = image_conditioning(
+        lambda x: encode_images(model, (x + 1) / 2), grey * 2 - 1, None, (height // f, width // f)
+    )
+    return cond.expand(batch, -1, -1, -1).contiguous()
+
+
+def concat_lookup(
+    lookup: Callable[[int], Conditioning], concat: torch.Tensor
+) -> Callable[[int], Conditioning]:
+    """Wrap a per-step conditioning lookup so each result carries ``extra["concat"]`` (9-channel input)."""
+
+    def at(step: int) -> Conditioning:
+        cond = lookup(step)
+        return Conditioning(cond.context, cond.pooled, {**cond.extra, "concat": concat})
+
+    return at
