@@ -77,7 +77,10 @@ def img2img(
     _check_count(images, request.batch_size)
     mask_image = None if mask is None else ops.load_image(mask, field="mask")
     prepared = inpaint.prepare_inputs(request, images, mask_image, region=region)
-    extra = {**prepared.extra, "Init image hash": ops.image_hash(images[0])}
+    extra = {
+        **prepared.extra,
+        "Init image hash": request.extra.get("Init image hash") or ops.image_hash(images[0]),
+    }
     spec = get_sampler(request.sampler_name)
     schedule = DiscreteSchedule.from_config(model.scheduler_config)
     total, start = img2img_schedule(request.steps, strength)

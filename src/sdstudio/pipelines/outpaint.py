@@ -35,7 +35,8 @@ def outpaint(
     on_image: Callable[[GeneratedImage], None] | None = None,
 ) -> list[GeneratedImage]:
     """Return images of size ``(w + left + right, h + up + down)`` with the new area generated."""
-    source = ops.flatten(ops.load_image(image, field="init_images"))
+    original = ops.load_image(image, field="init_images")
+    source = ops.flatten(original)
     request = request.with_resolved_seeds()
     canvas, mask = ops.extend_canvas(
         source,
@@ -55,7 +56,7 @@ def outpaint(
         denoising_strength=DEFAULT_STRENGTH
         if request.denoising_strength is None
         else request.denoising_strength,
-        extra={**request.extra, "Outpaint": sides},
+        extra={**request.extra, "Outpaint": sides, "Init image hash": ops.image_hash(original)},
     )
     region = (0, 0, canvas.width, canvas.height)
     return img2img(

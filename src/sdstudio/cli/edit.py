@@ -1,0 +1,276 @@
+"""``sdstudio img2img | inpaint | outpaint``: the image-to-image verbs (A1111's img2img tab).
+
+Each verb takes the txt2img knobs (``cli.generate.add_generation_args``) plus its own, shows a
+progress bar and prints the path of every PNG it writes (``outputs/img2img-images/<date>/``).
+``--from-png`` reproduces an image from its infotext, mask and hires settings included; the
+init image must be given again (its ``Init image hash`` is checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from sdstudio.errors import SDStudioError
+
+FILL_NAMES = {"fill": 0, "original": 1, "latent-noise": 2, "latent-nothing": 3}
+RESIZE_NAMES = {"just-resize": 0, "crop-and-resize": 1, "resize-and-fill": 2}
+
+
+def _choice(table: dict[str, int], what: str):
+    """argparse type accepting a name from ``table`` or its number (A1111 API index)."""
+
+    def parse(text: str) -> int:
+        key = text.strip().lower().replace(" ", "-").replace("_", "-")
+        if key in table:
+            return table[key]
+        if key.isdigit() and int(key) in table.values():
+            return int(key)
+        raise argparse.ArgumentTypeError(f"{what} must be one of {', '.join(table)} (or 0-{len(table) - 1})")
+
+    return parse
+
+
+def add_img2img_args(p: argparse.ArgumentParser, *, multiple_inits: bool = True) -> None:
+    """Init image, strength and resize mode (A1111 img2img fields)."""
+    p.add_argument(
+        "--init",
+        required=True,
+        action="append" if multiple_inits else "store",
+        metavar="IMAGE",
+        help="init image (repeat for one per batch position)" if multiple_inits else "image to extend",
+    )
+    p.add_argument(
+        "--denoising-strength",
+        "--strength",
+        dest="denoising_strength",
+        type=float,
+        default=None,
+        help="0 returns the input re-encoded, 1 ignores it (default 0.75; outpaint 0.8)",
+    )
+    p.add_argument(
+        "--resize-mode",
+        type=_choice(RESIZE_NAMES, "--resize-mode"),
+        default=0,
+        help="just-resize (default), crop-and-resize, resize-and-fill",
+    )
+
+
+def add_mask_args(p: argparse.ArgumentParser, *, with_mask: bool = True) -> None:
+    """Mask image and A1111's inpainting knobs."""
+    if with_mask:
+        p.add_argument("--mask", required=True, metavar="IMAGE", help="mask image, white = repaint")
+        p.add_argument("--mask-invert", action="store_true", help="repaint what is NOT white")
+        p.add_argument(
+            "--only-masked",
+            action="store_true",
+            help="inpaint only the masked area's box at full resolution, then paste it back",
+        )
+        p.add_argument("--only-masked-padding", type=int, default=32, help="pixels around the mask's box")
+    p.add_argument("--mask-blur", type=int, default=4, help="Gaussian blur of the mask edge in pixels")
+    p.add_argument(
+        "--inpainting-fill",
+        type=_choice(FILL_NAMES, "--inpainting-fill"),
+        default=1,
+        help="masked content: fill, original (default), latent-noise, latent-nothing",
+    )
+
+
+def add_hires_args(p: argparse.ArgumentParser) -> None:
+    """Hires fix flags for txt2img (A1111 enable_hr, hr_scale, hr_upscaler, ...)."""
+    from sdstudio.pipelines.hires import UPSCALERS
+
+    g = p.add_argument_group("hires fix")
+    g.add_argument("--hires", action="store_true", help="enable the hires fix (upscale + second pass)")
+    g.add_argument("--hr-scale", type=float, default=2.0, help="upscale factor (default 2)")
+    g.add_argument("--hr-upscaler", default="Latent", help=f"one of: {', '.join(UPSCALERS)}")
+    g.add_argument("--hr-steps", type=int, default=0, help="second-pass steps (0 = same as --steps)")
+    g.add_argument("--hr-denoising-strength", type=float, default=0.7, help="second-pass strength")
+    g.add_argument("--hr-resize-x", type=int, default=0, help="target width instead of --hr-scale")
+    g.add_argument("--hr-resize-y", type=int, default=0, help="target height instead of --hr-scale")
+    g.add_argument("--hr-sampler", default="", help="second-pass sampler (default: same)")
+    g.add_argument("--hr-prompt", default="", help="second-pass prompt (default: same)")
+    g.add_argument("--hr-negative-prompt", default="", help="second-pass negative prompt (default: same)")
+
+
+def hires_from_args(args: argparse.Namespace):
+    """HiresSettings from ``add_hires_args`` flags, or None when ``--hires`` is off."""
+    from sdstudio.config import HiresSettings
+    from sdstudio.pipelines.hires import check_upscaler
+
+    if not getattr(args, "hires", False):
+        return None
+    return HiresSettings(
+        scale=args.hr_scale,
+        upscaler=check_upscaler(args.hr_upscaler),
+        second_pass_steps=args.hr_steps,
+        denoising_strength=args.hr_denoising_strength,
+        resize_x=args.hr_resize_x,
+        resize_y=args.hr_resize_y,
+        sampler=args.hr_sampler,
+        prompt=args.hr_prompt,
+        negative_prompt=args.hr_negative_prompt,
+    )
+
+
+def edit_fields_from_infotext(fields: dict[str, Any]) -> dict[str, Any]:
+    """GenerationRequest changes for the image-to-image keys of a parsed infotext (A1111 names)."""
+    changes: dict[str, Any] = {}
+    if "Mask blur" in fields:
+        changes["mask_blur"] = int(fields["Mask blur"])
+    if fields.get("Inpaint area") == "Only masked":
+        changes["inpaint_full_res"] = True
+    if "Masked area padding" in fields:
+        changes["inpaint_full_res_padding"] = int(fields["Masked area padding"])
+    if "Masked content" in fields:
+        changes["inpainting_fill"] = FILL_NAMES[str(fields["Masked content"]).replace(" ", "-")]
+    if fields.get("Mask mode") == "Inpaint not masked":
+        changes["inpainting_mask_invert"] = True
+    if "Hires upscaler" in fields:
+        changes["hires"] = _hires_from_fields(fields)
+    return changes
+
+
+def _hires_from_fields(fields: dict[str, Any]):
+    from sdstudio.config import HiresSettings
+
+    rx, ry = (int(v) for v in str(fields.get("Hires resize", "0x0")).split("x"))
+    return HiresSettings(
+        scale=float(fields.get("Hires upscale", 2.0)),
+        upscaler=fields["Hires upscaler"],
+        second_pass_steps=int(fields.get("Hires steps", 0)),
+        denoising_strength=float(fields.get("Denoising strength", 0.7)),
+        resize_x=rx,
+        resize_y=ry,
+        sampler=fields.get("Hires sampler", ""),
+        prompt=fields.get("Hires prompt", ""),
+        negative_prompt=fields.get("Hires negative prompt", ""),
+    )
+
+
+def _request(args, model, init, **fields):
+    """The request for an edit verb: CLI flags (or --from-png), size defaulting to the init image's."""
+    from sdstudio.cli.generate import request_from_args
+
+    request = request_from_args(args, model, **fields)
+    if args.from_png:
+        from sdstudio.infotext import parse_infotext
+        from sdstudio.runtime.outputs import read_infotext
+
+        parsed = parse_infotext(read_infotext(args.from_png))
+        request = request.replace(**edit_fields_from_infotext(parsed))
+        _check_init_hash(parsed, init)
+    elif args.width is None and args.height is None and init is not None:
+        request = request.replace(width=_size8(init.width), height=_size8(init.height))
+    return request.validate()
+
+
+def _check_init_hash(parsed: dict[str, Any], init) -> None:
+    from sdstudio.pipelines.image_ops import image_hash
+
+    recorded = parsed.get("Init image hash")
+    if recorded and init is not None and image_hash(init) != recorded:
+        print("sdstudio: warning: --init differs from the image the PNG was made from", file=sys.stderr)
+
+
+def _size8(pixels: int) -> int:
+    return max(64, pixels // 8 * 8)
+
+
+def _mask_fields(args) -> dict[str, Any]:
+    fields = {"mask_blur": args.mask_blur, "inpainting_fill": args.inpainting_fill}
+    if hasattr(args, "mask"):
+        fields.update(
+            inpainting_mask_invert=args.mask_invert,
+            inpaint_full_res=args.only_masked,
+            inpaint_full_res_padding=args.only_masked_padding,
+        )
+    return fields
+
+
+def _run(args, kind: str) -> int:
+    from sdstudio.cli.generate import load_model_from_args, run_and_save
+    from sdstudio.pipelines import image_ops as ops
+
+    inits = args.init if isinstance(args.init, list) else [args.init]
+    images = [ops.load_image(path, field="--init") for path in inits]
+    fields: dict[str, Any] = {"denoising_strength": args.denoising_strength, "resize_mode": args.resize_mode}
+    if kind != "img2img":
+        fields.update(_mask_fields(args))
+    mask = ops.load_image(args.mask, field="--mask") if kind == "inpaint" else None
+    model = load_model_from_args(args)
+    request = _request(args, model, images[0], **fields)
+    if kind == "outpaint":
+        from sdstudio.pipelines.outpaint import outpaint
+
+        sides = _sides(args)
+        return run_and_save(outpaint, model, request, args, "img2img", image=images[0], **sides)
+    from sdstudio.pipelines.img2img import img2img
+
+    return run_and_save(img2img, model, request, args, "img2img", init_images=images, mask=mask)
+
+
+def _sides(args) -> dict[str, int]:
+    """Outpaint sides from the flags, or from the infotext's ``Outpaint`` key with --from-png."""
+    sides = {"left": args.left, "right": args.right, "up": args.up, "down": args.down}
+    if args.from_png and not any(sides.values()):
+        from sdstudio.infotext import parse_infotext
+        from sdstudio.runtime.outputs import read_infotext
+
+        recorded = parse_infotext(read_infotext(args.from_png)).get("Outpaint", "")
+        sides.update({k: int(v) for k, v in (part.split("=") for part in recorded.split()) if k in sides})
+    if min(sides.values()) < 0 or not any(sides.values()):
+        raise SDStudioError("outpaint needs --left/--right/--up/--down pixels (>= 0, at least one > 0)")
+    return sides
+
+
+def _img2img(args) -> int:
+    return _run(args, "img2img")
+
+
+def _inpaint(args) -> int:
+    return _run(args, "inpaint")
+
+
+def _outpaint(args) -> int:
+    _sides(args)  # fail before loading the model
+    return _run(args, "outpaint")
+
+
+def register(sub) -> None:
+    from sdstudio.cli.generate import add_generation_args, add_model_args
+
+    p = sub.add_parser(
+        "img2img",
+        help="redraw an init image guided by a prompt",
+        description="Image-to-image: --denoising-strength 0 keeps the image, 1 ignores it.",
+    )
+    add_generation_args(p)
+    add_img2img_args(p)
+    add_model_args(p)
+    p.set_defaults(func=_img2img)
+
+    p = sub.add_parser(
+        "inpaint",
+        help="repaint the white area of a mask",
+        description="Inpainting with a mask (white = repaint); --only-masked works on the mask's box.",
+    )
+    add_generation_args(p)
+    add_img2img_args(p)
+    add_mask_args(p)
+    add_model_args(p)
+    p.set_defaults(func=_inpaint)
+
+    p = sub.add_parser(
+        "outpaint",
+        help="extend an image by N pixels per side",
+        description="Outpainting: the canvas grows by --left/--right/--up/--down pixels and the new area is generated.",
+    )
+    add_generation_args(p)
+    add_img2img_args(p, multiple_inits=False)
+    add_mask_args(p, with_mask=False)
+    for side in ("left", "right", "up", "down"):
+        p.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side}")
+    add_model_args(p)
+    p.set_defaults(func=_outpaint)
