@@ -70,7 +70,15 @@ def decode_image(data: str, *, field_name: str, limits: Limits) -> Any:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
     except (binascii.Error, ValueError):
         raise SDStudioError(f"{field_name}: not valid base64", field=field_name) from None
-    return load_image(raw, field=field_name, max_pixels=limits.max_image_pixels)
+    from PIL import Image
+
+    try:
+        return load_image(raw, field=field_name, max_pixels=limits.max_image_pixels)
+    except Image.DecompressionBombError:  # over PIL's own hard limit: refused before decoding
+        raise SDStudioError(
+            f"{field_name}: image is too large (at most {limits.max_image_pixels} pixels are allowed)",
+            field=field_name,
+        ) from None
 
 
 def encode_png(image: Any, infotext: str | None = None) -> str:

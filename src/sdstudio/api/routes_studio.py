@@ -203,11 +203,10 @@ async def info(request: Request) -> s.ServerInfo:
 
 def _has_img2img() -> bool:
     try:
-        from sdstudio import pipelines
-
-        return hasattr(pipelines, "img2img")
-    except Exception:
+        from sdstudio.pipelines.img2img import img2img  # noqa: F401
+    except ImportError:
         return False
+    return True
 
 
 def _history_item(record: ImageRecord) -> s.HistoryItem:

@@ -120,14 +120,15 @@ class Studio:
     def _run_pipeline(
         self, model: Any, converted: ConvertedRequest, request: Any, ctx: JobContext, on_image: Any
     ) -> list[Any]:
-        from sdstudio import pipelines
-
         kw = {"progress": ctx.progress, "cancel": ctx.cancel, "on_image": on_image}
         if converted.kind == "txt2img":
-            return pipelines.txt2img(model, request, **kw)
+            from sdstudio.pipelines import txt2img
+
+            return txt2img(model, request, **kw)
         try:
-            img2img = pipelines.img2img
-        except AttributeError:
+            # the function, not the package attribute (which becomes the submodule once imported)
+            from sdstudio.pipelines.img2img import img2img
+        except ImportError:
             raise SDStudioError(
                 "image-to-image is not available in this build yet", field="init_images", status=501
             )

@@ -337,9 +337,9 @@ def read_image_text(image: Any) -> tuple[str, dict[str, Any]]:
 
 def _exif_user_comment(image: Any) -> str:
     try:
-        exif = image.getexif().get_ifd(0x8769)  # Exif IFD
-        raw = exif.get(0x9286)
-    except Exception:
+        exif = image.getexif()
+        raw = exif.get(0x9286) or exif.get_ifd(0x8769).get(0x9286)  # top level or the Exif IFD
+    except Exception:  # noqa: BLE001 - unreadable EXIF means no infotext
         return ""
     if not raw:
         return ""
