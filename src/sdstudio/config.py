@@ -128,9 +128,9 @@ class GenerationRequest:
             ("height", self.height, limits.max_height),
         ):
             _check(
-                isinstance(value, int) and 64 <= value <= top and value % 8 == 0,
+                isinstance(value, int) and 16 <= value <= top and value % 8 == 0,
                 name,
-                f"{name} must be a multiple of 8 between 64 and {top}, got {value!r}",
+                f"{name} must be a multiple of 8 between 16 and {top}, got {value!r}",
             )
         _check(
             isinstance(self.steps, int) and 1 <= self.steps <= limits.max_steps,

@@ -1,0 +1,35 @@
+"""Golden image: a fixed tiny model, seed and sampler must give exactly the stored pixels.
+
+Anything that changes what a seed produces (noise, schedule, sampler maths, decode rounding) breaks
+this test on purpose: such a change is a compatibility break and needs a version note.
+Regenerate deliberately with ``SDSTUDIO_UPDATE_GOLDEN=1 pytest tests/core/test_golden.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sdstudio import GenerationRequest, txt2img
+
+GOLDEN = Path(__file__).parent / "golden"
+CASES = {
+    "sd1-euler-a": GenerationRequest(prompt="a red heart", width=32, height=32, steps=4, seed=1234,
+                                     sampler_name="Euler a", cfg_scale=7.0),
+    "sd1-dpmpp2m-karras": GenerationRequest(prompt="a rocket", negative_prompt="blurry", width=32, height=32,
+                                            steps=4, seed=42, sampler_name="DPM++ 2M", scheduler="Karras"),
+}
+
+
+def test_golden_pixels(tiny_sd1):
+    for name, request in CASES.items():
+        image = np.asarray(txt2img(tiny_sd1, request)[0].image)
+        path = GOLDEN / f"{name}.png"
+        if os.environ.get("SDSTUDIO_UPDATE_GOLDEN"):
+            GOLDEN.mkdir(exist_ok=True)
+            Image.fromarray(image).save(path)
+        expected = np.asarray(Image.open(path).convert("RGB"))
+        assert np.array_equal(image, expected), f"{name}: pixels differ from the golden file"
