@@ -1,0 +1,159 @@
+"""load_model from diffusers folders, .safetensors and .ckpt: same outputs as the in-memory model."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from sdstudio.checkpoints.io import write_safetensors
+from sdstudio.devices import resolve_dtype
+from sdstudio.errors import SDStudioError
+from sdstudio.models import loader
+from sdstudio.models.loader import load_model, save_single_file
+from tests.checkpoints.conftest import original_state_dict
+
+FORMATS = ("diffusers", "safetensors", "ckpt")
+
+
+@torch.no_grad()
+def component_outputs(model) -> dict[str, torch.Tensor]:
+    """UNet noise prediction, VAE decode and text hidden states for fixed seeded inputs."""
+    g = torch.Generator().manual_seed(0)
+    unet_cfg = model.unet.config
+    sample = torch.randn(1, unet_cfg.in_channels, 8, 8, generator=g)  # (B, C, h, w)
+    context = torch.randn(1, 77, unet_cfg.cross_attention_dim, generator=g)  # (B, T, D)
+    extra = {}
+    if model.is_sdxl:
+        pooled = model.text_encoders[1].config.projection_dim
+        extra["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(1, pooled, generator=g),
+            "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]),
+        }
+    out = {"unet": model.unet(sample, torch.tensor([500]), context, **extra).sample}
+    latents = torch.randn(1, model.latent_channels, 8, 8, generator=g)
+    out["vae"] = model.vae.decode(latents).sample
+    for i, (tok, enc) in enumerate(zip(model.tokenizers, model.text_encoders, strict=True)):
+        ids = tok("a photo of a cat", padding="max_length", max_length=77, return_tensors="pt").input_ids
+        out[f"ids{i}"] = ids
+        out[f"text{i}"] = enc(ids).last_hidden_state
+    return out
+
+
+def assert_same_outputs(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", ["sd1", "sd1-inpaint", "sd2", "sd2-v", "sdxl"])
+def test_each_format_loads_identical_model(saved_models, name, fmt, tmp_path):
+    entry = saved_models[name]
+    model = load_model(entry[fmt], dtype=torch.float32, cache_dir=tmp_path)
+    ref = entry["model"]
+    assert model.arch == ref.arch
+    assert model.is_inpainting == ref.is_inpainting
+    assert model.prediction_type == ref.prediction_type
+    assert model.dtype == torch.float32 and next(model.unet.parameters()).dtype == torch.float32
+    assert not any(p.requires_grad for p in model.unet.parameters())
+    assert_same_outputs(component_outputs(model), component_outputs(ref))
+
+
+def test_model_fields_and_hashes(saved_models, tmp_path):
+    entry = saved_models["sd1"]
+    single = load_model(entry["safetensors"], dtype=torch.float32, cache_dir=tmp_path)
+    assert single.name == "sd1" and single.path == str(entry["safetensors"])
+    assert single.model_hash == hashlib.sha256(entry["safetensors"].read_bytes()).hexdigest()[:10]
+    assert (tmp_path / "hashes.json").is_file()
+    folder = load_model(entry["diffusers"], dtype=torch.float32, cache_dir=tmp_path)
+    unet_file = entry["diffusers"] / "unet" / "diffusion_pytorch_model.safetensors"
+    assert folder.model_hash == hashlib.sha256(unet_file.read_bytes()).hexdigest()[:10]
+    assert folder.name == "sd1-diffusers"
+    for m in (single, folder):
+        assert m.scheduler_config["beta_schedule"] == "scaled_linear"
+        assert m.scheduler_config["num_train_timesteps"] == 1000
+        assert not any(k.startswith("_") for k in m.scheduler_config)
+
+
+def test_precision_switch(saved_models, tmp_path):
+    model = load_model(saved_models["sd1"]["safetensors"], precision="bf16", cache_dir=tmp_path)
+    assert model.dtype == torch.bfloat16
+    assert {p.dtype for m in (model.unet, model.vae, *model.text_encoders) for p in m.parameters()} == {
+        torch.bfloat16
+    }
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu, cpu_bf16=True) == torch.bfloat16
+    assert resolve_dtype("auto", cpu, cpu_bf16=False) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert resolve_dtype("fp32", torch.device("cuda")) == torch.float32
+    with pytest.raises(SDStudioError, match="unknown precision 'fp8'"):
+        resolve_dtype("fp8", cpu)
+
+
+def test_prediction_type_override(saved_models, tmp_path):
+    model = load_model(saved_models["sd2-v"]["safetensors"], prediction_type="epsilon", cache_dir=tmp_path)
+    assert model.arch == "sd2" and model.prediction_type == "epsilon"
+    folder = load_model(saved_models["sd2"]["diffusers"], prediction_type="v", cache_dir=tmp_path)
+    assert folder.arch == "sd2-v" and folder.scheduler_config["prediction_type"] == "v_prediction"
+
+
+def test_no_default_model_yet(tmp_path, monkeypatch):
+    monkeypatch.setattr(loader, "DEFAULT_MODEL_DIR", tmp_path / "default-model")
+    with pytest.raises(SDStudioError, match="no default model shipped yet; pass --model PATH"):
+        load_model(None)
+
+
+def test_file_that_does_not_fit_the_shipped_config(tiny_models, tmp_path):
+    """Without our embedded configs a tiny file is checked against the full-size sd1 config."""
+    _, sd = original_state_dict(tiny_models["sd1"])
+    path = write_safetensors(sd, tmp_path / "odd.safetensors")
+    with pytest.raises(SDStudioError) as info:
+        load_model(path, cache_dir=tmp_path)
+    message = str(info.value)
+    assert "odd.safetensors does not match the sd1 UNet layout" in message
+    assert "missing" in message and "shape mismatches" in message and "vs (320," in message
+
+
+def test_missing_text_encoder_keys_are_reported(tiny_models, saved_models, tmp_path):
+    from safetensors import safe_open
+
+    with safe_open(str(saved_models["sd1"]["safetensors"]), framework="pt") as f:
+        metadata = f.metadata()
+        sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    del sd["cond_stage_model.transformer.text_model.final_layer_norm.weight"]
+    path = write_safetensors(sd, tmp_path / "cut.safetensors", metadata)
+    with pytest.raises(SDStudioError, match=r"text_encoder layout: 1 missing \(final_layer_norm.weight\)"):
+        load_model(path, cache_dir=tmp_path)
+
+
+def test_separate_vae_file(saved_models, tmp_path):
+    from sdstudio.checkpoints.convert import vae_to_original
+    from sdstudio.models.tiny import tiny_sd1
+
+    other = tiny_sd1(seed=7).vae
+    ldm = {
+        "first_stage_model." + k: v
+        for k, v in vae_to_original(other.state_dict(), dict(other.config)).items()
+    }
+    vae_file = write_safetensors(ldm, tmp_path / "my-vae.safetensors")
+    model = load_model(
+        saved_models["sd1"]["safetensors"], dtype=torch.float32, vae_path=vae_file, cache_dir=tmp_path
+    )
+    assert model.vae_name == "my-vae"
+    assert model.vae_hash == hashlib.sha256(vae_file.read_bytes()).hexdigest()[:10]
+    for k, v in other.state_dict().items():
+        assert torch.equal(model.vae.state_dict()[k], v), k
+    with pytest.raises(SDStudioError, match="VAE not found"):
+        load_model(saved_models["sd1"]["safetensors"], vae_path=tmp_path / "nope.pt", cache_dir=tmp_path)
+
+
+def test_half_single_file(tiny_models, tmp_path):
+    path = save_single_file(tiny_models["sd1"], tmp_path / "half.safetensors", half=True)
+    model = load_model(path, dtype=torch.float32, cache_dir=tmp_path)
+    ref = tiny_models["sd1"].unet.state_dict()
+    for k, v in model.unet.state_dict().items():
+        assert torch.equal(v, ref[k].half().float()), k
+    with pytest.raises(SDStudioError, match="must end in .safetensors"):
+        save_single_file(tiny_models["sd1"], tmp_path / "x.ckpt")
