@@ -234,3 +234,18 @@ def test_png_bytes_are_accepted(tiny_sd1, init_image):
     init_image.save(buf, format="PNG")
     out = img2img(tiny_sd1, BASE.replace(denoising_strength=0.0), [buf.getvalue()])
     assert out[0].image.size == (64, 64)
+
+
+def test_variation_seed_changes_img2img_output(tiny_sd1, init_image):
+    req = BASE.replace(denoising_strength=0.7, steps=2, subseed=99)
+    plain = np.asarray(img2img(tiny_sd1, req, [init_image])[0].image).astype(int)
+    again = np.asarray(img2img(tiny_sd1, req.replace(subseed=5), [init_image])[0].image).astype(int)
+    assert np.array_equal(plain, again)  # subseed_strength 0: the subseed is ignored
+    varied = img2img(tiny_sd1, req.replace(subseed_strength=0.5), [init_image])[0]
+    assert np.abs(np.asarray(varied.image).astype(int) - plain).mean() > 0.5
+    assert "Variation seed: 99" in varied.infotext and "Variation seed strength: 0.5" in varied.infotext
+
+
+def test_sdxl_img2img_runs(tiny_sdxl, init_image):
+    out = img2img(tiny_sdxl, BASE.replace(denoising_strength=0.5, steps=2, cfg_scale=3.0), [init_image])
+    assert out[0].image.size == (64, 64)
