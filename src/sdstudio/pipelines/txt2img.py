@@ -95,6 +95,12 @@ def txt2img(
     job = JobProgress((len(sigmas) - 1 + hires_steps) * request.n_iter, request.n_iter, progress, cancel)
     shape = latent_shape(model, request.width, request.height)
     conditioning = encode_for_batch(model, request, request.batch_size, request.width, request.height)
+    if model.is_inpainting:  # A1111: a 9-channel model in txt2img sees a full mask over a grey image
+        from sdstudio.pipelines.inpaint import txt2img_concat
+
+        concat = txt2img_concat(model, request.batch_size, request.height, request.width)
+        conditioning.cond.extra["concat"] = concat
+        conditioning.uncond.extra["concat"] = concat
     seeds, subseeds = request.image_seeds(), request.image_subseeds()
     results: list[GeneratedImage] = []
     for it in range(request.n_iter):
@@ -114,7 +120,7 @@ def txt2img(
             latent_shape=shape,
             subseeds=subseeds[lo:hi],
             subseed_strength=request.subseed_strength,
-            seed_resize_from=_seed_resize(model, request),
+            seed_resize_from=seed_resize_from(model, request),
             eta=request.eta,
             s_noise=request.s_noise,
             batch_index=it,
@@ -135,7 +141,7 @@ def txt2img(
                 subseed=subseeds[index],
                 model=model,
                 extra=extra,
-                schedule_type=_schedule_label(spec, request),
+                schedule_type=schedule_label(spec, request),
             )
             item = GeneratedImage(image, seeds[index], subseeds[index], text, index, request)
             results.append(item)
@@ -144,16 +150,19 @@ def txt2img(
     return results
 
 
-def _schedule_label(spec, request: GenerationRequest) -> str | None:
+def schedule_label(spec, request: GenerationRequest) -> str | None:
     """A1111 writes "Schedule type" when the user picked one; "Automatic" stays implicit."""
     return None if request.scheduler in ("", "Automatic", None) else spec.resolve_schedule(request.scheduler)
 
 
-def _seed_resize(model, request: GenerationRequest) -> tuple[int, int]:
+def seed_resize_from(model, request: GenerationRequest) -> tuple[int, int]:
     f = model.vae_scale_factor
     if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
         return (request.seed_resize_from_h // f, request.seed_resize_from_w // f)
     return (0, 0)
+
+
+_schedule_label, _seed_resize = schedule_label, seed_resize_from  # old private names
 
 
 def _hires_steps(request: GenerationRequest) -> int:
