@@ -72,11 +72,13 @@ class Studio:
         self.options: dict[str, Any] = {}
 
     def start(self) -> None:
+        self.history.ensure_open()
         self.queue.start()
 
     def stop(self) -> None:
-        """Stop the worker (queued jobs are cancelled); the history stays usable."""
+        """Stop the worker (queued jobs are cancelled) and close the history database."""
         self.queue.stop()
+        self.history.close()
 
     # -- jobs ------------------------------------------------------------------------------
     def submit(self, converted: ConvertedRequest, *, client: str) -> Any:

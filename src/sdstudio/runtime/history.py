@@ -155,8 +155,16 @@ class HistoryStore:
             raise
 
     def close(self) -> None:
+        """Close the connection (SQLite checkpoints the WAL); :meth:`ensure_open` reopens it."""
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def ensure_open(self) -> None:
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._open()
 
     # -- writing ---------------------------------------------------------------------------
     def add(self, record: ImageRecord) -> ImageRecord:
