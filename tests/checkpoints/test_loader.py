@@ -157,3 +157,25 @@ def test_half_single_file(tiny_models, tmp_path):
         assert torch.equal(v, ref[k].half().float()), k
     with pytest.raises(SDStudioError, match="must end in .safetensors"):
         save_single_file(tiny_models["sd1"], tmp_path / "x.ckpt")
+
+
+def test_foreign_diffusers_folder_architecture_is_inferred(saved_models, tmp_path):
+    """A folder not written by sdstudio (no _sdstudio_arch): SD 2.x by its OpenCLIP "!" padding."""
+    import json
+    import shutil
+
+    for name, expected in (("sd2", "sd2"), ("sd1", "sd1"), ("sdxl", "sdxl")):
+        folder = shutil.copytree(saved_models[name]["diffusers"], tmp_path / name)
+        index = json.loads((folder / "model_index.json").read_text())
+        index.pop("_sdstudio_arch")
+        (folder / "model_index.json").write_text(json.dumps(index))
+        model = load_model(folder, dtype=torch.float32, cache_dir=tmp_path)
+        assert model.arch == expected
+        assert model.tokenizers[-1].pad_token == ("<|endoftext|>" if name == "sd1" else "!")
+
+
+def test_device_and_precision_arguments_are_checked(saved_models, tmp_path):
+    with pytest.raises(SDStudioError, match="unknown precision"):
+        load_model(saved_models["sd1"]["safetensors"], precision="int4", cache_dir=tmp_path)
+    with pytest.raises(SDStudioError, match="unknown device"):
+        load_model(saved_models["sd1"]["safetensors"], device="tpu9", cache_dir=tmp_path)

@@ -140,8 +140,8 @@ def _folder_architecture(
         family = ARCHITECTURES[recorded].family.name
     elif "text_encoder_2" in index or unet.config.get("addition_embed_type") == "text_time":
         family = "sdxl"
-    elif unet.config.get("use_linear_projection") or unet.config.get("cross_attention_dim") == 1024:
-        family = "sd2"  # SD 2.x UNets use linear projections; SD 1.x 1x1 convs
+    elif unet.config.get("cross_attention_dim") == 1024 or _tokenizer_pad(folder / "tokenizer") == "!":
+        family = "sd2"  # OpenCLIP ViT-H context (1024-d), padded with "!"
     else:
         family = "sd1"
     sched_file = folder / "scheduler" / "scheduler_config.json"
@@ -149,6 +149,15 @@ def _folder_architecture(
     prediction = normalize_prediction_type(prediction_type) or normalize_prediction_type(found) or "epsilon"
     inpainting = int(unet.config.in_channels) == 9
     return architecture_for(family, inpainting=inpainting, prediction_type=prediction)
+
+
+def _tokenizer_pad(tok_dir: Path) -> str | None:
+    """Return the pad token a diffusers tokenizer folder declares, or None."""
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (tok_dir / name).is_file():
+            pad = read_json(tok_dir / name).get("pad_token")
+            return pad.get("content") if isinstance(pad, dict) else pad
+    return None
 
 
 def _from_pretrained(cls: Any, folder: Path, subfolder: str) -> Any:
@@ -169,7 +178,8 @@ def _text_class(name: str) -> Any:
 
 
 def _folder_tokenizer(tok_dir: Path, pad_token: str) -> Any:
-    if (tok_dir / "vocab.json").is_file() and (tok_dir / "merges.txt").is_file():
+    has_bpe = (tok_dir / "vocab.json").is_file() and (tok_dir / "merges.txt").is_file()
+    if has_bpe or (tok_dir / "tokenizer.json").is_file():
         from transformers import CLIPTokenizer
 
         return CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
