@@ -93,3 +93,44 @@ def test_canonical_text_keys_adds_text_model_prefix():
         "text_model.embeddings.token_embedding.weight",
         "text_projection.weight",
     }
+
+
+@pytest.mark.parametrize("name", ["sd1", "sd2", "sdxl"])
+def test_full_size_text_encoders_as_real_files_store_them(name):
+    """Shipped text-encoder configs on the meta device, in the layout real single files use.
+
+    Real SD 2.x files carry all 24 OpenCLIP layers and a text_projection that SD 2 does not use;
+    real files also carry position_ids. Conversion must yield exactly the module's keys and shapes.
+    """
+    from accelerate import init_empty_weights
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from sdstudio.checkpoints.convert import (
+        clip_to_openclip,
+        clip_to_original,
+        fit_text_keys,
+        text_to_diffusers,
+    )
+
+    arch = ARCHITECTURES[name]
+    for spec in arch.text_encoders:
+        config = component_config(arch, spec.subfolder)
+        cls = (
+            CLIPTextModelWithProjection if spec.class_name == "CLIPTextModelWithProjection" else CLIPTextModel
+        )
+        with init_empty_weights():
+            module = cls(CLIPTextConfig.from_dict(config))
+        expected = module.state_dict()
+        original = (clip_to_original if spec.layout == "clip" else clip_to_openclip)(expected)
+        file = {spec.prefix + k: v for k, v in original.items()}
+        width = config["hidden_size"]
+        if name == "sd2":  # the unused last layer and projection of the ViT-H text tower
+            last = f"{spec.prefix}transformer.resblocks.23."
+            file[last + "attn.in_proj_weight"] = torch.empty(3 * width, width, device="meta")
+            file[last + "ln_1.weight"] = torch.empty(width, device="meta")
+            file[spec.prefix + "text_projection"] = torch.empty(width, width, device="meta")
+        if spec.layout == "clip":
+            file[spec.prefix + "text_model.embeddings.position_ids"] = torch.arange(77)[None]
+        converted = fit_text_keys(text_to_diffusers(file, spec, config), expected.keys())
+        assert converted.keys() == expected.keys(), spec.subfolder
+        assert all(converted[k].shape == v.shape for k, v in expected.items())
