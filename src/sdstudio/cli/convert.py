@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert",
         help="convert a model between single-file (A1111) and diffusers folder layouts",
-        description=__doc__.split("\n\n")[0],
+        description="Convert a model between the original single-file layout (A1111/CompVis .safetensors) "
+        "and a diffusers folder. Offline; pickles are read weights-only.",
     )
     p.add_argument("src", help="source: diffusers folder, .safetensors, or .ckpt/.pt (read weights-only)")
     p.add_argument("dst", help="destination: a .safetensors file (original layout) or a folder (diffusers)")
