@@ -52,6 +52,23 @@ def test_load_image_rejects_non_images(payload):
     assert "init_images" in str(err.value)
 
 
+def test_decode_base64_with_and_without_data_prefix():
+    import base64
+
+    img = _gradient(9, 7)
+    b64 = base64.b64encode(_png_bytes(img)).decode()
+    for text in (b64, "data:image/png;base64," + b64, b64[:20] + "\n" + b64[20:]):
+        assert np.array_equal(np.asarray(ops.decode_base64_image(text).convert("RGB")), np.asarray(img))
+    for bad, message in (
+        ("%%%", "not valid base64"),
+        ("", "base64-encoded"),
+        ("aGVsbG8=", "not a readable image"),
+    ):
+        with pytest.raises(SDStudioError, match=message) as err:
+            ops.decode_base64_image(bad, field="mask")
+        assert err.value.field == "mask" and err.value.status == 400
+
+
 def test_load_image_rejects_missing_file(tmp_path):
     with pytest.raises(SDStudioError, match="no such image file"):
         ops.load_image(tmp_path / "nope.png")

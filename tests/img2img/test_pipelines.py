@@ -249,3 +249,23 @@ def test_variation_seed_changes_img2img_output(tiny_sd1, init_image):
 def test_sdxl_img2img_runs(tiny_sdxl, init_image):
     out = img2img(tiny_sdxl, BASE.replace(denoising_strength=0.5, steps=2, cfg_scale=3.0), [init_image])
     assert out[0].image.size == (64, 64)
+
+
+def test_interrupt_keeps_finished_batches_only(tiny_sd1, init_image):
+    from sdstudio.sampling.control import CancelToken
+
+    cancel = CancelToken()
+    seen = []
+
+    def progress(info):
+        seen.append(info.batch_index)
+        cancel.interrupt()  # interrupt during the first batch's first step
+
+    out = img2img(
+        tiny_sd1,
+        BASE.replace(denoising_strength=0.7, n_iter=3),
+        [init_image],
+        progress=progress,
+        cancel=cancel,
+    )
+    assert [g.index for g in out] == [0] and seen == [0]  # A1111: the interrupted batch is still returned

@@ -12,6 +12,8 @@ location is ``(x, y, w, h)`` as A1111's ``paste_to``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
 import warnings
@@ -62,9 +64,22 @@ def load_image(source: ImageInput, *, field: str = "init_images", max_pixels: in
         if isinstance(exc, SDStudioError):
             raise
         raise SDStudioError(
-            f"{field}: not a readable image ({type(exc).__name__}: {exc})", field=field
+            f"{field}: not a readable image ({type(exc).__name__}: {exc})", field=field, status=400
         ) from None
     return image
+
+
+def decode_base64_image(text: str, *, field: str = "init_images", max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Return the image in an A1111 API string: base64, with or without a ``data:image/...;base64,`` prefix."""
+    if not isinstance(text, str) or not text.strip():
+        raise SDStudioError(f"{field}: expected a base64-encoded image string", field=field, status=400)
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        raw = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise SDStudioError(f"{field}: not valid base64", field=field, status=400) from None
+    return load_image(raw, field=field, max_pixels=max_pixels)
 
 
 def _check_pixels(size: tuple[int, int], field: str, max_pixels: int) -> None:

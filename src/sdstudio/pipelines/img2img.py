@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,13 +22,12 @@ from sdstudio.pipelines import image_ops as ops
 from sdstudio.pipelines import inpaint
 from sdstudio.pipelines.components import decode_latents, encode_images, from_pil, to_pil
 from sdstudio.pipelines.loop import JobProgress, sample_batch
-from sdstudio.pipelines.txt2img import GeneratedImage, encode_for_batch, latent_shape
+from sdstudio.pipelines.txt2img import GeneratedImage, encode_for_batch
 from sdstudio.pipelines.txt2img import _schedule_label as schedule_label  # TODO(lead): make public
 from sdstudio.pipelines.txt2img import _seed_resize as seed_resize_from  # TODO(lead): make public
-from sdstudio.prompts.encode import Conditioning
 from sdstudio.sampling.control import CancelToken, ProgressCallback
 from sdstudio.sampling.noise import ImageNoise
-from sdstudio.sampling.registry import get_sampler, sigmas_for
+from sdstudio.sampling.registry import SamplerSpec, get_sampler, sigmas_for
 from sdstudio.sampling.schedules import DiscreteSchedule
 
 
@@ -73,23 +73,16 @@ def img2img(
     forces the crop box that "only masked" would otherwise find (used by outpainting).
     """
     request, strength = _checked(request)
-    images = [ops.load_image(x, field="init_images") for x in init_images]
-    _check_count(images, request.batch_size)
-    mask_image = None if mask is None else ops.load_image(mask, field="mask")
-    prepared = inpaint.prepare_inputs(request, images, mask_image, region=region)
-    extra = {
-        **prepared.extra,
-        "Init image hash": request.extra.get("Init image hash") or ops.image_hash(images[0]),
-    }
-    spec = get_sampler(request.sampler_name)
-    schedule = DiscreteSchedule.from_config(model.scheduler_config)
-    total, start = img2img_schedule(request.steps, strength)
-    sigmas = sigmas_for(spec, request.scheduler, total, schedule)[start:]
-    run = len(sigmas) - 1 if strength > 0 else 0
-    job = JobProgress(run * request.n_iter, request.n_iter, progress, cancel)
-    shape = latent_shape(model, request.width, request.height)
+    init = _prepare_init(model, request, init_images, mask, region)
+    plan = _Plan.build(model, request, strength)
+    job = JobProgress(plan.run * request.n_iter, request.n_iter, progress, cancel)
     conditioning = encode_for_batch(model, request, request.batch_size, request.width, request.height)
-    init = _encode_batch(model, prepared, request.batch_size)  # (B, C, h, w) and its pixels
+    cond_at, uncond_at = conditioning.cond_at, conditioning.uncond_at
+    if init.concat is not None:
+        cond_at, uncond_at = (
+            inpaint.concat_lookup(cond_at, init.concat),
+            inpaint.concat_lookup(uncond_at, init.concat),
+        )
     seeds, subseeds = request.image_seeds(), request.image_subseeds()
     results: list[GeneratedImage] = []
     for it in range(request.n_iter):
@@ -98,46 +91,101 @@ def img2img(
         if cancel is not None:
             cancel.clear_skip()
         lo, hi = it * request.batch_size, (it + 1) * request.batch_size
-        batch = _BatchInputs(model, request, prepared, init, seeds[lo:hi], shape)
-        if run:
+        start_latents = init.filled(request, seeds[lo:hi])
+        latents = start_latents
+        if plan.run:  # strength 0 keeps the re-encoded input
             latents = sample_batch(
-                model,
-                spec,
-                sigmas,
-                batch.cond_at(conditioning.cond_at),
-                batch.cond_at(conditioning.uncond_at),
-                cfg_scale=request.cfg_scale,
-                seeds=seeds[lo:hi],
-                latent_shape=shape,
-                subseeds=subseeds[lo:hi],
-                subseed_strength=request.subseed_strength,
-                seed_resize_from=seed_resize_from(model, request),
-                init_latent=batch.latents,
-                post_denoise=batch.post_denoise,
-                eta=request.eta,
-                s_noise=request.s_noise,
-                batch_index=it,
-                progress=job,
-            )
-        else:  # strength 0: no sampling, the re-encoded input
-            latents = batch.latents
-        decoded = to_pil(decode_latents(model, batch.final_blend(latents)))
-        for k, image in enumerate(decoded):
-            index = lo + k
-            image = inpaint.paste_back(image, prepared, k)
-            text = create_infotext(
-                request,
-                seed=seeds[index],
-                subseed=subseeds[index],
-                model=model,
-                extra=extra,
-                schedule_type=schedule_label(spec, request),
-            )
-            item = GeneratedImage(image, seeds[index], subseeds[index], text, index, request)
+                model, plan.spec, plan.sigmas, cond_at, uncond_at, cfg_scale=request.cfg_scale,
+                seeds=seeds[lo:hi], latent_shape=tuple(init.latents.shape[1:]), subseeds=subseeds[lo:hi],
+                subseed_strength=request.subseed_strength, seed_resize_from=seed_resize_from(model, request),
+                init_latent=start_latents, post_denoise=init.post_denoise(start_latents), eta=request.eta,
+                s_noise=request.s_noise, batch_index=it, progress=job,
+            )  # fmt: skip
+        images = to_pil(decode_latents(model, init.final_blend(latents, start_latents)))
+        for k, image in enumerate(images):
+            item = _generated(model, request, plan, init, inpaint.paste_back(image, init.prepared, k), lo + k)
             results.append(item)
             if on_image is not None:
                 on_image(item)
     return results
+
+
+@dataclass
+class _Plan:
+    """Sampler, the tail of the schedule img2img runs, and how many steps that is."""
+
+    spec: SamplerSpec
+    sigmas: torch.Tensor  # (run + 1,)
+    run: int
+
+    @classmethod
+    def build(cls, model, request: GenerationRequest, strength: float) -> _Plan:
+        spec = get_sampler(request.sampler_name)
+        total, start = img2img_schedule(request.steps, strength)
+        sigmas = sigmas_for(
+            spec, request.scheduler, total, DiscreteSchedule.from_config(model.scheduler_config)
+        )
+        sigmas = sigmas[start:]
+        return cls(spec, sigmas, len(sigmas) - 1 if strength > 0 else 0)
+
+
+@dataclass
+class _Init:
+    """Everything derived once per job from the init images and the mask."""
+
+    prepared: inpaint.PreparedInputs
+    latents: torch.Tensor  # (B, C, h, w) VAE latents of the prepared images
+    nmask: torch.Tensor | None  # (1, 1, h, w) repaint mask at latent size
+    concat: torch.Tensor | None  # (B, 5, h, w) 9-channel model input
+    infotext: dict[str, Any]
+
+    def filled(self, request: GenerationRequest, seeds: Sequence[int]) -> torch.Tensor:
+        """Init latents of one batch after A1111's latent masked-content modes (2 noise, 3 nothing)."""
+        if self.nmask is None or request.inpainting_fill not in (2, 3):
+            return self.latents
+        noise = ImageNoise(tuple(self.latents.shape[1:]), seeds).initial().to(self.latents)
+        return inpaint.fill_latents(self.latents, self.nmask, request.inpainting_fill, noise)
+
+    def post_denoise(self, start_latents: torch.Tensor):
+        return None if self.nmask is None else inpaint.denoised_blend(start_latents, self.nmask)
+
+    def final_blend(self, latents: torch.Tensor, start_latents: torch.Tensor) -> torch.Tensor:
+        """A1111 ``sample``: ``samples * nmask + init * (1 - nmask)`` once sampling is done."""
+        if self.nmask is None:
+            return latents
+        return latents * self.nmask + start_latents.to(latents) * (1 - self.nmask.to(latents))
+
+
+def _prepare_init(model, request, init_images, mask, region) -> _Init:
+    """Load, check, resize/crop/fill and VAE-encode the init images; build the mask tensors."""
+    images = [ops.load_image(x, field="init_images") for x in init_images]
+    _check_count(images, request.batch_size)
+    mask_image = None if mask is None else ops.load_image(mask, field="mask")
+    prepared = inpaint.prepare_inputs(request, images, mask_image, region=region)
+    pixels = from_pil(prepared.images)  # (1 or B, 3, H, W) in [0, 1]
+    if pixels.shape[0] == 1 and request.batch_size > 1:
+        pixels = pixels.repeat(request.batch_size, 1, 1, 1)
+    latents = encode_images(model, pixels)  # (B, C, h, w)
+    nmask = None if prepared.mask is None else inpaint.latent_masks(prepared, latents)
+    concat = _concat_input(model, prepared, pixels, latents) if model.is_inpainting else None
+    infotext = {
+        **prepared.extra,
+        "Init image hash": request.extra.get("Init image hash") or ops.image_hash(images[0]),
+    }
+    return _Init(prepared, latents, nmask, concat, infotext)
+
+
+def _generated(model, request, plan: _Plan, init: _Init, image, index: int) -> GeneratedImage:
+    seed, subseed = request.seed + index, request.subseed + index
+    text = create_infotext(
+        request,
+        seed=seed,
+        subseed=subseed,
+        model=model,
+        extra=init.infotext,
+        schedule_type=schedule_label(plan.spec, request),
+    )
+    return GeneratedImage(image, seed, subseed, text, index, request)
 
 
 def _checked(request: GenerationRequest) -> tuple[GenerationRequest, float]:
@@ -158,52 +206,9 @@ def _check_count(images: list, batch_size: int) -> None:
         )
 
 
-@dataclass
-class _EncodedInit:
-    """The init images at processing size as pixels (B, 3, H, W) in [0, 1] and latents (B, C, h, w)."""
-
-    pixels: torch.Tensor
-    latents: torch.Tensor
-
-
-def _encode_batch(model, prepared: inpaint.PreparedInputs, batch_size: int) -> _EncodedInit:
-    pixels = from_pil(prepared.images)
-    if pixels.shape[0] == 1 and batch_size > 1:
-        pixels = pixels.repeat(batch_size, 1, 1, 1)
-    return _EncodedInit(pixels, encode_images(model, pixels))
-
-
-class _BatchInputs:
-    """Per-batch inpainting state: filled init latents, latent mask, blend and 9-channel input."""
-
-    def __init__(self, model, request, prepared, init: _EncodedInit, seeds, shape) -> None:
-        self.latents = init.latents
-        self.nmask = None if prepared.mask is None else inpaint.latent_masks(prepared, init.latents)
-        if self.nmask is not None and request.inpainting_fill in (2, 3):
-            noise = ImageNoise(shape, seeds).initial() if request.inpainting_fill == 2 else None
-            self.latents = inpaint.fill_latents(init.latents, self.nmask, request.inpainting_fill, noise)
-        self.concat = _concat_input(model, prepared, init) if model.is_inpainting else None
-
-    @property
-    def post_denoise(self):
-        return None if self.nmask is None else inpaint.denoised_blend(self.latents, self.nmask)
-
-    def cond_at(self, lookup: Callable[[int], Conditioning]) -> Callable[[int], Conditioning]:
-        """Wrap a per-step conditioning lookup to carry the 9-channel input (``extra["concat"]``)."""
-        if self.concat is None:
-            return lookup
-        return inpaint.concat_lookup(lookup, self.concat)
-
-    def final_blend(self, latents: torch.Tensor) -> torch.Tensor:
-        """A1111 ``sample``: ``samples * nmask + init * (1 - nmask)`` once sampling is done."""
-        if self.nmask is None:
-            return latents
-        return latents * self.nmask + self.latents * (1 - self.nmask)
-
-
-def _concat_input(model, prepared: inpaint.PreparedInputs, init: _EncodedInit) -> torch.Tensor:
+def _concat_input(model, prepared: inpaint.PreparedInputs, pixels: torch.Tensor, latents: torch.Tensor):
     """[mask, masked-image latent], (B, 5, h, w), for a 9-channel inpainting UNet."""
     mask = None if prepared.mask is None else inpaint.pixel_mask_tensor(prepared.mask)
     return inpaint.image_conditioning(
-        lambda x: encode_images(model, (x + 1) / 2), init.pixels * 2 - 1, mask, tuple(init.latents.shape[-2:])
+        lambda x: encode_images(model, (x + 1) / 2), pixels * 2 - 1, mask, tuple(latents.shape[-2:])
     )
