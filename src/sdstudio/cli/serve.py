@@ -1,0 +1,101 @@
+"""``sdstudio serve``: the HTTP API (A1111-compatible + sdstudio's own) and the web UI in one server.
+
+Binds 127.0.0.1 by default. ``--listen`` (0.0.0.0) refuses to start without ``--api-auth``
+unless ``--insecure`` is given, because the API can write files and run long jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sdstudio.errors import SDStudioError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the studio server (web UI + A1111-compatible API)",
+        description="Serve the web UI and the HTTP API (/sdapi/v1/* as AUTOMATIC1111, /api/* for jobs and history).",
+    )
+    p.add_argument(
+        "--model",
+        help="checkpoint to use by default (default: first in --models-dir, else the embedded model)",
+    )
+    p.add_argument(
+        "--models-dir",
+        default="models",
+        help="A1111-style models folder: Stable-diffusion/, Lora/, VAE/, embeddings/",
+    )
+    p.add_argument(
+        "--outdir", default="outputs", help="where images and the history database go (default: outputs)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860, as A1111)")
+    p.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (needs --api-auth or --insecure)")
+    p.add_argument("--api-auth", metavar="USER:PASS[,USER:PASS]", help="HTTP basic auth for every route")
+    p.add_argument("--insecure", action="store_true", help="allow --listen without --api-auth")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="model weights precision",
+    )
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--max-body-mb", type=float, default=64, help="largest request body in MiB (default 64)")
+    p.add_argument("--max-size", type=int, default=2048, help="largest width/height (default 2048)")
+    p.add_argument("--max-steps", type=int, default=150, help="most sampling steps per image (default 150)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="largest batch size (default 8)")
+    p.add_argument(
+        "--max-image-pixels", type=int, default=4096 * 4096, help="largest uploaded image in pixels"
+    )
+    p.set_defaults(func=run)
+
+
+def build_settings(args: argparse.Namespace):
+    """Check the security rules and turn parsed arguments into :class:`ServerSettings`."""
+    from sdstudio.api.settings import ServerSettings, parse_api_auth
+    from sdstudio.config import Limits
+
+    host = "0.0.0.0" if args.listen else args.host
+    auth = parse_api_auth(args.api_auth) if args.api_auth else ()
+    public = host not in ("127.0.0.1", "localhost", "::1")
+    if public and not auth and not args.insecure:
+        raise SDStudioError(
+            f"refusing to listen on {host} without --api-auth user:pass (add --insecure to allow it anyway)",
+            field="listen",
+        )
+    if args.model and not Path(args.model).exists():
+        raise SDStudioError(f"--model: no such file or folder: {args.model}", field="model")
+    limits = Limits(
+        max_width=args.max_size,
+        max_height=args.max_size,
+        max_steps=args.max_steps,
+        max_batch_size=args.max_batch_size,
+        max_image_pixels=args.max_image_pixels,
+    )
+    return ServerSettings(
+        outdir=Path(args.outdir),
+        models_dir=Path(args.models_dir) if args.models_dir else None,
+        model=args.model,
+        host=host,
+        port=args.port,
+        api_auth=auth,
+        device=args.device,
+        precision=args.precision,
+        limits=limits,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sdstudio.api.app import create_app
+
+    settings = build_settings(args)
+    app = create_app(settings)
+    shown = "127.0.0.1" if settings.host == "0.0.0.0" else settings.host
+    print(f"sdstudio: web UI and API on http://{shown}:{settings.port}/  (A1111 API under /sdapi/v1)")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_keep_alive=30)
+    return 0
