@@ -107,3 +107,37 @@ def test_pickle_without_tensors(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(SDStudioError, match="not a state dict"):
         read_checkpoint(path)
+
+
+def test_old_lightning_ckpt_loads_with_inert_stand_ins(tmp_path, monkeypatch):
+    """sd-v1-4.ckpt style: a Lightning ModelCheckpoint callback and numpy global_step beside the weights."""
+    import sys
+    import types
+
+    import numpy as np
+
+    name = "pytorch_lightning.callbacks.model_checkpoint"
+    module = types.ModuleType(name)
+
+    class ModelCheckpoint:
+        def __init__(self):
+            self.monitor = "val/loss"
+
+    ModelCheckpoint.__module__ = name
+    ModelCheckpoint.__qualname__ = "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    for mod in ("pytorch_lightning", "pytorch_lightning.callbacks"):
+        monkeypatch.setitem(sys.modules, mod, types.ModuleType(mod))
+    monkeypatch.setitem(sys.modules, name, module)
+    path = tmp_path / "sd-v1-4.ckpt"
+    torch.save(
+        {
+            "state_dict": {"w": torch.ones(2)},
+            "callbacks": {"ModelCheckpoint": ModelCheckpoint()},
+            "global_step": np.int64(470000),
+        },
+        path,
+    )
+    monkeypatch.delitem(sys.modules, name)  # loading must not need (or import) Lightning
+    ckpt = read_checkpoint(path)
+    assert list(ckpt.state_dict) == ["w"] and ckpt.global_step == 470000

@@ -85,9 +85,37 @@ def _read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     return state_dict, metadata
 
 
+class _InertStandIn:
+    """Stand-in for the PyTorch Lightning callback objects that old SD .ckpt files store beside the
+    weights (e.g. ``sd-v1-4.ckpt``: ``callbacks.ModelCheckpoint``). It keeps their state and runs
+    nothing, like A1111's restricted unpickler, which allows ``pytorch_lightning.callbacks`` names."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+LIGHTNING_GLOBALS = (
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    "pytorch_lightning.callbacks.early_stopping.EarlyStopping",
+)
+
+
+def _extra_safe_globals() -> list[Any]:
+    """Return the data-only globals old checkpoints need beyond torch's weights-only defaults:
+    inert Lightning callback stand-ins and numpy scalars/dtypes (``global_step`` as ``np.int64``)."""
+    import numpy as np
+
+    scalar = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar
+    allowed: list[Any] = [(_InertStandIn, name) for name in LIGHTNING_GLOBALS]
+    allowed += [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype]
+    allowed += [type(np.dtype(t)) for t in (np.int64, np.int32, np.float64, np.float32)]
+    return allowed
+
+
 def _read_pickle(p: Path) -> Checkpoint:
     try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_extra_safe_globals()):
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise SDStudioError(
             f"{p} needs arbitrary code execution to load (its pickle calls something other than tensor "
@@ -104,9 +132,12 @@ def _read_pickle(p: Path) -> Checkpoint:
 
 
 def _unwrap(obj: Any, p: Path) -> Checkpoint:
+    import numpy as np
+
     if not isinstance(obj, dict):
         raise SDStudioError(f"{p} holds a {type(obj).__name__}, not a state dict of tensors", field="model")
-    global_step = obj.get("global_step") if isinstance(obj.get("global_step"), int) else None
+    step = obj.get("global_step")
+    global_step = int(step) if isinstance(step, (int, np.integer)) and not isinstance(step, bool) else None
     raw_meta = obj.get(METADATA_KEY) if isinstance(obj.get(METADATA_KEY), dict) else {}
     while isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
