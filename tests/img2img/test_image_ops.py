@@ -312,3 +312,32 @@ def test_tensor_roundtrip_is_exact():
     assert x.shape == (2, 3, 8, 12) and x.min() >= -1 and x.max() <= 1
     back = ops.tensor_to_images(x)
     assert np.array_equal(np.asarray(back[1]), np.asarray(img))
+
+
+def _a1111_resize_and_fill(im: Image.Image, width: int, height: int) -> Image.Image:
+    """A1111 v1.10 images.resize_image, mode 2, with upscaler "None" (reference for parity)."""
+    ratio, src_ratio = width / height, im.width / im.height
+    src_w = width if ratio < src_ratio else im.width * height // im.height
+    src_h = height if ratio >= src_ratio else im.height * width // im.width
+    resized = im.resize((src_w, src_h), resample=Image.Resampling.LANCZOS)
+    res = Image.new("RGB", (width, height))
+    res.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+    if ratio < src_ratio:
+        fill = height // 2 - src_h // 2
+        if fill > 0:
+            res.paste(resized.resize((width, fill), box=(0, 0, width, 0)), box=(0, 0))
+            res.paste(resized.resize((width, fill), box=(0, src_h, width, src_h)), box=(0, fill + src_h))
+    elif ratio > src_ratio:
+        fill = width // 2 - src_w // 2
+        if fill > 0:
+            res.paste(resized.resize((fill, height), box=(0, 0, 0, height)), box=(0, 0))
+            res.paste(resized.resize((fill, height), box=(src_w, 0, src_w, height)), box=(fill + src_w, 0))
+    return res
+
+
+@pytest.mark.parametrize("src,dst", [((100, 40), (64, 64)), ((40, 100), (64, 64)), ((37, 91), (80, 48))])
+def test_resize_and_fill_matches_a1111_exactly(src, dst):
+    rng = np.random.default_rng(1)
+    im = Image.fromarray(rng.integers(0, 255, (src[1], src[0], 3), dtype=np.uint8))
+    ours = np.asarray(ops.resize_image(2, im, *dst))
+    assert np.array_equal(ours, np.asarray(_a1111_resize_and_fill(im, *dst)))

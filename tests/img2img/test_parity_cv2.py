@@ -21,7 +21,8 @@ def _a1111_blur(mask: np.ndarray, sx: float, sy: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("sx,sy", [(4, 4), (1, 0), (0, 3), (2.5, 8), (16, 16), (64, 1)])
-def test_blur_mask_matches_opencv_within_one_level(sx, sy):
+def test_blur_mask_matches_opencv(sx, sy):
+    """Equal up to OpenCV's 8-bit fixed-point rounding: at most 1 level per blurred axis."""
     rng = np.random.default_rng(int(sx * 10 + sy))
     mask = np.zeros((96, 80), np.uint8)
     for _ in range(4):
@@ -29,4 +30,5 @@ def test_blur_mask_matches_opencv_within_one_level(sx, sy):
         mask[y : y + rng.integers(2, 30), x : x + rng.integers(2, 30)] = 255
     ours = np.asarray(ops.blur_mask(Image.fromarray(mask), sx, sy)).astype(int)
     theirs = _a1111_blur(mask, sx, sy).astype(int)
-    assert np.abs(ours - theirs).max() <= 1
+    diff = np.abs(ours - theirs)
+    assert diff.max() <= (sx > 0) + (sy > 0) and diff.mean() < 0.5

@@ -160,22 +160,23 @@ def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Imag
 
 
 def _fill_bands(result: Image.Image, resized: Image.Image, ratio: float, src_ratio: float) -> None:
-    """Fill the empty bands of a "resize and fill" canvas by stretching the edge row/column."""
+    """Fill the empty bands of a "resize and fill" canvas by stretching the edge row/column.
+
+    As A1111, the band is a Lanczos resize of a zero-height (or zero-width) box on the edge,
+    which Pillow samples from the rows (columns) next to that edge.
+    """
     width, height = result.size
+    w, h = resized.size
     if ratio < src_ratio:  # bands above and below
-        band = height // 2 - resized.height // 2
+        band = height // 2 - h // 2
         if band > 0:
-            top = resized.crop((0, 0, width, 1)).resize((width, band))
-            bottom = resized.crop((0, resized.height - 1, width, resized.height)).resize((width, band))
-            result.paste(top, (0, 0))
-            result.paste(bottom, (0, band + resized.height))
+            result.paste(resized.resize((width, band), box=(0, 0, width, 0)), (0, 0))
+            result.paste(resized.resize((width, band), box=(0, h, width, h)), (0, band + h))
     elif ratio > src_ratio:  # bands left and right
-        band = width // 2 - resized.width // 2
+        band = width // 2 - w // 2
         if band > 0:
-            left = resized.crop((0, 0, 1, height)).resize((band, height))
-            right = resized.crop((resized.width - 1, 0, resized.width, height)).resize((band, height))
-            result.paste(left, (0, 0))
-            result.paste(right, (band + resized.width, 0))
+            result.paste(resized.resize((band, height), box=(0, 0, 0, height)), (0, 0))
+            result.paste(resized.resize((band, height), box=(w, 0, w, height)), (band + w, 0))
 
 
 # --------------------------------------------------------------------------- masks
@@ -203,7 +204,10 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
 
 def blur_mask(mask: Image.Image, blur_x: float, blur_y: float | None = None) -> Image.Image:
     """Gaussian-blur an ``L`` mask separately along x then y, as A1111 (``cv2.GaussianBlur`` with
-    kernel ``(2*int(2.5*s+0.5)+1, 1)`` then ``(1, k)``, reflect-101 borders); 0 skips an axis."""
+    kernel ``(2*int(2.5*s+0.5)+1, 1)`` then ``(1, k)``, reflect-101 borders); 0 skips an axis.
+
+    Matches OpenCV to within 1 level per blurred axis (its 8-bit path rounds in fixed point).
+    """
     blur_y = blur_x if blur_y is None else blur_y
     arr = np.asarray(mask.convert("L"), dtype=np.float64)  # (H, W)
     for axis, sigma in ((1, blur_x), (0, blur_y)):
