@@ -121,7 +121,8 @@ function buildKnob(group, spec) {
     const num = el("input", { type: "number", id, name: spec.name, min: spec.min, max: spec.max, step: spec.step, value: spec.value });
     range.addEventListener("input", () => { num.value = range.value; });
     num.addEventListener("input", () => { range.value = num.value; });
-    wrap.append(el("div", { class: "pair" }, [range, num]));
+    head.append(num);
+    wrap.append(range);
   } else if (spec.type === "select") {
     const sel = el("select", { id, name: spec.name });
     fillSelect(sel, spec.options(), spec.value);
@@ -133,7 +134,7 @@ function buildKnob(group, spec) {
     head.prepend(box);
   } else if (spec.type === "seed") {
     const input = el("input", { type: "text", id, name: spec.name, value: spec.value, placeholder: "-1 (random)", inputmode: "numeric" });
-    const dice = el("button", { type: "button", class: "ghost small", title: "Random seed (-1)", text: "🎲" });
+    const dice = el("button", { type: "button", class: "ghost small", title: "Random seed (-1)", text: "Random" });
     dice.addEventListener("click", () => { input.value = ""; });
     wrap.append(el("div", { class: "seed-row" }, [input, dice]));
   }
@@ -319,8 +320,10 @@ class Output {
   showMain(url, preview) {
     const main = this.q(".main-image");
     main.hidden = false;
+    main.onload = () => main.classList.toggle("pixelated", main.naturalWidth < 256);
     main.src = url;
     main.classList.toggle("preview", preview);
+    this.q(".viewer").dataset.label = preview ? "Live preview" : "";
     this.q(".placeholder").hidden = true;
   }
 
