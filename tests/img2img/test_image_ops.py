@@ -341,3 +341,35 @@ def test_resize_and_fill_matches_a1111_exactly(src, dst):
     im = Image.fromarray(rng.integers(0, 255, (src[1], src[0], 3), dtype=np.uint8))
     ours = np.asarray(ops.resize_image(2, im, *dst))
     assert np.array_equal(ours, np.asarray(_a1111_resize_and_fill(im, *dst)))
+
+
+def _a1111_expand(region, pw, ph, iw, ih):
+    """A1111 masking.expand_crop_region, transcribed as the reference."""
+    x1, y1, x2, y2 = region
+    if (x2 - x1) / (y2 - y1) > pw / ph:
+        diff = int((x2 - x1) / (pw / ph) - (y2 - y1))
+        y1, y2 = y1 - diff // 2, y2 + diff - diff // 2
+        if y2 >= ih:
+            y1, y2 = y1 - (y2 - ih), ih
+        if y1 < 0:
+            y1, y2 = 0, y2 - y1
+        y2 = min(y2, ih)
+    else:
+        diff = int((y2 - y1) * (pw / ph) - (x2 - x1))
+        x1, x2 = x1 - diff // 2, x2 + diff - diff // 2
+        if x2 >= iw:
+            x1, x2 = x1 - (x2 - iw), iw
+        if x1 < 0:
+            x1, x2 = 0, x2 - x1
+        x2 = min(x2, iw)
+    return x1, y1, x2, y2
+
+
+def test_expand_crop_region_matches_a1111_on_random_boxes():
+    rng = np.random.default_rng(5)
+    for _ in range(500):
+        iw, ih = int(rng.integers(64, 300)), int(rng.integers(64, 300))
+        x1, y1 = int(rng.integers(0, iw - 1)), int(rng.integers(0, ih - 1))
+        box = (x1, y1, int(rng.integers(x1 + 1, iw + 1)), int(rng.integers(y1 + 1, ih + 1)))
+        pw, ph = int(rng.integers(8, 128)) * 8, int(rng.integers(8, 128)) * 8
+        assert ops.expand_crop_region(box, pw, ph, iw, ih) == _a1111_expand(box, pw, ph, iw, ih)
