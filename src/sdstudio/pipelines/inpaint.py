@@ -145,7 +145,8 @@ def denoised_blend(
     """
 
     def post_denoise(denoised: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return init_latents * (1 - nmask) + denoised * nmask
+        m = nmask.to(denoised)  # the loop may run on another device/dtype than the VAE
+        return init_latents.to(denoised) * (1 - m) + denoised * m
 
     return post_denoise
 
