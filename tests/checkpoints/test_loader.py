@@ -19,7 +19,9 @@ FORMATS = ("diffusers", "safetensors", "ckpt")
 
 @torch.no_grad()
 def component_outputs(model) -> dict[str, torch.Tensor]:
-    """UNet noise prediction, VAE decode and text hidden states for fixed seeded inputs."""
+    """UNet noise prediction, VAE decode and text hidden states for fixed seeded inputs (as fp32, CPU)."""
+    param = next(model.unet.parameters())
+    dev, dt = param.device, param.dtype
     g = torch.Generator().manual_seed(0)
     unet_cfg = model.unet.config
     sample = torch.randn(1, unet_cfg.in_channels, 8, 8, generator=g)  # (B, C, h, w)
@@ -28,17 +30,20 @@ def component_outputs(model) -> dict[str, torch.Tensor]:
     if model.is_sdxl:
         pooled = model.text_encoders[1].config.projection_dim
         extra["added_cond_kwargs"] = {
-            "text_embeds": torch.randn(1, pooled, generator=g),
-            "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]),
+            "text_embeds": torch.randn(1, pooled, generator=g).to(dev, dt),
+            "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).to(dev, dt),
         }
-    out = {"unet": model.unet(sample, torch.tensor([500]), context, **extra).sample}
+    unet_out = model.unet(
+        sample.to(dev, dt), torch.tensor([500], device=dev), context.to(dev, dt), **extra
+    ).sample
+    out = {"unet": unet_out}
     latents = torch.randn(1, model.latent_channels, 8, 8, generator=g)
-    out["vae"] = model.vae.decode(latents).sample
+    out["vae"] = model.vae.decode(latents.to(dev, dt)).sample
     for i, (tok, enc) in enumerate(zip(model.tokenizers, model.text_encoders, strict=True)):
         ids = tok("a photo of a cat", padding="max_length", max_length=77, return_tensors="pt").input_ids
         out[f"ids{i}"] = ids
-        out[f"text{i}"] = enc(ids).last_hidden_state
-    return out
+        out[f"text{i}"] = enc(ids.to(dev)).last_hidden_state
+    return {k: v.cpu().float() if v.is_floating_point() else v.cpu() for k, v in out.items()}
 
 
 def assert_same_outputs(a, b):
