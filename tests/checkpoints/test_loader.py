@@ -184,3 +184,18 @@ def test_device_and_precision_arguments_are_checked(saved_models, tmp_path):
         load_model(saved_models["sd1"]["safetensors"], precision="int4", cache_dir=tmp_path)
     with pytest.raises(SDStudioError, match="unknown device"):
         load_model(saved_models["sd1"]["safetensors"], device="tpu9", cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_inspect_model_without_building_it(saved_models, fmt):
+    from sdstudio.models.loader import inspect_model
+
+    for name in ("sd1-inpaint", "sd2-v", "sdxl"):
+        model = saved_models[name]["model"]
+        info = inspect_model(saved_models[name][fmt])
+        assert info.arch == name and info.model_arch == model.arch
+        assert info.inpainting == model.is_inpainting and info.prediction_type == model.prediction_type
+        modules = [model.unet, model.vae, *model.text_encoders]
+        assert info.parameters == sum(p.numel() for m in modules for p in m.parameters())
+        assert info.dtypes == ("float32",)
+        assert info.format == {"diffusers": "diffusers", "safetensors": "safetensors", "ckpt": "pickle"}[fmt]

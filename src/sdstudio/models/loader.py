@@ -16,7 +16,9 @@ folder has no single file and the UNet is what tells fine-tunes apart.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,104 @@ def _place(model: StableDiffusionModel, device: torch.device, dtype: torch.dtype
     return model
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file or folder is, read without building the model (safetensors: header only)."""
+
+    path: str
+    format: str  # "diffusers" | "safetensors" | "pickle"
+    arch: str  # config folder name: "sd1", "sd1-inpaint", "sd2", "sd2-v", "sdxl", ...
+    model_arch: str  # StableDiffusionModel.arch
+    inpainting: bool
+    prediction_type: str
+    parameters: int  # UNet + VAE + text encoders (single files: every tensor in the file)
+    dtypes: tuple[str, ...]
+
+
+def inspect_model(path: str | Path, *, prediction_type: str | None = None) -> ModelInfo:
+    """Return a :class:`ModelInfo` for a diffusers folder or single file without loading the weights
+    (pickles are read weights-only, which loads them; safetensors only read the header)."""
+    p = check_model_path(path)
+    if p.is_dir():
+        index = read_json(p / "model_index.json")
+        arch = _folder_architecture(p, index, read_json(p / "unet" / "config.json"), prediction_type)
+        params, dtypes = _folder_tensor_stats(p)
+        fmt = "diffusers"
+    else:
+        shapes, metadata, global_step = _header(p)
+        arch = detect_architecture(
+            shapes, prediction_type=prediction_type, metadata=metadata, global_step=global_step
+        )
+        params = sum(math.prod(s.shape) for s in shapes.values())
+        dtypes = tuple(sorted({s.dtype for s in shapes.values()}))
+        fmt = "safetensors" if p.suffix.lower() == ".safetensors" else "pickle"
+    return ModelInfo(
+        str(p), fmt, arch.name, arch.model_arch, arch.inpainting, arch.prediction_type, params, dtypes
+    )
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+
+
+def _st_dtype(name: str) -> str:
+    """Return the torch name ("float16") of a safetensors dtype tag ("F16")."""
+    return _SAFETENSORS_DTYPES.get(str(name).upper(), str(name).lower())
+
+
+@dataclass(frozen=True)
+class _TensorHeader:
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def _header(path: Path) -> tuple[dict[str, Any], dict[str, str], int | None]:
+    """Return ({key: shape/dtype}, metadata, global_step) of a single file; safetensors read lazily."""
+    if path.suffix.lower() != ".safetensors":
+        ckpt = read_checkpoint(path)
+        sd = normalize_original_keys(ckpt.state_dict)
+        heads = {k: _TensorHeader(tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in sd.items()}
+        return heads, ckpt.metadata, ckpt.global_step
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            heads = {}
+            for key in f.keys():  # noqa: SIM118 (safe_open is no dict)
+                view = f.get_slice(key)
+                heads[key] = _TensorHeader(tuple(view.get_shape()), _st_dtype(view.get_dtype()))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise SDStudioError(
+            f"{path} is not a valid safetensors file (truncated or corrupt: {exc})", field="model"
+        ) from exc
+    return normalize_original_keys(heads), metadata, None
+
+
+def _folder_tensor_stats(folder: Path) -> tuple[int, tuple[str, ...]]:
+    """Return (parameter count, dtypes) over a diffusers folder's safetensors weights (headers only)."""
+    from safetensors import safe_open
+
+    total, dtypes = 0, set()
+    for f in sorted(folder.glob("*/*.safetensors")):
+        with safe_open(str(f), framework="pt", device="cpu") as st:
+            for key in st.keys():  # noqa: SIM118
+                view = st.get_slice(key)
+                total += math.prod(view.get_shape())
+                dtypes.add(_st_dtype(view.get_dtype()))
+    return total, tuple(sorted(dtypes))
+
+
 def default_model_path() -> Path:
     """Return the embedded default model folder, or raise SDStudioError while none is shipped."""
     if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
@@ -112,7 +212,7 @@ def _load_diffusers_folder(folder: Path, prediction_type: str | None) -> StableD
             raise SDStudioError(f"diffusers folder {folder} has no {sub}/config.json", field="model")
     unet = _from_pretrained(UNet2DConditionModel, folder, "unet")
     vae = _from_pretrained(AutoencoderKL, folder, "vae")
-    arch = _folder_architecture(folder, index, unet, prediction_type)
+    arch = _folder_architecture(folder, index, dict(unet.config), prediction_type)
     text_encoders, tokenizers = [], []
     for spec in arch.text_encoders:
         text_encoders.append(_from_pretrained(_text_class(spec.class_name), folder, spec.subfolder))
@@ -132,22 +232,22 @@ def _load_diffusers_folder(folder: Path, prediction_type: str | None) -> StableD
 
 
 def _folder_architecture(
-    folder: Path, index: dict[str, Any], unet: Any, prediction_type: str | None
+    folder: Path, index: dict[str, Any], unet_config: dict[str, Any], prediction_type: str | None
 ) -> Architecture:
     """Return a diffusers folder's architecture: recorded by save_diffusers, else inferred from its configs."""
     recorded = index.get(ARCH_INDEX_KEY)
     if recorded in ARCHITECTURES:
         family = ARCHITECTURES[recorded].family.name
-    elif "text_encoder_2" in index or unet.config.get("addition_embed_type") == "text_time":
+    elif "text_encoder_2" in index or unet_config.get("addition_embed_type") == "text_time":
         family = "sdxl"
-    elif unet.config.get("cross_attention_dim") == 1024 or _tokenizer_pad(folder / "tokenizer") == "!":
+    elif unet_config.get("cross_attention_dim") == 1024 or _tokenizer_pad(folder / "tokenizer") == "!":
         family = "sd2"  # OpenCLIP ViT-H context (1024-d), padded with "!"
     else:
         family = "sd1"
     sched_file = folder / "scheduler" / "scheduler_config.json"
     found = read_json(sched_file).get("prediction_type") if sched_file.is_file() else None
     prediction = normalize_prediction_type(prediction_type) or normalize_prediction_type(found) or "epsilon"
-    inpainting = int(unet.config.in_channels) == 9
+    inpainting = int(unet_config.get("in_channels", 4)) == 9
     return architecture_for(family, inpainting=inpainting, prediction_type=prediction)
 
 
