@@ -199,3 +199,19 @@ def test_inspect_model_without_building_it(saved_models, fmt):
         assert info.parameters == sum(p.numel() for m in modules for p in m.parameters())
         assert info.dtypes == ("float32",)
         assert info.format == {"diffusers": "diffusers", "safetensors": "safetensors", "ckpt": "pickle"}[fmt]
+
+
+def test_vae_of_another_shape_is_refused(saved_models, tmp_path):
+    from sdstudio.checkpoints.convert import vae_to_original
+    from sdstudio.models.tiny import tiny_sdxl
+
+    vae = tiny_sdxl().vae
+    ldm = {
+        "first_stage_model." + k: v for k, v in vae_to_original(vae.state_dict(), dict(vae.config)).items()
+    }
+    ldm["first_stage_model.decoder.conv_out.weight"] = torch.zeros(3, 8, 5, 5)
+    vae_file = write_safetensors(ldm, tmp_path / "odd-vae.safetensors")
+    with pytest.raises(
+        SDStudioError, match=r"odd-vae.safetensors does not match the model's VAE layout: 1 shape mism"
+    ):
+        load_model(saved_models["sd1"]["safetensors"], vae_path=vae_file, cache_dir=tmp_path)

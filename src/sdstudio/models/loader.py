@@ -308,13 +308,13 @@ def _load_single_file(path: Path, prediction_type: str | None) -> StableDiffusio
     configs = _component_configs(arch, checkpoint.metadata)
     components = original_to_diffusers(state_dict, arch, configs)
     del checkpoint, state_dict
-    unet = _build_module(_unet_factory(configs["unet"]), components.pop("unet"), "UNet", arch, path)
-    vae = _build_module(_vae_factory(configs["vae"]), components.pop("vae"), "VAE", arch, path)
+    unet = _build_module(_unet_factory(configs["unet"]), components.pop("unet"), f"{arch.name} UNet", path)
+    vae = _build_module(_vae_factory(configs["vae"]), components.pop("vae"), f"{arch.name} VAE", path)
     text_encoders = []
     for spec in arch.text_encoders:
         factory = _text_factory(spec.class_name, configs[spec.subfolder])
         text_encoders.append(
-            _build_module(factory, components.pop(spec.subfolder), spec.subfolder, arch, path)
+            _build_module(factory, components.pop(spec.subfolder), f"{arch.name} {spec.subfolder}", path)
         )
     return StableDiffusionModel(
         name=path.stem,
@@ -356,22 +356,18 @@ def _text_factory(class_name: str, config: dict[str, Any]) -> Callable[[], Any]:
     return lambda: cls(CLIPTextConfig.from_dict(config))
 
 
-def _build_module(
-    factory: Callable[[], Any], state_dict: StateDict, what: str, arch: Architecture, path: Path
-) -> Any:
+def _build_module(factory: Callable[[], Any], state_dict: StateDict, what: str, path: Path) -> Any:
     """Build a module with empty (meta) weights and assign ``state_dict`` strictly; SDStudioError on mismatch."""
     from accelerate import init_empty_weights
 
     with init_empty_weights():
         module = factory()
     expected = module.state_dict()
-    if what.startswith("text_encoder"):
+    if "text_encoder" in what:
         state_dict = fit_text_keys(state_dict, expected.keys())
     problems = _state_dict_problems(expected, state_dict)
     if problems:
-        raise SDStudioError(
-            f"{path.name} does not match the {arch.name} {what} layout: {problems}", field="model"
-        )
+        raise SDStudioError(f"{path.name} does not match the {what} layout: {problems}", field="model")
     module.load_state_dict(state_dict, strict=True, assign=True)
     return module.eval()
 
@@ -412,8 +408,7 @@ def _replace_vae(model: StableDiffusionModel, vae_path: Path, cache_file: Path) 
         state_dict = read_checkpoint(vae_path).state_dict
         if not any(k.startswith("encoder.down_blocks.") for k in state_dict):
             state_dict = convert_ldm_vae_checkpoint(state_dict, config)
-        arch = architecture_for("sd1", inpainting=False, prediction_type="epsilon")
-        vae = _build_module(_vae_factory(config), state_dict, "VAE", arch, vae_path)
+        vae = _build_module(_vae_factory(config), state_dict, "model's VAE", vae_path)
         hash_file = vae_path
     model.vae = vae
     model.vae_name = vae_path.stem if vae_path.is_file() else vae_path.name
