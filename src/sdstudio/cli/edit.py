@@ -49,6 +49,8 @@ def add_img2img_args(p: argparse.ArgumentParser, *, multiple_inits: bool = True)
         default=None,
         help="0 returns the input re-encoded, 1 ignores it (default 0.75; outpaint 0.8)",
     )
+    if not multiple_inits:  # outpaint: the canvas size follows the image
+        return
     p.add_argument(
         "--resize-mode",
         type=_choice(RESIZE_NAMES, "--resize-mode"),
@@ -195,7 +197,10 @@ def _run(args, kind: str) -> int:
 
     inits = args.init if isinstance(args.init, list) else [args.init]
     images = [ops.load_image(path, field="--init") for path in inits]
-    fields: dict[str, Any] = {"denoising_strength": args.denoising_strength, "resize_mode": args.resize_mode}
+    fields: dict[str, Any] = {
+        "denoising_strength": args.denoising_strength,
+        "resize_mode": getattr(args, "resize_mode", 0),
+    }
     if kind != "img2img":
         fields.update(_mask_fields(args))
     mask = ops.load_image(args.mask, field="--mask") if kind == "inpaint" else None
@@ -270,7 +275,12 @@ def register(sub) -> None:
     add_generation_args(p)
     add_img2img_args(p, multiple_inits=False)
     add_mask_args(p, with_mask=False)
-    for side in ("left", "right", "up", "down"):
-        p.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side}")
+    for side, where in (
+        ("left", "on the left"),
+        ("right", "on the right"),
+        ("up", "at the top"),
+        ("down", "at the bottom"),
+    ):
+        p.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add {where}")
     add_model_args(p)
     p.set_defaults(func=_outpaint)
