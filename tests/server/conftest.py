@@ -53,7 +53,7 @@ class LiveServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self):
         self.thread.start()
         deadline = time.time() + 20
         while not self.server.started and time.time() < deadline:

@@ -10,12 +10,39 @@ from PIL import Image
 
 from tests.server.conftest import FAST, decode_png, png_b64
 
-INFO_KEYS = (
-    "prompt all_prompts negative_prompt all_negative_prompts seed all_seeds subseed all_subseeds subseed_strength "
-    "width height sampler_name cfg_scale steps batch_size restore_faces sd_model_name sd_model_hash sd_vae_name "
-    "sd_vae_hash seed_resize_from_w seed_resize_from_h denoising_strength extra_generation_params "
-    "index_of_first_image infotexts styles job_timestamp clip_skip is_using_inpainting_conditioning version"
-).split()
+INFO_KEYS = [
+    "prompt",
+    "all_prompts",
+    "negative_prompt",
+    "all_negative_prompts",
+    "seed",
+    "all_seeds",
+    "subseed",
+    "all_subseeds",
+    "subseed_strength",
+    "width",
+    "height",
+    "sampler_name",
+    "cfg_scale",
+    "steps",
+    "batch_size",
+    "restore_faces",
+    "sd_model_name",
+    "sd_model_hash",
+    "sd_vae_name",
+    "sd_vae_hash",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
+    "denoising_strength",
+    "extra_generation_params",
+    "index_of_first_image",
+    "infotexts",
+    "styles",
+    "job_timestamp",
+    "clip_skip",
+    "is_using_inpainting_conditioning",
+    "version",
+]
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +130,7 @@ def test_unknown_fields_warn_and_unsupported_fields_422(client):
     assert any("foo" in w and "my_extension_flag" in w for w in r.json()["warnings"])
     for body, field in (
         ({"restore_faces": True}, "restore_faces"),
+        ({"tiling": True}, "tiling"),
         ({"script_name": "x/y/z plot"}, "script_name"),
         ({"alwayson_scripts": {"ControlNet": {"args": [{"enabled": True}]}}}, "alwayson_scripts"),
         ({"s_churn": 0.5}, "s_churn"),

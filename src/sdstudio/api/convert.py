@@ -74,6 +74,8 @@ def decode_image(data: str, *, field_name: str, limits: Limits) -> Any:
 
     try:
         return load_image(raw, field=field_name, max_pixels=limits.max_image_pixels)
+    except SDStudioError as exc:  # the API reports every input error as 422
+        raise SDStudioError(str(exc), field=exc.field or field_name, status=422) from None
     except Image.DecompressionBombError:  # over PIL's own hard limit: refused before decoding
         raise SDStudioError(
             f"{field_name}: image is too large (at most {limits.max_image_pixels} pixels are allowed)",
@@ -103,28 +105,28 @@ def convert(req: _A1111Base, *, limits: Limits, kind: str) -> ConvertedRequest:
     scheduler = _scheduler_name(req.scheduler)
     if req.styles:
         warnings.append(f"styles {req.styles} ignored: sdstudio has no prompt-styles database")
-    common = dict(
-        prompt=req.prompt or "",
-        negative_prompt=req.negative_prompt or "",
-        width=req.width,
-        height=req.height,
-        cfg_scale=float(req.cfg_scale),
-        steps=req.steps,
-        sampler_name=sampler,
-        scheduler=scheduler,
-        seed=int(req.seed if req.seed is not None else -1),
-        subseed=int(req.subseed if req.subseed is not None else -1),
-        subseed_strength=float(req.subseed_strength or 0.0),
-        seed_resize_from_w=max(0, req.seed_resize_from_w or 0),
-        seed_resize_from_h=max(0, req.seed_resize_from_h or 0),
-        batch_size=req.batch_size,
-        n_iter=req.n_iter,
-        clip_skip=int(req.clip_skip or clip_skip or 1),
-        eta=req.eta,
-        s_noise=1.0 if req.s_noise is None else float(req.s_noise),
-        tiling=bool(req.tiling),
-        styles=tuple(req.styles or ()),
-    )
+    common = {
+        "prompt": req.prompt or "",
+        "negative_prompt": req.negative_prompt or "",
+        "width": req.width,
+        "height": req.height,
+        "cfg_scale": float(req.cfg_scale),
+        "steps": req.steps,
+        "sampler_name": sampler,
+        "scheduler": scheduler,
+        "seed": int(req.seed if req.seed is not None else -1),
+        "subseed": int(req.subseed if req.subseed is not None else -1),
+        "subseed_strength": float(req.subseed_strength or 0.0),
+        "seed_resize_from_w": max(0, req.seed_resize_from_w or 0),
+        "seed_resize_from_h": max(0, req.seed_resize_from_h or 0),
+        "batch_size": req.batch_size,
+        "n_iter": req.n_iter,
+        "clip_skip": int(req.clip_skip or clip_skip or 1),
+        "eta": req.eta,
+        "s_noise": 1.0 if req.s_noise is None else float(req.s_noise),
+        "tiling": bool(req.tiling),
+        "styles": tuple(req.styles or ()),
+    }
     out = ConvertedRequest(request=GenerationRequest(), kind=kind, model_name=model_name, warnings=warnings)
     if isinstance(req, Txt2ImgRequest):
         common["hires"] = _hires(req)
@@ -185,8 +187,8 @@ def _outpaint(
     # the output covers the padded canvas at the requested scale (rounded to multiples of 8)
     scale_w = common["width"] / image.width
     scale_h = common["height"] / image.height
-    common["width"] = max(64, int(round(canvas.width * scale_w / 8)) * 8)
-    common["height"] = max(64, int(round(canvas.height * scale_h / 8)) * 8)
+    common["width"] = max(64, round(canvas.width * scale_w / 8) * 8)
+    common["height"] = max(64, round(canvas.height * scale_h / 8) * 8)
 
 
 def _hires(req: Txt2ImgRequest) -> HiresSettings | None:
@@ -219,16 +221,10 @@ def _hires(req: Txt2ImgRequest) -> HiresSettings | None:
 
 
 def hires_upscalers() -> list[str]:
-    """Upscaler names the hires pass implements (from the pipeline when it says; else A1111's latent ones)."""
-    try:
-        from sdstudio.pipelines import hires
+    """Upscaler names the hires pass implements (``sdstudio.pipelines.hires.UPSCALERS``)."""
+    from sdstudio.pipelines.hires import UPSCALERS
 
-        names = getattr(hires, "UPSCALERS", None)
-        if names:
-            return list(names)
-    except Exception:
-        pass
-    return ["Latent", "Latent (nearest)", "Latent (nearest-exact)", "Latent (bicubic)", "Lanczos", "Nearest"]
+    return list(UPSCALERS)
 
 
 def _sampler_name(name: str | None) -> str:
@@ -262,6 +258,7 @@ def _refuse_unsupported(req: _A1111Base) -> None:
     """422 for fields that would change the result in A1111 but are not implemented here."""
     checks = [
         ("restore_faces", bool(req.restore_faces), "face restoration is not supported"),
+        ("tiling", bool(req.tiling), "seamless tiling is not supported yet"),
         (
             "script_name",
             bool(req.script_name),

@@ -32,7 +32,7 @@ def client_id(request: Request) -> str:
     if auth.lower().startswith("basic "):
         try:
             user = base64.b64decode(auth[6:]).decode().split(":", 1)[0]
-        except Exception:
+        except (ValueError, UnicodeDecodeError):
             user = ""
     host = request.client.host if request.client else "local"
     return f"{user}@{host}" if user else host

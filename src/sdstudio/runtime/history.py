@@ -375,7 +375,7 @@ def record_from_file(path: Path, rel: str) -> ImageRecord | None:
         with Image.open(path) as im:
             width, height = im.size
             text, _ = read_image_text(im)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any decoder failure means "unreadable file", reported by reconcile
         return None
     params = _parse(text)
     stat = path.stat()
@@ -406,7 +406,7 @@ def _parse(text: str) -> dict[str, Any]:
         from sdstudio.infotext import parse_infotext
 
         return parse_infotext(text)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a malformed infotext still yields prompt and simple pairs
         return _parse_minimal(text)
 
 
@@ -446,4 +446,4 @@ def _escape_like(text: str) -> str:
 
 
 def _record(row: sqlite3.Row) -> ImageRecord:
-    return ImageRecord(**{k: row[k] for k in row.keys()})
+    return ImageRecord(**{k: row[k] for k in row.keys()})  # noqa: SIM118 - sqlite3.Row iterates values
