@@ -55,6 +55,27 @@ def prepare_inputs(
     images = [ops.flatten(img) for img in init_images]
     if mask is None:
         return PreparedInputs([ops.resize_image(request.resize_mode, img, width, height) for img in images])
+    work_mask = _working_mask(mask, images, request)
+    extra = _mask_infotext(request)
+    if region is None and request.inpaint_full_res:
+        region = _only_masked_region(work_mask, request)
+        extra.update({"Inpaint area": "Only masked", "Masked area padding": request.inpaint_full_res_padding})
+    if region is None:  # whole picture: overlay = the doubled mask at processing size
+        proc_mask = ops.resize_image(request.resize_mode, work_mask, width, height)
+        prepared = PreparedInputs([], proc_mask, [], None, extra)
+        overlay_mask = ops.overlay_mask(proc_mask)
+    else:  # crop: overlay = the blurred mask at the original size
+        proc_mask = ops.resize_image(2, work_mask.crop(region), width, height)
+        x1, y1, x2, y2 = region
+        prepared = PreparedInputs([], proc_mask, [], (x1, y1, x2 - x1, y2 - y1), extra)
+        overlay_mask = work_mask
+    for img in images:
+        _add_image(prepared, img, overlay_mask, region, request)
+    return prepared
+
+
+def _working_mask(mask: Image.Image, images: list[Image.Image], request: Any) -> Image.Image:
+    """Check the mask against every init image, then binarize, invert and blur it (A1111 order)."""
     for img in images:
         ops.check_mask(mask, img)
     work_mask = ops.prepare_mask(
@@ -62,29 +83,26 @@ def prepare_inputs(
     )
     if work_mask.getbbox() is None:
         raise SDStudioError("mask is empty after inverting: nothing to inpaint", field="mask")
-    extra = _mask_infotext(request)
-    if region is None and request.inpaint_full_res:
-        region = _only_masked_region(work_mask, request)
-        extra.update({"Inpaint area": "Only masked", "Masked area padding": request.inpaint_full_res_padding})
+    return work_mask
+
+
+def _add_image(
+    prepared: PreparedInputs,
+    img: Image.Image,
+    overlay_mask: Image.Image,
+    region: tuple[int, int, int, int] | None,
+    request: Any,
+) -> None:
+    """Append one init image's overlay (for paste-back) and its processing-size pixels."""
+    size = (request.width, request.height)
+    if region is None:
+        img = ops.resize_image(request.resize_mode, img, *size)
+    prepared.overlays.append(ops.make_overlay(img, overlay_mask))
     if region is not None:
-        overlay_mask = work_mask
-        proc_mask = ops.resize_image(2, work_mask.crop(region), width, height)
-        paste_loc = (region[0], region[1], region[2] - region[0], region[3] - region[1])
-    else:
-        proc_mask = ops.resize_image(request.resize_mode, work_mask, width, height)
-        overlay_mask = ops.overlay_mask(proc_mask)
-        paste_loc = None
-    prepared = PreparedInputs([], proc_mask, [], paste_loc, extra)
-    for img in images:
-        if region is None:
-            img = ops.resize_image(request.resize_mode, img, width, height)
-        prepared.overlays.append(ops.make_overlay(img, overlay_mask))
-        if region is not None:
-            img = ops.resize_image(2, img.crop(region), width, height)
-        if request.inpainting_fill == 0:
-            img = ops.fill_masked(img, proc_mask)
-        prepared.images.append(img)
-    return prepared
+        img = ops.resize_image(2, img.crop(region), *size)
+    if request.inpainting_fill == 0:
+        img = ops.fill_masked(img, prepared.mask)
+    prepared.images.append(img)
 
 
 def _mask_infotext(request: Any) -> dict[str, Any]:
