@@ -1,0 +1,81 @@
+"""Model manager on a real A1111-layout models folder: scan, names, hashes, load and switch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from sdstudio.errors import SDStudioError
+from sdstudio.runtime.manager import ModelManager
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory, tiny_sd1):
+    from sdstudio.models.loader import save_single_file
+
+    root = tmp_path_factory.mktemp("models")
+    for sub in ("Stable-diffusion/anime", "Lora", "VAE", "embeddings"):
+        (root / sub).mkdir(parents=True)
+    save_single_file(tiny_sd1, root / "Stable-diffusion" / "anime" / "tinyfile.safetensors")
+    (root / "Stable-diffusion" / "notes.txt").write_text("not a model")
+    (root / "Lora" / "style.safetensors").write_bytes(b"\0" * 8)
+    (root / "VAE" / "vae-ft-mse.safetensors").write_bytes(b"\0" * 8)
+    (root / "embeddings" / "easyneg.pt").write_bytes(b"\0" * 8)
+    return root
+
+
+def test_scan_follows_a1111_layout(models_dir):
+    m = ModelManager(models_dir)
+    [entry] = m.entries()
+    assert (entry.model_name, entry.title, entry.hash) == (
+        "anime/tinyfile",
+        "anime/tinyfile.safetensors",
+        None,
+    )
+    assert [f.name for f in m.aux_files("lora")] == ["style"]
+    assert [f.name for f in m.aux_files("vae")] == ["vae-ft-mse.safetensors"]
+    assert [f.name for f in m.aux_files("embeddings")] == ["easyneg"]
+    with pytest.raises(SDStudioError, match="not found; available: anime/tinyfile.safetensors"):
+        m.find("other")
+
+
+def test_load_hash_and_switch(models_dir, tiny_sd2, monkeypatch, tmp_path):
+    monkeypatch.setenv("SDSTUDIO_CACHE_DIR", str(tmp_path))
+    m = ModelManager(models_dir, models={"mem": tiny_sd2})
+    assert m.acquire("mem") is tiny_sd2 and m.loaded_name == "mem"
+    model = m.acquire("anime/tinyfile.safetensors")
+    sha = hashlib.sha256(
+        (models_dir / "Stable-diffusion/anime/tinyfile.safetensors").read_bytes()
+    ).hexdigest()
+    assert model.model_hash == sha[:10] and m.loaded_name == "anime/tinyfile"
+    entry = m.find(sha[:10])  # by short hash, as A1111 accepts
+    assert entry.title == f"anime/tinyfile.safetensors [{sha[:10]}]"
+    assert m.find("anime/tinyfile.safetensors [0123456789]") is entry  # stale hash in a client's title
+    assert m.acquire() is model  # no name: the loaded one stays
+    m.select("mem")
+    assert m.acquire() is tiny_sd2 and m.loaded_name == "mem"
+
+
+def test_generation_from_a_checkpoint_file(models_dir, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from sdstudio.api import ServerSettings, create_app
+    from tests.server.conftest import FAST
+
+    monkeypatch.setenv("SDSTUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    app = create_app(ServerSettings(outdir=tmp_path / "out", models_dir=models_dir))
+    with TestClient(app) as c:
+        r = c.post("/sdapi/v1/txt2img", json={**FAST, "seed": 4, "prompt": "file model"})
+        assert r.status_code == 200, r.text
+        info = json.loads(r.json()["info"])
+        sha = hashlib.sha256(
+            (models_dir / "Stable-diffusion/anime/tinyfile.safetensors").read_bytes()
+        ).hexdigest()
+        assert info["sd_model_hash"] == sha[:10] and info["sd_model_name"] == "tinyfile"
+        assert f"Model hash: {sha[:10]}" in info["infotexts"][0]
+        [listed] = c.get("/sdapi/v1/sd-models").json()
+        assert listed["sha256"] == sha and listed["title"].endswith(f"[{sha[:10]}]")
+        assert c.get("/sdapi/v1/options").json()["sd_checkpoint_hash"] == sha
+        assert c.get("/api/history").json()["items"][0]["model_hash"] == sha[:10]
