@@ -240,3 +240,44 @@ def test_restart_with_missing_and_corrupt_gallery_files(tmp_path, tiny_sd1):
         report = c.get("/api/reconcile").json()
         assert report["rebuilt_database"]
         assert c.get("/api/history").json()["total"] == 2  # rebuilt from the readable files
+
+
+def test_outpaint_and_hires_jobs(client):
+    """sdstudio's outpaint margins grow the canvas; hires fix doubles the size (A1111 fields)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from tests.server.conftest import png_b64
+
+    init = Image.new("RGB", (64, 64), (240, 200, 40))
+    body = {
+        **FAST,
+        "seed": 3,
+        "init_images": [png_b64(init)],
+        "outpaint_right": 32,
+        "outpaint_top": 16,
+        "mask_blur": 2,
+    }
+    r = client.post("/api/jobs/img2img", json=body)
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["id"])
+    assert job["state"] == "done", job
+    out = Image.open(io.BytesIO(client.get(job["images"][0]["url"]).content)).convert("RGB")
+    assert out.size == (96, 80)
+    assert out.getpixel((8, 72)) == pytest.approx((240, 200, 40), abs=16)  # original area kept (bottom-left)
+    hires = {
+        **FAST,
+        "seed": 3,
+        "enable_hr": True,
+        "hr_scale": 2,
+        "hr_upscaler": "Latent",
+        "hr_second_pass_steps": 1,
+    }
+    r = client.post("/sdapi/v1/txt2img", json=hires)
+    assert r.status_code == 200, r.text
+    image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+    assert image.size == (128, 128) and "Hires upscale: 2" in image.info["parameters"]
+    bad = client.post("/sdapi/v1/txt2img", json={**hires, "hr_upscaler": "ESRGAN_4x"})
+    assert bad.status_code == 422 and bad.json()["field"] == "hr_upscaler"
