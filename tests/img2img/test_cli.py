@@ -87,12 +87,20 @@ def test_inpaint_only_masked_reproduces_from_png(files, tmp_path):
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
 
 
-def test_outpaint_verb_grows_canvas(files, tmp_path):
+def test_outpaint_verb_grows_canvas_and_reproduces(files, tmp_path):
     root, model = files
     rc = _main(["outpaint", "sky", "--init", str(root / "init.png"), "--left", "16", "--up", "8",
-                *_common(model, tmp_path)])  # fmt: skip
+                *_common(model, tmp_path / "a")])  # fmt: skip
     assert rc == 0
-    assert Image.open(_only_png(tmp_path)).size == (80, 72)
+    first = _only_png(tmp_path / "a")
+    assert Image.open(first).size == (80, 72)
+    assert "Outpaint: left=16 right=0 up=8 down=0" in read_infotext(first)
+    # sides, seed and strength come back from the infotext
+    again = ["outpaint", "--from-png", str(first), "--init", str(root / "init.png"), "--model", str(model),
+             "--precision", "fp32", "--outdir", str(tmp_path / "b")]  # fmt: skip
+    assert _main(again) == 0
+    second = _only_png(tmp_path / "b")
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
 
 
 def test_cli_bad_inputs_exit_2_with_message(files, tmp_path, capsys):
