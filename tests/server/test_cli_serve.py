@@ -27,7 +27,12 @@ def test_build_settings_rules(tmp_path):
     s = build_settings(
         parse(["serve", "--listen", "--api-auth", "u:p", "--outdir", str(tmp_path), "--max-size", "1024"])
     )
-    assert s.host == "0.0.0.0" and s.api_auth == (("u", "p"),) and s.limits.max_width == 1024
+    assert (
+        s.host == "0.0.0.0"
+        and s.api_auth == (("u", "p"),)
+        and s.limits.max_width == 1024
+        and s.limits.max_prompt_chars == 50
+    )
     s = build_settings(parse(["serve", "--listen", "--insecure"]))
     assert s.host == "0.0.0.0" and s.api_auth == ()
     s = build_settings(parse(["serve"]))

@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-image-pixels", type=int, default=4096 * 4096, help="largest uploaded image in pixels"
     )
+    p.add_argument("--max-prompt-chars", type=int, default=10_000, help="longest prompt + negative prompt")
     p.set_defaults(func=run)
 
 
@@ -73,6 +74,7 @@ def build_settings(args: argparse.Namespace):
         max_steps=args.max_steps,
         max_batch_size=args.max_batch_size,
         max_image_pixels=args.max_image_pixels,
+        max_prompt_chars=args.max_prompt_chars,
     )
     return ServerSettings(
         outdir=Path(args.outdir),
