@@ -66,7 +66,8 @@ class StableDiffusionModel:
         self.device = torch.device(device) if device is not None else self.device
         self.dtype = dtype or self.dtype
         for module in [self.unet, self.vae, *self.text_encoders]:
-            module.to(device=self.device, dtype=self.dtype)
+            # plain nn.Module.to: diffusers' override logs a spurious fp32-modules warning on every cast
+            torch.nn.Module.to(module, device=self.device, dtype=self.dtype)
         return self
 
     def eval(self) -> StableDiffusionModel:

@@ -51,36 +51,97 @@ def _pad_context(context: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([context, context[:, -77:].repeat(1, reps, 1)], dim=1)
 
 
-def tokenize_chunks(tokenizer, text: str, min_chunks: int = 1) -> list[list[int]]:
-    """Token ids of ``text`` in chunks of 77 (BOS + 75 + EOS/pad); at least ``min_chunks`` chunks."""
-    ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+@dataclass
+class PromptChunk:
+    """77 token ids (BOS + 75 + EOS) and the emphasis multiplier of each."""
+
+    tokens: list[int]
+    multipliers: list[float]
+
+
+def tokenize_chunks(
+    tokenizer, text: str, min_chunks: int = 1, comma_backtrack: int = 20
+) -> list[PromptChunk]:
+    """A1111 ``tokenize_line``: emphasis-weighted tokens cut into 75-token chunks.
+
+    ``BREAK`` forces a new chunk; when a chunk fills up, tokens after the last comma within
+    ``comma_backtrack`` tokens move to the next chunk. Chunks are padded (EOS for OpenAI CLIP, the
+    tokenizer's pad id after the first EOS for OpenCLIP) and at least ``min_chunks`` are returned.
+    """
+    from sdstudio.prompts.attention import parse_prompt_attention
+
+    parsed = parse_prompt_attention(text)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    chunks = []
-    for start in range(0, max(len(ids), 1), CHUNK):
-        body = ids[start : start + CHUNK]
-        chunk = [bos, *body, eos]
-        chunks.append(chunk + [pad] * (77 - len(chunk)))
+    comma = tokenizer.get_vocab().get(",</w>")
+    chunks: list[PromptChunk] = []
+    tokens: list[int] = []
+    mults: list[float] = []
+    last_comma = -1
+
+    def close_chunk() -> None:
+        nonlocal tokens, mults, last_comma
+        body = [bos, *tokens, eos]
+        chunks.append(
+            PromptChunk(body + [pad] * (77 - len(body)), [1.0, *mults, 1.0] + [1.0] * (77 - len(body)))
+        )
+        tokens, mults, last_comma = [], [], -1
+
+    texts = [t for t, _ in parsed]
+    ids_per_part = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] if texts else []
+    for ids, (fragment, weight) in zip(ids_per_part, parsed):
+        if fragment == "BREAK" and weight == -1:
+            close_chunk()
+            continue
+        for token in ids:
+            if token == comma:
+                last_comma = len(tokens)
+            elif len(tokens) == CHUNK and last_comma != -1 and len(tokens) - last_comma <= comma_backtrack:
+                cut = last_comma + 1
+                moved_t, moved_m = tokens[cut:], mults[cut:]
+                tokens, mults = tokens[:cut], mults[:cut]
+                close_chunk()
+                tokens, mults = moved_t, moved_m
+            if len(tokens) == CHUNK:
+                close_chunk()
+            tokens.append(token)
+            mults.append(weight)
+    if tokens or not chunks:
+        close_chunk()
     while len(chunks) < min_chunks:
-        chunks.append([bos, eos] + [pad] * 75)
+        chunks.append(PromptChunk([bos, eos] + [pad] * 75, [1.0] * 77))
     return chunks
 
 
 def count_chunks(tokenizer, text: str) -> int:
-    ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
-    return max(1, -(-len(ids) // CHUNK))
+    return len(tokenize_chunks(tokenizer, text))
 
 
 def _hidden(
     encoder, ids: torch.Tensor, layer_from_end: int, final_norm: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hidden state ``layer_from_end`` layers before the last [+ final LN], model output[0 or text_embeds])."""
+    """(hidden state ``layer_from_end`` layers before the last [+ final LN], projected pooled output or None)."""
     out = encoder(ids, output_hidden_states=True)
     hidden = out.hidden_states[-(layer_from_end + 1)]
     if final_norm:
         hidden = getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
     pooled = getattr(out, "text_embeds", None)
     return hidden, pooled
+
+
+def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+    """A1111 "Original" emphasis: scale each token's state, then restore the chunk's mean.
+
+    z: (B, 77, D); multipliers: (B, 77).
+    """
+    if bool((multipliers == 1).all()):
+        return z
+    original_mean = z.mean()
+    z = z * multipliers.to(z)[..., None]
+    new_mean = z.mean()
+    if float(new_mean.abs()) < 1e-12:  # a bias-free final LN gives mean ~0: rescaling would divide by ~0
+        return z
+    return z * (original_mean / new_mean)
 
 
 @torch.no_grad()
@@ -90,17 +151,19 @@ def encode_prompts(model, prompts: Sequence[str], clip_skip: int = 1, min_chunks
     rows, pooled_rows = [], []
     for prompt in prompts:
         per_chunk, pooled = [], None
+        chunk_lists = [tokenize_chunks(tok, prompt, chunks_needed) for tok in model.tokenizers]
         for ci in range(chunks_needed):
             parts = []
-            for idx, (tok, enc) in enumerate(zip(model.tokenizers, model.text_encoders)):
-                ids = torch.tensor([tokenize_chunks(tok, prompt, chunks_needed)[ci]], device=model.device)
+            for idx, enc in enumerate(model.text_encoders):
+                chunk = chunk_lists[idx][ci]
+                ids = torch.tensor([chunk.tokens], device=model.device)
                 if model.is_sdxl:  # SDXL: penultimate layer, no final LN (clip_skip adds more)
                     hidden, p = _hidden(enc, ids, clip_skip, final_norm=False)
                     if idx == 1 and ci == 0:
                         pooled = p
                 else:
                     hidden, _ = _hidden(enc, ids, clip_skip - 1, final_norm=True)
-                parts.append(hidden)
+                parts.append(apply_emphasis(hidden.float(), torch.tensor([chunk.multipliers])))
             per_chunk.append(torch.cat(parts, dim=-1))
         rows.append(torch.cat(per_chunk, dim=1))
         pooled_rows.append(pooled)
