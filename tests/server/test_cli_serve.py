@@ -25,7 +25,20 @@ def test_build_settings_rules(tmp_path):
 
     parse = build_parser().parse_args
     s = build_settings(
-        parse(["serve", "--listen", "--api-auth", "u:p", "--outdir", str(tmp_path), "--max-size", "1024"])
+        parse(
+            [
+                "serve",
+                "--listen",
+                "--api-auth",
+                "u:p",
+                "--outdir",
+                str(tmp_path),
+                "--max-size",
+                "1024",
+                "--max-prompt-chars",
+                "50",
+            ]
+        )
     )
     assert (
         s.host == "0.0.0.0"
@@ -60,6 +73,11 @@ def test_serve_command_starts_and_serves(tmp_path):
         assert httpx.get(f"{url}/", timeout=5).status_code == 401
         assert "sdstudio" in httpx.get(f"{url}/", auth=("me", "pw"), timeout=5).text
         assert (tmp_path / "out" / "history.sqlite3").exists()
-    finally:
+    except AssertionError:
         proc.terminate()
-        proc.wait(10)
+        print(proc.communicate(timeout=10)[0][-3000:])
+        raise
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
