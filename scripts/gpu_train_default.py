@@ -78,6 +78,9 @@ def main() -> int:
             left = args.total - (time.monotonic() - T0) - args.reserve
             recipe = replace(recipe, ldm_plan=replace(recipe.ldm_plan, time_budget_s=max(10.0, left)))
             log(f"ldm budget {left:.0f}s")
+        if stage != "ldm" and (run / stage / "final").is_dir():
+            log(f"stage {stage} already done, skipped")
+            continue
         try:
             log(f"stage {stage} start")
             train_default_model(data, run, recipe, progress=False, stages=(stage,), assemble=stage == "ldm")

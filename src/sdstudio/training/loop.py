@@ -96,6 +96,11 @@ class EMA:
             else:
                 self.shadow[k].copy_(v)
 
+    def to(self, device) -> EMA:
+        """Move the averages to ``device`` (after the model has been placed)."""
+        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
+        return self
+
     def averaged(self, model: torch.nn.Module) -> torch.nn.Module:
         """Return a copy of ``model`` holding the averaged weights (in eval mode)."""
         clone = copy.deepcopy(model)
@@ -209,6 +214,8 @@ class _Run:
         if cfg.resume and (self.out / CHECKPOINT).is_file():
             self._restore(_load_checkpoint(self.out / CHECKPOINT))
         self.model, self.opt = self.acc.prepare(task.model, self.opt)
+        if self.ema is not None:
+            self.ema.to(self.acc.device)
         self.order = BatchOrder(len(data), cfg.batch_size, cfg.seed)
         if self.acc.device.type == "cuda":  # small sets: keep the uint8 images on the GPU
             self.data = ImageTextSet(data.images.to(self.acc.device), data.captions, data.files)
