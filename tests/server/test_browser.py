@@ -214,3 +214,16 @@ def test_models_and_lab_tabs(page):
     page.wait_for_function("!document.querySelector('#lab-body').textContent.includes('Loading')")
     assert "Lab" in page.locator("#lab-body").inner_text()
     _shot(page, "lab")
+
+
+def test_offline_api_reference(browser, server):
+    ctx = browser.new_context(viewport={"width": 1366, "height": 820})
+    pg = ctx.new_page()
+    pg.goto(server.url + "/docs")
+    pg.wait_for_selector("details.route")
+    pg.locator("details.route", has_text="/sdapi/v1/txt2img").first.locator("summary").click()
+    text = pg.locator("details.route[open]").inner_text()
+    assert "sampler_index" in text and '"Euler"' in text and "enable_hr" in text
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(SHOTS / "api-docs.png"))
+    ctx.close()

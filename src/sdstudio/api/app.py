@@ -48,6 +48,8 @@ def create_app(
         version=__version__,
         description="Local Stable Diffusion studio: A1111-compatible /sdapi/v1 routes and sdstudio's /api job routes.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI loads from a CDN; /docs serves an offline reference instead
+        redoc_url=None,
     )
     app.state.studio = studio
     studio.start()  # also started by lifespan; idempotent (lets plain TestClient(app) work)
@@ -69,6 +71,10 @@ def _mount_ui(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "api.html", headers={"Cache-Control": "no-cache"})
 
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

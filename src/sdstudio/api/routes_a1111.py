@@ -163,13 +163,13 @@ def _options(request: Request) -> dict[str, Any]:
 SETTABLE_OPTIONS = {"CLIP_stop_at_last_layers"}
 
 
-@router.get("/options")
+@router.get("/options", response_model=s.OptionsResponse)
 async def get_options(request: Request) -> dict[str, Any]:
     """Current options (A1111 keys that sdstudio honours or reports)."""
     return _options(request)
 
 
-@router.post("/options")
+@router.post("/options", response_model=s.WarningsResponse)
 async def set_options(body: dict[str, Any], request: Request) -> dict[str, Any]:
     """Set options; ``sd_model_checkpoint`` selects the model for the next jobs (unknown -> 422)."""
     st = studio(request)
@@ -302,7 +302,7 @@ async def upscalers() -> list[s.UpscalerItem]:
     return [s.UpscalerItem(name=n, scale=4.0 if n != "None" else None) for n in names]
 
 
-@router.get("/latent-upscale-modes")
+@router.get("/latent-upscale-modes", response_model=list[s.LatentUpscalerModeItem])
 async def latent_upscale_modes() -> list[dict[str, str]]:
     return [{"name": n} for n in hires_upscalers() if n.startswith("Latent")]
 

@@ -162,7 +162,7 @@ async def select_model(body: s.SelectModelRequest, request: Request) -> s.Models
     return await models(request)
 
 
-@router.get("/samplers")
+@router.get("/samplers", response_model=s.StudioSamplers)
 async def samplers() -> dict:
     """Sampler names with aliases and default schedule, and the schedule types."""
     from sdstudio.sampling import SCHEDULE_TYPES, list_samplers
@@ -257,7 +257,7 @@ async def history_item(image_id: int, request: Request) -> s.HistoryItem:
     return _history_item(record)
 
 
-@router.delete("/history/{image_id}")
+@router.delete("/history/{image_id}", response_model=s.DeletedImage)
 async def delete_history_item(image_id: int, request: Request) -> dict:
     """Delete an image: its file and its row together."""
     record = await run_in_threadpool(studio(request).history.delete, image_id)
@@ -281,7 +281,7 @@ async def png_info(req: s.PNGInfoRequest, request: Request) -> s.PNGInfoResponse
     return await run_in_threadpool(read_png_info, req.image, studio(request).settings.limits)
 
 
-@router.get("/reconcile")
+@router.get("/reconcile", response_model=s.ReconcileResponse)
 async def reconcile_report(request: Request) -> dict:
     """What start-up reconciliation of the gallery changed."""
     r = studio(request).reconcile_report

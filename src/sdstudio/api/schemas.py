@@ -340,3 +340,58 @@ class ServerInfo(BaseModel):
     schedulers: list[str]
     img2img_available: bool
     lab_available: bool
+
+
+class OptionsResponse(BaseModel):
+    """GET /sdapi/v1/options: the A1111 option keys sdstudio honours or reports."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    sd_model_checkpoint: str | None = None
+    sd_checkpoint_hash: str | None = None
+    sd_vae: str = "Automatic"
+    CLIP_stop_at_last_layers: int = 1
+    samples_save: bool = True
+    samples_format: str = "png"
+    outdir_samples: str = ""
+    outdir_txt2img_samples: str = ""
+    outdir_img2img_samples: str = ""
+    enable_pnginfo: bool = True
+    eta_ancestral: float = 1.0
+    eta_ddim: float = 0.0
+    eta_noise_seed_delta: int = 0
+    randn_source: str = "CPU"
+    live_previews_enable: bool = True
+    show_progress_every_n_steps: int = 1
+
+
+class WarningsResponse(BaseModel):
+    warnings: list[str] = Field(default_factory=list)
+
+
+class LatentUpscalerModeItem(BaseModel):
+    name: str
+
+
+class StudioSampler(BaseModel):
+    name: str
+    aliases: list[str]
+    default_schedule: str
+    schedules: list[str]
+
+
+class StudioSamplers(BaseModel):
+    samplers: list[StudioSampler]
+    schedulers: list[str]
+
+
+class DeletedImage(BaseModel):
+    deleted: int
+    path: str
+
+
+class ReconcileResponse(BaseModel):
+    removed_rows: list[str]
+    added_files: list[str]
+    unreadable: list[str]
+    rebuilt_database: str | None = None
