@@ -269,3 +269,15 @@ def test_interrupt_keeps_finished_batches_only(tiny_sd1, init_image):
         cancel=cancel,
     )
     assert [g.index for g in out] == [0] and seen == [0]  # A1111: the interrupted batch is still returned
+
+
+def test_hires_on_nine_channel_checkpoint_feeds_nine_channels(tiny_inpaint):
+    from sdstudio.pipelines import txt2img
+
+    model = _recording(tiny_inpaint)
+    hires = HiresSettings(scale=1.5, upscaler="Latent", second_pass_steps=1, denoising_strength=0.5)
+    out = txt2img(model, BASE.replace(steps=1, hires=hires))[0]
+    shapes = [tuple(x.shape) for x in model.unet.inputs]
+    assert shapes == [(1, 9, 32, 32), (1, 9, 48, 48)]  # first pass, then the upscaled second pass
+    assert (model.unet.inputs[1][:, 4] == 1).all()  # txt2img conditioning: everything masked
+    assert out.image.size == (96, 96)

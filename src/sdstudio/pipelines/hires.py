@@ -21,8 +21,7 @@ from sdstudio.pipelines.image_ops import check_strength
 from sdstudio.pipelines.img2img import img2img_schedule
 from sdstudio.pipelines.inpaint import concat_lookup, txt2img_concat
 from sdstudio.pipelines.loop import JobProgress, sample_batch
-from sdstudio.pipelines.txt2img import _seed_resize as seed_resize_from  # TODO(lead): make public
-from sdstudio.pipelines.txt2img import encode_for_batch
+from sdstudio.pipelines.txt2img import encode_for_batch, seed_resize_from
 from sdstudio.sampling.registry import get_sampler, sigmas_for
 from sdstudio.sampling.schedules import DiscreteSchedule
 

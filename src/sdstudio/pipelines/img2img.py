@@ -22,9 +22,7 @@ from sdstudio.pipelines import image_ops as ops
 from sdstudio.pipelines import inpaint
 from sdstudio.pipelines.components import decode_latents, encode_images, from_pil, to_pil
 from sdstudio.pipelines.loop import JobProgress, sample_batch
-from sdstudio.pipelines.txt2img import GeneratedImage, encode_for_batch
-from sdstudio.pipelines.txt2img import _schedule_label as schedule_label  # TODO(lead): make public
-from sdstudio.pipelines.txt2img import _seed_resize as seed_resize_from  # TODO(lead): make public
+from sdstudio.pipelines.txt2img import GeneratedImage, encode_for_batch, schedule_label, seed_resize_from
 from sdstudio.sampling.control import CancelToken, ProgressCallback
 from sdstudio.sampling.noise import ImageNoise
 from sdstudio.sampling.registry import SamplerSpec, get_sampler, sigmas_for
