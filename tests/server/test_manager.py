@@ -79,3 +79,39 @@ def test_generation_from_a_checkpoint_file(models_dir, tmp_path, monkeypatch):
         assert listed["sha256"] == sha and listed["title"].endswith(f"[{sha[:10]}]")
         assert c.get("/sdapi/v1/options").json()["sd_checkpoint_hash"] == sha
         assert c.get("/api/history").json()["items"][0]["model_hash"] == sha[:10]
+
+
+def test_embedded_default_model_is_listed_when_nothing_else(tmp_path):
+    """With an empty models folder the shipped default model is the one entry (not loaded yet)."""
+    from sdstudio.models.loader import DEFAULT_MODEL_DIR
+
+    if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+        pytest.skip("no default model shipped in this checkout")
+    calls = []
+    m = ModelManager(
+        tmp_path / "empty", loader=lambda path, **kw: calls.append(path) or pytest.fail("loaded")
+    )
+    [entry] = m.entries()
+    assert entry.embedded and entry.title == DEFAULT_MODEL_DIR.name and entry.hash is None
+    assert m.native_size(entry) == 64 and not calls  # read from the folder's configs, no loading
+    assert m.current_entry() is entry and m.find(DEFAULT_MODEL_DIR.name) is entry
+
+
+@pytest.mark.slow
+def test_generation_on_the_embedded_default_model(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from sdstudio.api import ServerSettings, create_app
+
+    app = create_app(ServerSettings(outdir=tmp_path / "out", models_dir=tmp_path / "models"))
+    with TestClient(app) as c:
+        r = c.post(
+            "/sdapi/v1/txt2img", json={"prompt": "cat face", "width": 64, "height": 64, "steps": 4, "seed": 1}
+        )
+        assert r.status_code == 200, r.text
+        info = json.loads(r.json()["info"])
+        assert info["sd_model_name"] == "default-model" and info["sd_model_hash"]
+        [listed] = c.get("/sdapi/v1/sd-models").json()
+        title = f"default-model [{info['sd_model_hash']}]"  # A1111 titles carry the hash once known
+        assert listed["hash"] == info["sd_model_hash"] and listed["title"] == title
+        assert c.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == title

@@ -136,8 +136,10 @@ async def models(request: Request) -> s.ModelsResponse:
                 hash=e.hash,
                 filename=e.filename,
                 in_memory=e.in_memory is not None,
+                embedded=e.embedded,
                 selected=current is not None and e.model_name == current.model_name,
                 loaded=m.loaded_name == e.model_name,
+                native_size=m.native_size(e),
             )
             for e in m.entries()
         ],

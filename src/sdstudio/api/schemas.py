@@ -314,8 +314,10 @@ class ModelInfo(BaseModel):
     hash: str | None = None
     filename: str
     in_memory: bool
+    embedded: bool = False
     selected: bool
     loaded: bool
+    native_size: int | None = Field(None, description="pixel size the model was trained at, when known")
 
 
 class ModelsResponse(BaseModel):

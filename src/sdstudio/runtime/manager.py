@@ -36,11 +36,13 @@ class ModelEntry:
     filename: str  # absolute path ('' for in-memory models)
     sha256: str | None = None
     in_memory: Any = None  # a StableDiffusionModel registered directly
+    embedded: bool = False  # the default model shipped inside the package (loaded with loader(None))
+    short_hash: str | None = None  # the loader's model hash when no file SHA-256 is known (folders)
 
     @property
     def hash(self) -> str | None:
         """A1111 short hash: the first 10 hex digits of the file's SHA-256."""
-        return self.sha256[:10] if self.sha256 else None
+        return self.sha256[:10] if self.sha256 else self.short_hash
 
     @property
     def title(self) -> str:
@@ -50,7 +52,7 @@ class ModelEntry:
 
     @property
     def relname(self) -> str:
-        if not self.filename:
+        if not self.filename or self.embedded:
             return self.model_name
         return self.model_name + Path(self.filename).suffix
 
@@ -62,6 +64,8 @@ class ModelEntry:
             candidates.add(self.filename)
         if self.sha256:
             candidates |= {self.hash, self.sha256}
+        elif self.short_hash:
+            candidates.add(self.short_hash)
         return name in candidates
 
 
@@ -115,9 +119,43 @@ class ModelManager:
         for path in _files(folder, CHECKPOINT_SUFFIXES):
             if not any(e.filename == str(path.resolve()) for e in entries):
                 entries.append(self._file_entry(path, folder))
+        if not entries:
+            entries = self._embedded_entries()
         with self._lock:
             self._entries = entries
         return entries
+
+    def _embedded_entries(self) -> list[ModelEntry]:
+        """The shipped default model as a selectable entry (only when nothing else is available)."""
+        folder = _embedded_folder()
+        if folder is None:
+            return []
+        old = next((e for e in self._entries if e.embedded), None)
+        return [
+            ModelEntry(
+                model_name=folder.name, filename=str(folder), embedded=True, short_hash=old and old.short_hash
+            )
+        ]
+
+    def native_size(self, entry: ModelEntry | None) -> int | None:
+        """Pixel size the model was trained at (UNet sample_size x VAE factor), when known without loading.
+
+        Known for in-memory and loaded models and for diffusers folders (from their config files);
+        None for single files not loaded yet.
+        """
+        model = entry.in_memory if entry is not None and entry.in_memory is not None else None
+        if (
+            model is None
+            and self.loaded is not None
+            and entry is not None
+            and self.loaded_name == entry.model_name
+        ):
+            model = self.loaded
+        if model is not None:
+            return int(model.unet.config.sample_size) * int(model.vae_scale_factor)
+        if entry is not None and entry.filename and Path(entry.filename).is_dir():
+            return _folder_native_size(Path(entry.filename))
+        return None
 
     def entries(self) -> list[ModelEntry]:
         with self._lock:
@@ -199,9 +237,11 @@ class ModelManager:
         if entry is not None and entry.in_memory is not None:
             return entry.in_memory
         loader = self._loader or _default_loader
-        path = entry.filename if entry is not None else None
+        path = entry.filename if entry is not None and not entry.embedded else None
         model = loader(path, device=self.device, precision=self.precision)
-        if entry is not None and entry.filename:
+        if entry is not None and (entry.embedded or Path(entry.filename).is_dir()):
+            entry.short_hash = getattr(model, "model_hash", "") or None
+        elif entry is not None and entry.filename:
             entry.sha256 = entry.sha256 or self.sha256(Path(entry.filename))
             if not getattr(model, "model_hash", ""):
                 model.model_hash = entry.hash
@@ -237,6 +277,27 @@ def _default_loader(path: str | None, *, device: str, precision: str) -> Any:
     from sdstudio.models.loader import load_model
 
     return load_model(path, device=device, precision=precision)
+
+
+def _embedded_folder() -> Path | None:
+    try:
+        from sdstudio.models.loader import default_model_path
+
+        return default_model_path()
+    except (ImportError, SDStudioError):
+        return None
+
+
+def _folder_native_size(folder: Path) -> int | None:
+    """sample_size x 2**(len(VAE block_out_channels) - 1) from a diffusers folder's config files."""
+    import json
+
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _files(folder: Path | None, suffixes: tuple[str, ...]) -> list[Path]:

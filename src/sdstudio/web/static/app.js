@@ -407,6 +407,7 @@ function setInitImage(dataURL) {
     c.getContext("2d").clearRect(0, 0, c.width, c.height);
     setKnob("img2img", "width", Math.max(64, Math.round(img.naturalWidth / 8) * 8));
     setKnob("img2img", "height", Math.max(64, Math.round(img.naturalHeight / 8) * 8));
+    $("#img2img-width").dataset.touched = $("#img2img-height").dataset.touched = "1";
   };
   img.src = dataURL;
   $("#canvas-stack").hidden = false;
@@ -675,7 +676,9 @@ async function loadModels() {
     const badges = el("td");
     if (m.selected) badges.append(el("span", { class: "badge on", text: "selected" }));
     if (m.loaded) badges.append(el("span", { class: "badge on", text: "loaded" }));
-    if (m.in_memory) badges.append(el("span", { class: "badge", text: "built-in" }));
+    if (m.in_memory) badges.append(el("span", { class: "badge", text: "in memory" }));
+    if (m.embedded) badges.append(el("span", { class: "badge", text: "embedded default" }));
+    if (m.native_size) badges.append(el("span", { class: "badge", text: `${m.native_size}px` }));
     const btn = el("button", { type: "button", class: "ghost small", text: "Use" });
     btn.disabled = m.selected;
     btn.addEventListener("click", () => selectModel(m.title));
@@ -692,8 +695,20 @@ async function loadModels() {
   list("#vae-list", data.vaes.map((v) => v.model_name));
   list("#emb-list", data.embeddings);
   const sel = $("#model-select");
-  fillSelect(sel, data.models.map((m) => [m.title, m.title]), (data.models.find((m) => m.selected) || {}).title);
-  if (!data.models.length) fillSelect(sel, [["", "embedded default"]], "");
+  const selected = data.models.find((m) => m.selected) || {};
+  fillSelect(sel, data.models.map((m) => [m.title, m.title]), selected.title);
+  if (!data.models.length) fillSelect(sel, [["", "no model"]], "");
+  if (selected.native_size) applyNativeSize(selected.native_size);
+}
+
+function applyNativeSize(size) {
+  // The model's training size as the default Width/Height, unless the user already chose one.
+  for (const group of ["txt2img", "img2img"]) {
+    for (const name of ["width", "height"]) {
+      const input = $(`#${group}-${name}`);
+      if (input && !input.dataset.touched) setKnob(group, name, size);
+    }
+  }
 }
 
 async function selectModel(title) {
@@ -738,6 +753,10 @@ async function init() {
     document.body.prepend(el("div", { class: "message error", text: `Cannot reach the server API: ${e.message}` }));
   }
   renderKnobs();
+  for (const id of ["txt2img-width", "txt2img-height", "img2img-width", "img2img-height"]) {
+    const knob = $(`#${id}`).closest(".knob");
+    knob.addEventListener("input", () => { $(`#${id}`).dataset.touched = "1"; });
+  }
   outputs.txt2img = new Output("txt2img");
   outputs.img2img = new Output("img2img");
   for (const b of $$(".tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
