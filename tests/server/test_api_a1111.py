@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import pytest
@@ -115,7 +116,7 @@ def test_images_are_saved_and_recorded(client, generated, studio_app):
     by_seed = {item["seed"]: item for item in page["items"]}
     assert set(by_seed) == {1234, 1235}
     item = by_seed[1235]
-    assert item["path"].startswith("txt2img-images/") and item["path"].endswith("-1235.png")
+    assert re.fullmatch(r"txt2img-images/\d{4}-\d{2}-\d{2}/\d{5}-1235\.png", item["path"]), item["path"]
     assert item["infotext"] == info["infotexts"][1] and item["model_name"] == "tiny-sd1"
     assert item["request"]["prompt"] == "a red fox" and item["sampler"] == "Euler"
     f = client.get(item["url"])

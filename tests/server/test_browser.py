@@ -8,6 +8,7 @@ reads PNG info, paints an inpainting mask; saves a screenshot of every tab to
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -201,7 +202,8 @@ def test_img2img_inpaint_with_painted_mask(page, tmp_path):
     page.locator('[data-output="img2img"] .thumbs img').first.wait_for(timeout=60000)
     info = page.locator('[data-output="img2img"] .infotext').inner_text()
     assert "Denoising strength: 0.75" in info and "Mask blur: 4" in info
-    assert "img2img-images/" in page.locator('[data-output="img2img"] .main-image').get_attribute("src")
+    src = page.locator('[data-output="img2img"] .main-image').get_attribute("src")
+    assert re.search(r"/api/images/img2img-images/\d{4}-\d{2}-\d{2}/\d{5}-\d+\.png$", src), src
 
 
 def test_models_and_lab_tabs(page):

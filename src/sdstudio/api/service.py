@@ -140,10 +140,8 @@ class Studio:
         """Write the image atomically under outputs/<kind>-images/ and add its history row."""
         from sdstudio.runtime.outputs import save_image
 
-        folder = self.outdir / f"{converted.kind}-images"
-        path = Path(
-            save_image(saved.image, saved.infotext, folder, saved.seed, ext=self.settings.save_format)
-        )
+        kind, ext = converted.kind, self.settings.save_format
+        path = Path(save_image(saved.image, saved.infotext, self.outdir, saved.seed, kind=kind, ext=ext))
         saved.path = self.history.relative(path)
         r = converted.request
         record = ImageRecord(
