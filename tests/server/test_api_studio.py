@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+from fastapi import APIRouter, Request
 from fastapi.testclient import TestClient
 
 from sdstudio.api import ServerSettings, create_app, parse_api_auth
@@ -281,3 +282,18 @@ def test_outpaint_and_hires_jobs(client):
     assert image.size == (128, 128) and "Hires upscale: 2" in image.info["parameters"]
     bad = client.post("/sdapi/v1/txt2img", json={**hires, "hr_upscaler": "ESRGAN_4x"})
     assert bad.status_code == 422 and bad.json()["field"] == "hr_upscaler"
+
+
+def test_extra_routers_get_the_same_protection(tmp_path, tiny_sd1):
+    """Routes from above the API (the lab) are mounted with auth and can reach the studio."""
+    lab = APIRouter(prefix="/api/lab")
+
+    @lab.get("")
+    async def lab_index(request: Request) -> dict:
+        return {"experiments": [], "queued": len(request.app.state.studio.queue.pending())}
+
+    settings = ServerSettings(outdir=tmp_path / "out", models_dir=None, api_auth=(("a", "b"),))
+    with TestClient(create_app(settings, models={"tiny": tiny_sd1}, routers=[lab])) as c:
+        assert c.get("/api/lab").status_code == 401
+        assert c.get("/api/lab", auth=("a", "b")).json() == {"experiments": [], "queued": 0}
+        assert c.get("/api/info", auth=("a", "b")).json()["lab_available"] is True

@@ -12,7 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from collections.abc import Sequence
+
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -29,9 +31,18 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 
 
 def create_app(
-    settings: ServerSettings | None = None, *, models: dict[str, Any] | None = None, manager: Any = None
+    settings: ServerSettings | None = None,
+    *,
+    models: dict[str, Any] | None = None,
+    manager: Any = None,
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
-    """Build the server app; ``models`` registers already-built models by name (tests, embedding)."""
+    """Build the server app; ``models`` registers already-built models by name (tests, embedding).
+
+    ``routers`` adds routes from layers above the API (the lab's ``/api/lab`` router, passed in by
+    ``sdstudio serve``); they get the same auth, origin and size checks. Handlers reach the studio
+    (queue, models, history) as ``request.app.state.studio``.
+    """
     settings = settings or ServerSettings()
     studio = Studio(settings, models=models, manager=manager)
 
@@ -56,6 +67,8 @@ def create_app(
     _install_error_handlers(app)
     app.include_router(routes_a1111.router)
     app.include_router(routes_studio.router)
+    for router in routers:
+        app.include_router(router)
     _mount_ui(app)
     # outermost first: size limit, then auth, then origin check
     app.add_middleware(SameOriginMiddleware)

@@ -90,13 +90,22 @@ def build_settings(args: argparse.Namespace):
     )
 
 
+def _extra_routers() -> list:
+    """Routers from layers above the API: the lab's ``sdstudio.lab.routes.router`` when installed."""
+    try:
+        from sdstudio.lab.routes import router
+    except ImportError:
+        return []
+    return [router]
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sdstudio.api.app import create_app
 
     settings = build_settings(args)
-    app = create_app(settings)
+    app = create_app(settings, routers=_extra_routers())
     shown = "127.0.0.1" if settings.host == "0.0.0.0" else settings.host
     print(f"sdstudio: web UI and API on http://{shown}:{settings.port}/  (A1111 API under /sdapi/v1)")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_keep_alive=30)

@@ -412,12 +412,14 @@ function setInitImage(dataURL) {
   img.src = dataURL;
   $("#canvas-stack").hidden = false;
   $("#init-hint").hidden = true;
+  $("#mask-tools").hidden = false;
 }
 
 function clearInitImage() {
   i2i.dataURL = null;
   $("#canvas-stack").hidden = true;
   $("#init-hint").hidden = false;
+  $("#mask-tools").hidden = true;
 }
 
 function canvasPoint(ev) {
