@@ -9,6 +9,7 @@ import struct
 import pytest
 from PIL import Image
 
+import sdstudio
 from tests.server.conftest import FAST, decode_png, png_b64
 
 INFO_KEYS = [
@@ -70,6 +71,10 @@ def test_txt2img_response_shape_and_info(generated):
     assert info["all_prompts"] == ["a red fox", "a red fox"] and info["negative_prompt"] == "blurry"
     assert (info["width"], info["height"], info["steps"], info["cfg_scale"]) == (64, 64, 2, 6)
     assert info["sampler_name"] == "Euler" and info["sd_model_name"] == "tiny-sd1"
+    assert (
+        info["version"] == f"sdstudio {sdstudio.__version__}"
+        and f"Version: {info['version']}" in info["infotexts"][0]
+    )
     assert len(info["infotexts"]) == 2 and "Seed: 1235" in info["infotexts"][1]
     for data, text in zip(generated["images"], info["infotexts"]):
         image = decode_png(data)

@@ -55,7 +55,7 @@ async def _generate(request: Request, req: s._A1111Base, kind: str) -> s.Generat
         vae_name=getattr(result, "vae_name", ""),
         vae_hash=getattr(result, "vae_hash", ""),
         is_inpainting=getattr(result, "is_inpainting", False),
-        version=__version__,
+        version=f"sdstudio {__version__}",  # as the infotext's "Version"
     )
     encoded = [encode_png(im.image, im.infotext) for im in images] if req.send_images else []
     return s.GenerationResponse(
@@ -81,10 +81,9 @@ async def progress(request: Request, skip_current_image: bool = False) -> s.Prog
     st = studio(request)
     job = st.queue.running
     queued = len(st.queue.pending())
-    if job is None:
-        return s.ProgressResponse(
-            progress=0, eta_relative=0, state=s.ProgressState(), textinfo=_queue_text(queued)
-        )
+    if job is None:  # idle or between jobs: job_count > 0 while anything waits (webuiapi's wait_for_ready)
+        state = s.ProgressState(job_count=queued)
+        return s.ProgressResponse(progress=0, eta_relative=0, state=state, textinfo=_queue_text(queued))
     p = job.progress
     state = s.ProgressState(
         skipped=job.cancel_token.skipped,
