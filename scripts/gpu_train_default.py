@@ -85,7 +85,7 @@ def main() -> int:
             log(f"stage {stage} start")
             train_default_model(data, run, recipe, progress=False, stages=(stage,), assemble=stage == "ldm")
             status[stage] = "ok"
-        except Exception:  # keep what earlier stages made
+        except Exception:  # noqa: BLE001 - keep what earlier stages made
             status[stage] = traceback.format_exc()
             log(f"stage {stage} FAILED\n{status[stage]}")
             if stage != "ldm":

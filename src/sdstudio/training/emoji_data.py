@@ -76,7 +76,7 @@ def install_sources(prefix: Path) -> Path:
     if npm is None:
         raise SDStudioError("npm is needed to build the emoji set (install Node.js)", field="npm")
     cmd = [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), DATASOURCE, EMOJILIB]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if result.returncode != 0:
         raise SDStudioError(f"npm install failed: {result.stderr.strip()[-500:]}", field="npm")
     return prefix / "node_modules"

@@ -37,7 +37,7 @@ MODEL_INDEX = {
 def save_scheduler(config: dict, out: Path) -> None:
     """Write ``scheduler_config.json`` (PNDM class name, SD's keys) for a training schedule ``config``."""
     out.mkdir(parents=True, exist_ok=True)
-    data = {**config, **SD_STYLE_SCHEDULER}
+    data = {**SD_STYLE_SCHEDULER, **config}
     (out / "scheduler_config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 

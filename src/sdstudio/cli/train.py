@@ -1,0 +1,231 @@
+"""``sdstudio train ddpm|vae|clip|ldm|default|eval``: training from scratch (see sdstudio.training)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sdstudio.errors import SDStudioError
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def _loop_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None:
+    p.add_argument("data", type=Path, help="image folder with captions.jsonl or a .txt per image")
+    p.add_argument(
+        "--out", type=Path, required=True, help="run folder (checkpoint, samples, loss.png, final/)"
+    )
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="save checkpoint.pt this often")
+    p.add_argument("--sample-every", type=int, default=500, help="write a sample grid every N steps")
+    p.add_argument(
+        "--max-minutes", type=float, default=None, help="stop (and save) after this wall-clock time"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is available")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--split", default="train", help="rows of captions.jsonl to use ('all' for every row)")
+
+
+def _loop_config(args: argparse.Namespace):
+    from sdstudio.training.loop import LoopConfig
+
+    return LoopConfig(
+        out_dir=args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        checkpoint_every_s=args.checkpoint_minutes * 60,
+        sample_every=args.sample_every,
+        time_budget_s=args.max_minutes * 60 if args.max_minutes else None,
+        resume=args.resume,
+        progress=not args.no_progress,
+        cpu=args.cpu,
+    )
+
+
+def _data(args: argparse.Namespace, size: int):
+    from sdstudio.training.data import load_image_folder
+
+    return load_image_folder(args.data, size, split=None if args.split == "all" else args.split)
+
+
+def register(subparsers) -> None:
+    """Add ``train`` and its sub-commands to the CLI."""
+    parser = subparsers.add_parser(
+        "train", help="train DDPM / VAE / mini-CLIP / latent diffusion from scratch"
+    )
+    sub = parser.add_subparsers(dest="train_command", metavar="KIND", required=True)
+
+    p = sub.add_parser("ddpm", help="pixel-space DDPM (Ho et al. 2020)")
+    _loop_args(p, 10000, 64, 2e-4)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--channels", type=_ints, default=(64, 128, 128))
+    p.add_argument("--schedule", choices=("linear", "cosine", "scaled_linear"), default="linear")
+    p.add_argument("--prediction", choices=("eps", "v"), default="eps")
+    p.add_argument("--condition", choices=("none", "class", "text"), default="none")
+    p.add_argument("--condition-dropout", type=float, default=0.1)
+    p.add_argument(
+        "--text-encoder", default=None, help="frozen CLIPTextModel folder (else train a small one)"
+    )
+    p.add_argument("--ema", type=float, default=0.999)
+    p.set_defaults(func=_ddpm)
+
+    p = sub.add_parser("vae", help="KL autoencoder (diffusers AutoencoderKL)")
+    _loop_args(p, 20000, 64, 4e-4)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--channels", type=_ints, default=(64, 128, 128), help="one per level; len-1 downsamples")
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--recon", choices=("l1", "mse", "l1+mse"), default="l1")
+    p.add_argument("--kl-weight", type=float, default=1e-5)
+    p.set_defaults(func=_vae)
+
+    p = sub.add_parser("clip", help="mini-CLIP: CLIP text transformer + conv image encoder, contrastive")
+    _loop_args(p, 20000, 512, 1e-3)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--embed-dim", type=int, default=128)
+    p.set_defaults(func=_clip)
+
+    p = sub.add_parser("ldm", help="text-to-image latent diffusion over a trained VAE and mini-CLIP")
+    _loop_args(p, 100000, 256, 3e-4)
+    p.add_argument("--vae", type=Path, required=True, help="VAE folder (train vae's final/vae)")
+    p.add_argument(
+        "--text-encoder", type=Path, required=True, help="CLIPTextModel folder (clip's final/text_encoder)"
+    )
+    p.add_argument("--channels", type=_ints, default=(64, 128, 128))
+    p.add_argument("--schedule", choices=("linear", "cosine", "scaled_linear"), default="scaled_linear")
+    p.add_argument("--prediction", choices=("eps", "v"), default="eps")
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.set_defaults(func=_ldm)
+
+    p = sub.add_parser("assemble", help="combine vae/clip/ldm finals into an fp16 Stable Diffusion folder")
+    p.add_argument("run", type=Path, help="folder holding vae/, clip/ and ldm/ runs")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--fp32", action="store_true")
+    p.set_defaults(func=_assemble)
+
+    p = sub.add_parser("eval", help="mini-CLIP retrieval, Frechet distance and prompt grid for an SD folder")
+    p.add_argument("model", type=Path, help="diffusers SD folder with miniclip/ (e.g. the default model)")
+    p.add_argument(
+        "--data", type=Path, required=True, help="the emoji set (captions.jsonl with a test split)"
+    )
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--n", type=int, default=200)
+    p.set_defaults(func=_eval)
+
+
+def _ddpm(args: argparse.Namespace) -> int:
+    from sdstudio.training.ddpm import DDPMConfig, train_ddpm
+
+    cfg = DDPMConfig(
+        image_size=args.size,
+        block_out_channels=args.channels,
+        schedule=args.schedule,
+        prediction=args.prediction,
+        condition=args.condition,
+        condition_dropout=args.condition_dropout,
+        text_encoder=args.text_encoder,
+        ema_decay=args.ema,
+    )
+    res = train_ddpm(_data(args, args.size), _loop_config(args), cfg)
+    print(f"ddpm: {res.steps} steps in {res.seconds:.0f}s -> {args.out / 'final'}")
+    return 0
+
+
+def _vae(args: argparse.Namespace) -> int:
+    from sdstudio.training.vae import VAEConfig, train_vae
+
+    cfg = VAEConfig(
+        block_out_channels=args.channels,
+        layers_per_block=args.layers,
+        image_size=args.size,
+        recon=args.recon,
+        kl_weight=args.kl_weight,
+    )
+    res = train_vae(_data(args, args.size), _loop_config(args), cfg)
+    print(f"vae: {res.steps} steps in {res.seconds:.0f}s -> {args.out / 'final' / 'vae'}")
+    return 0
+
+
+def _clip(args: argparse.Namespace) -> int:
+    from sdstudio.training.miniclip import MiniCLIPConfig, train_clip
+
+    cfg = MiniCLIPConfig(
+        hidden=args.hidden, layers=args.layers, embed_dim=args.embed_dim, image_size=args.size
+    )
+    res = train_clip(_data(args, args.size), _loop_config(args), cfg)
+    print(f"clip: {res.steps} steps in {res.seconds:.0f}s -> {args.out / 'final'}")
+    return 0
+
+
+def _ldm(args: argparse.Namespace) -> int:
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    from sdstudio.training.ldm import LDMConfig, train_ldm
+
+    for path, what in ((args.vae, "--vae"), (args.text_encoder, "--text-encoder")):
+        if not (path / "config.json").is_file():
+            raise SDStudioError(
+                f"{what} {path} is not a model folder (no config.json)", field=what.lstrip("-")
+            )
+    vae = AutoencoderKL.from_pretrained(str(args.vae), torch_dtype=torch.float32)
+    text = CLIPTextModel.from_pretrained(str(args.text_encoder), dtype=torch.float32)
+    cfg = LDMConfig(
+        block_out_channels=args.channels,
+        schedule=args.schedule,
+        prediction=args.prediction,
+        caption_dropout=args.caption_dropout,
+        ema_decay=args.ema,
+    )
+    res = train_ldm(_data(args, vae.config.sample_size), _loop_config(args), vae, text, cfg)
+    print(f"ldm: {res.steps} steps in {res.seconds:.0f}s -> {args.out / 'final'}")
+    return 0
+
+
+def _assemble(args: argparse.Namespace) -> int:
+    import torch
+
+    from sdstudio.training.export import assemble_sd_folder, folder_size
+
+    run = args.run
+    parts = [run / "vae" / "final" / "vae", run / "clip" / "final", run / "ldm" / "final" / "unet"]
+    for part in parts:
+        if not part.is_dir():
+            raise SDStudioError(f"missing trained part {part}", field="run")
+    dtype = torch.float32 if args.fp32 else torch.float16
+    out = assemble_sd_folder(*parts, run / "ldm" / "final" / "scheduler", args.out, dtype=dtype)
+    print(f"wrote {out} ({folder_size(out) / 1e6:.1f} MB)")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from sdstudio.training.evaluate import evaluate_model
+
+    if not (args.model / "miniclip" / "miniclip.json").is_file():
+        raise SDStudioError(f"{args.model} has no miniclip/ folder to score with", field="model")
+    report = evaluate_model(args.model, args.data, args.out, args.steps, args.guidance, args.n)
+    print(json.dumps(asdict(report), indent=2))
+    return 0
