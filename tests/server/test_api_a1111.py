@@ -337,3 +337,16 @@ def test_progress_idle_shape(client):
         "skipped", "interrupted", "stopping_generation", "job", "job_count", "job_timestamp", "job_no",
         "sampling_step", "sampling_steps",
     }  # fmt: skip
+
+
+def test_rgba_mask_uses_alpha(client):
+    """A1111 create_binary_mask: a transparent-background RGBA mask is read from its alpha channel."""
+    init = Image.new("RGB", (64, 64), (10, 200, 30))
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    mask.paste((0, 0, 0, 255), (0, 0, 32, 64))  # black but opaque on the left: repaint there
+    body = {**FAST, "seed": 2, "init_images": [png_b64(init)], "mask": png_b64(mask), "mask_blur": 0}
+    r = client.post("/sdapi/v1/img2img", json={**body, "inpainting_fill": 2, "denoising_strength": 1.0})
+    assert r.status_code == 200, r.text
+    out = decode_png(r.json()["images"][0]).convert("RGB")
+    assert out.getpixel((56, 32)) == pytest.approx((10, 200, 30), abs=12)  # right half kept
+    assert out.getpixel((8, 32)) != pytest.approx((10, 200, 30), abs=12)  # left half repainted

@@ -268,6 +268,8 @@ def test_outpaint_and_hires_jobs(client):
     out = Image.open(io.BytesIO(client.get(job["images"][0]["url"]).content)).convert("RGB")
     assert out.size == (96, 80)
     assert out.getpixel((8, 72)) == pytest.approx((240, 200, 40), abs=16)  # original area kept (bottom-left)
+    item = client.get(f"/api/history/{job['images'][0]['history_id']}").json()
+    assert "Outpaint: " in item["infotext"] and "right=32" in item["infotext"] and item["kind"] == "img2img"
     hires = {
         **FAST,
         "seed": 3,

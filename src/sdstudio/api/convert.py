@@ -51,6 +51,7 @@ class ConvertedRequest:
     mask: Any = None  # PIL "L" image or None
     warnings: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)  # the request echoed (A1111 "parameters")
+    outpaint: tuple[int, int, int, int] | None = None  # (left, right, up, down) margins in pixels
 
 
 def decode_image(data: str, *, field_name: str, limits: Limits) -> Any:
@@ -140,7 +141,12 @@ def convert(req: _A1111Base, *, limits: Limits, kind: str) -> ConvertedRequest:
 
 
 def _img2img(req: Img2ImgRequest, common: dict, limits: Limits, out: ConvertedRequest) -> GenerationRequest:
-    """img2img / inpaint / outpaint: decode images, pad for outpainting, map mask fields."""
+    """img2img / inpaint / outpaint: decode images and the mask, map the mask fields.
+
+    The mask is passed on unconverted: an RGBA mask's alpha channel is the mask (A1111
+    ``create_binary_mask``). Outpainting margins (sdstudio's ``outpaint_*`` fields) are run by
+    :func:`sdstudio.pipelines.outpaint.outpaint`, whose output is the padded canvas size.
+    """
     if not req.init_images:
         raise SDStudioError(
             "init_images: at least one base64 image is required for img2img", field="init_images"
@@ -149,46 +155,36 @@ def _img2img(req: Img2ImgRequest, common: dict, limits: Limits, out: ConvertedRe
         decode_image(data, field_name=f"init_images[{i}]", limits=limits)
         for i, data in enumerate(req.init_images)
     ]
-    out.mask = decode_image(req.mask, field_name="mask", limits=limits).convert("L") if req.mask else None
+    out.mask = decode_image(req.mask, field_name="mask", limits=limits) if req.mask else None
     mask_blur = req.mask_blur if req.mask_blur is not None else req.mask_blur_x
     sides = (req.outpaint_left, req.outpaint_right, req.outpaint_top, req.outpaint_bottom)
     if any(sides):
-        _outpaint(req, common, sides, mask_blur, out)
+        _outpaint(sides, common, out)
     return GenerationRequest(
         **common,
         denoising_strength=0.75 if req.denoising_strength is None else float(req.denoising_strength),
         resize_mode=req.resize_mode,
         mask_blur=int(mask_blur),
-        inpainting_fill=req.inpainting_fill if not any(sides) else max(req.inpainting_fill, 0),
-        inpaint_full_res=bool(req.inpaint_full_res) if not any(sides) else False,
+        inpainting_fill=req.inpainting_fill,
+        inpaint_full_res=bool(req.inpaint_full_res) and not any(sides),
         inpaint_full_res_padding=req.inpaint_full_res_padding,
-        inpainting_mask_invert=bool(req.inpainting_mask_invert) if not any(sides) else False,
+        inpainting_mask_invert=bool(req.inpainting_mask_invert) and not any(sides),
     )
 
 
-def _outpaint(
-    req: Img2ImgRequest, common: dict, sides: tuple[int, ...], mask_blur: int, out: ConvertedRequest
-):
-    """Pad the first init image (A1111 "poor man's outpainting") and inpaint the new margins."""
-    from sdstudio.pipelines.image_ops import extend_canvas
-
-    left, right, up, down = sides
+def _outpaint(sides: tuple[int, int, int, int], common: dict, out: ConvertedRequest) -> None:
+    """Check outpaint margins; the output size is the padded canvas (rounded up to multiples of 8)."""
+    if any(not isinstance(v, int) or v < 0 for v in sides):
+        raise SDStudioError("outpaint margins must be non-negative integers", field="outpaint_left")
     if out.mask is not None:
         raise SDStudioError(
             "outpaint margins and a mask cannot be combined; send one or the other", field="mask"
         )
-    image = out.init_images[0].convert("RGB")
-    seed = max(common["seed"], 0)
-    canvas, mask = extend_canvas(
-        image, left=left, right=right, up=up, down=down, overlap=2 * mask_blur, seed=seed
-    )
-    out.init_images = [canvas]
-    out.mask = mask
-    # the output covers the padded canvas at the requested scale (rounded to multiples of 8)
-    scale_w = common["width"] / image.width
-    scale_h = common["height"] / image.height
-    common["width"] = max(64, round(canvas.width * scale_w / 8) * 8)
-    common["height"] = max(64, round(canvas.height * scale_h / 8) * 8)
+    left, right, up, down = sides
+    image = out.init_images[0]
+    out.outpaint = sides
+    common["width"] = -(-(image.width + left + right) // 8) * 8  # validated against the limits
+    common["height"] = -(-(image.height + up + down) // 8) * 8
 
 
 def _hires(req: Txt2ImgRequest) -> HiresSettings | None:

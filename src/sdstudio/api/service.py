@@ -127,6 +127,12 @@ class Studio:
             from sdstudio.pipelines import txt2img
 
             return txt2img(model, request, **kw)
+        if converted.outpaint:
+            from sdstudio.pipelines.outpaint import outpaint
+
+            left, right, up, down = converted.outpaint
+            image = converted.init_images[0]
+            return outpaint(model, request, image, left=left, right=right, up=up, down=down, **kw)
         try:
             # the function, not the package attribute (which becomes the submodule once imported)
             from sdstudio.pipelines.img2img import img2img
