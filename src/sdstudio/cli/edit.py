@@ -36,6 +36,8 @@ def add_img2img_args(p: argparse.ArgumentParser, *, multiple_inits: bool = True)
     """Init image, strength and resize mode (A1111 img2img fields)."""
     p.add_argument(
         "--init",
+        "--init-image",
+        dest="init",
         required=True,
         action="append" if multiple_inits else "store",
         metavar="IMAGE",
@@ -275,12 +277,9 @@ def register(sub) -> None:
     add_generation_args(p)
     add_img2img_args(p, multiple_inits=False)
     add_mask_args(p, with_mask=False)
-    for side, where in (
-        ("left", "on the left"),
-        ("right", "on the right"),
-        ("up", "at the top"),
-        ("down", "at the bottom"),
-    ):
-        p.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add {where}")
+    p.add_argument("--left", type=int, default=0, help="pixels to add on the left")
+    p.add_argument("--right", type=int, default=0, help="pixels to add on the right")
+    p.add_argument("--up", "--top", dest="up", type=int, default=0, help="pixels to add at the top")
+    p.add_argument("--down", "--bottom", dest="down", type=int, default=0, help="pixels to add at the bottom")
     add_model_args(p)
     p.set_defaults(func=_outpaint)
