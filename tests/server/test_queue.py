@@ -162,3 +162,21 @@ def test_stop_cancels_pending_and_refuses_new(queue):
     assert waiting.state in (CANCELLED, DONE)
     with pytest.raises(SDStudioError):
         queue.submit(_record([], "late"))
+
+
+def test_finished_jobs_release_their_function(queue):
+    """A finished job keeps its result but not the closure (which may hold big init images)."""
+    import gc
+    import weakref
+
+    class Payload:
+        pass
+
+    payload = Payload()
+    ref = weakref.ref(payload)
+    queue.start()
+    job = queue.submit(lambda ctx, p=payload: "ok")
+    del payload
+    assert job.wait(5) and job.result == "ok"
+    gc.collect()
+    assert ref() is None

@@ -6,6 +6,7 @@ Generation routes queue a job like any other client's and wait for it, so A1111 
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import os
@@ -57,10 +58,20 @@ async def _generate(request: Request, req: s._A1111Base, kind: str) -> s.Generat
         is_inpainting=getattr(result, "is_inpainting", False),
         version=f"sdstudio {__version__}",  # as the infotext's "Version"
     )
-    encoded = [encode_png(im.image, im.infotext) for im in images] if req.send_images else []
+    encoded = await run_in_threadpool(_encode_files, st, images) if req.send_images else []
     return s.GenerationResponse(
         images=encoded, parameters=converted.parameters, info=info, warnings=warnings, job_id=job.id
     )
+
+
+def _encode_files(st: Any, images: list) -> list[str]:
+    """Base64 of each saved file, as A1111 returns images in its samples format with the infotext."""
+    out = []
+    for im in images:
+        data = st.image_bytes(im)
+        if data is not None:
+            out.append(base64.b64encode(data).decode("ascii"))
+    return out
 
 
 @router.post("/txt2img", response_model=s.GenerationResponse)

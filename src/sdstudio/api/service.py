@@ -33,7 +33,7 @@ class SavedImage:
     seed: int
     subseed: int
     infotext: str
-    image: Any  # PIL.Image
+    image: Any  # PIL.Image until saved, then None (read the file)
     path: str | None = None  # relative to outputs/
     history_id: int | None = None
 
@@ -75,6 +75,14 @@ class Studio:
         self.history.ensure_open()
         self.queue.start()
 
+    def image_bytes(self, saved: SavedImage) -> bytes | None:
+        """The saved file's bytes (PNG with its ``parameters`` chunk); None if it was deleted since."""
+        target = self.history.resolve(saved.path) if saved.path else None
+        try:
+            return target.read_bytes() if target is not None else None
+        except OSError:
+            return None
+
     def stop(self) -> None:
         """Stop the worker (queued jobs are cancelled) and close the history database."""
         self.queue.stop()
@@ -113,6 +121,7 @@ class Studio:
                 index=gi.index, seed=gi.seed, subseed=gi.subseed, infotext=gi.infotext, image=gi.image
             )
             self._save(saved, ctx.job.id, converted, result)
+            saved.image = None  # the file is the image from now on: finished jobs hold no pixels
             result.images.append(saved)
             ctx.touch()
 

@@ -186,6 +186,7 @@ class JobQueue:
             if job.state == QUEUED:
                 self._pending.get(job.client, deque()).remove(job)
                 self._drop_empty_locked(job.client)
+                job.fn = _finished_fn
                 self._finish_locked(job, CANCELLED, error="cancelled before it started")
             else:
                 job.cancel_token.interrupt()
@@ -244,6 +245,7 @@ class JobQueue:
             state, error = CANCELLED, "interrupted"
         with self._lock:
             job.result, job.error_field, job.error_status = result, err_field, status
+            job.fn = _finished_fn  # drop the closure (and e.g. init images it holds) once run
             self._running = None
             self._finish_locked(job, state, error=error)
             self._lock.notify_all()
@@ -319,3 +321,8 @@ class JobQueue:
         finished = [j for j in self._jobs.values() if j.finished]
         for job in finished[: max(0, len(finished) - self.keep_finished)]:
             del self._jobs[job.id]
+
+
+def _finished_fn(ctx: JobContext) -> None:
+    """Placeholder function of a job that has run (or was cancelled); never called."""
+    raise RuntimeError("job already finished")
