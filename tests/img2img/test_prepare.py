@@ -108,6 +108,10 @@ def test_prepare_rejects_bad_masks():
         inpaint.prepare_inputs(req, [img], Image.new("L", (16, 16), 255))
     with pytest.raises(SDStudioError, match="empty"):
         inpaint.prepare_inputs(req, [img], Image.new("L", (32, 32), 0))
+    with pytest.raises(SDStudioError, match="non-negative") as err:
+        only = req.replace(inpaint_full_res=True, inpaint_full_res_padding=-4)
+        inpaint.prepare_inputs(only, [img], _rect_mask((32, 32), (4, 4, 8, 8)))
+    assert err.value.field == "inpaint_full_res_padding"
     with pytest.raises(SDStudioError, match="after inverting"):
         inpaint.prepare_inputs(req.replace(inpainting_mask_invert=True), [img], Image.new("L", (32, 32), 255))
 

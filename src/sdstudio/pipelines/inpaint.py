@@ -117,7 +117,13 @@ def _mask_infotext(request: Any) -> dict[str, Any]:
 
 def _only_masked_region(work_mask: Image.Image, request: Any) -> tuple[int, int, int, int]:
     """The "only masked" crop box: mask bbox + padding, grown to the processing aspect ratio."""
-    box = ops.crop_region(work_mask, request.inpaint_full_res_padding)
+    padding = request.inpaint_full_res_padding
+    if not isinstance(padding, int) or padding < 0:
+        raise SDStudioError(
+            f"inpaint_full_res_padding must be a non-negative number of pixels, got {padding!r}",
+            field="inpaint_full_res_padding",
+        )
+    box = ops.crop_region(work_mask, padding)
     assert box is not None  # prepare_inputs rejected empty masks
     return ops.expand_crop_region(box, request.width, request.height, work_mask.width, work_mask.height)
 
