@@ -189,4 +189,4 @@ def _check(ok: bool, field_name: str, message: str) -> None:
 
 
 def _round8(value: float) -> int:
-    return max(64, int(value) // 8 * 8)
+    return max(16, int(value) // 8 * 8)

@@ -183,6 +183,44 @@ def parse_infotext(text: str) -> dict[str, Any]:
     return result
 
 
+FILL_NAMES = {"fill": 0, "original": 1, "latent-noise": 2, "latent-nothing": 3}
+
+
+def edit_fields_from_infotext(fields: dict[str, Any]) -> dict[str, Any]:
+    """GenerationRequest changes for the image-to-image and hires keys of a parsed infotext (A1111 names)."""
+    changes: dict[str, Any] = {}
+    if "Mask blur" in fields:
+        changes["mask_blur"] = int(fields["Mask blur"])
+    if fields.get("Inpaint area") == "Only masked":
+        changes["inpaint_full_res"] = True
+    if "Masked area padding" in fields:
+        changes["inpaint_full_res_padding"] = int(fields["Masked area padding"])
+    if "Masked content" in fields:
+        changes["inpainting_fill"] = FILL_NAMES[str(fields["Masked content"]).replace(" ", "-")]
+    if fields.get("Mask mode") == "Inpaint not masked":
+        changes["inpainting_mask_invert"] = True
+    if "Hires upscaler" in fields:
+        changes["hires"] = _hires_from_fields(fields)
+    return changes
+
+
+def _hires_from_fields(fields: dict[str, Any]):
+    from sdstudio.config import HiresSettings
+
+    rx, ry = (int(v) for v in str(fields.get("Hires resize", "0x0")).split("x"))
+    return HiresSettings(
+        scale=float(fields.get("Hires upscale", 2.0)),
+        upscaler=fields["Hires upscaler"],
+        second_pass_steps=int(fields.get("Hires steps", 0)),
+        denoising_strength=float(fields.get("Denoising strength", 0.7)),
+        resize_x=rx,
+        resize_y=ry,
+        sampler=fields.get("Hires sampler", ""),
+        prompt=fields.get("Hires prompt", ""),
+        negative_prompt=fields.get("Hires negative prompt", ""),
+    )
+
+
 def request_from_infotext(text: str, base=None):
     """A GenerationRequest reproducing the image an infotext describes (``--from-png``)."""
     from sdstudio.config import GenerationRequest
@@ -212,4 +250,5 @@ def request_from_infotext(text: str, base=None):
             int(f["Seed resize from-1"]),
             int(f["Seed resize from-2"]),
         )
+    changes.update(edit_fields_from_infotext(f))
     return req.replace(**changes)

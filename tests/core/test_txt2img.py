@@ -164,3 +164,16 @@ def test_progress_and_interrupt(tiny_sd1):
     out = txt2img(tiny_sd1, BASE.replace(n_iter=3), progress=progress, cancel=cancel)
     assert seen[0] == (1, 9, 0) and seen[-1][0] == 4
     assert len(out) == 2  # batch 2 stopped mid-way still yields its partial image; batch 3 never ran
+
+
+def test_hires_infotext_round_trip(tiny_sd1):
+    from sdstudio import HiresSettings
+
+    request = BASE.replace(hires=HiresSettings(scale=1.5, upscaler="Latent (nearest)", second_pass_steps=2,
+                                               denoising_strength=0.6))
+    first = txt2img(tiny_sd1, request)[0]
+    assert first.image.size == (48, 48)
+    fields = parse_infotext(first.infotext)
+    assert fields["Hires upscale"] == "1.5" and fields["Hires upscaler"] == "Latent (nearest)"
+    again = txt2img(tiny_sd1, request_from_infotext(first.infotext))[0]
+    assert np.array_equal(pixels(again), pixels(first))

@@ -13,8 +13,8 @@ import sys
 from typing import Any
 
 from sdstudio.errors import SDStudioError
+from sdstudio.infotext import FILL_NAMES, edit_fields_from_infotext
 
-FILL_NAMES = {"fill": 0, "original": 1, "latent-noise": 2, "latent-nothing": 3}
 RESIZE_NAMES = {"just-resize": 0, "crop-and-resize": 1, "resize-and-fill": 2}
 
 
@@ -115,41 +115,6 @@ def hires_from_args(args: argparse.Namespace):
         sampler=args.hr_sampler,
         prompt=args.hr_prompt,
         negative_prompt=args.hr_negative_prompt,
-    )
-
-
-def edit_fields_from_infotext(fields: dict[str, Any]) -> dict[str, Any]:
-    """GenerationRequest changes for the image-to-image keys of a parsed infotext (A1111 names)."""
-    changes: dict[str, Any] = {}
-    if "Mask blur" in fields:
-        changes["mask_blur"] = int(fields["Mask blur"])
-    if fields.get("Inpaint area") == "Only masked":
-        changes["inpaint_full_res"] = True
-    if "Masked area padding" in fields:
-        changes["inpaint_full_res_padding"] = int(fields["Masked area padding"])
-    if "Masked content" in fields:
-        changes["inpainting_fill"] = FILL_NAMES[str(fields["Masked content"]).replace(" ", "-")]
-    if fields.get("Mask mode") == "Inpaint not masked":
-        changes["inpainting_mask_invert"] = True
-    if "Hires upscaler" in fields:
-        changes["hires"] = _hires_from_fields(fields)
-    return changes
-
-
-def _hires_from_fields(fields: dict[str, Any]):
-    from sdstudio.config import HiresSettings
-
-    rx, ry = (int(v) for v in str(fields.get("Hires resize", "0x0")).split("x"))
-    return HiresSettings(
-        scale=float(fields.get("Hires upscale", 2.0)),
-        upscaler=fields["Hires upscaler"],
-        second_pass_steps=int(fields.get("Hires steps", 0)),
-        denoising_strength=float(fields.get("Denoising strength", 0.7)),
-        resize_x=rx,
-        resize_y=ry,
-        sampler=fields.get("Hires sampler", ""),
-        prompt=fields.get("Hires prompt", ""),
-        negative_prompt=fields.get("Hires negative prompt", ""),
     )
 
 

@@ -155,10 +155,11 @@ def run_and_save(pipeline, model, request, args, kind: str, **pipeline_kwargs) -
 
 
 def _txt2img(args) -> int:
+    from sdstudio.cli.edit import hires_from_args
     from sdstudio.pipelines import txt2img
 
     model = load_model_from_args(args)
-    request = request_from_args(args, model)
+    request = request_from_args(args, model, hires=hires_from_args(args))
     return run_and_save(txt2img, model, request, args, "txt2img")
 
 
@@ -170,4 +171,7 @@ def register(sub) -> None:
     )
     add_generation_args(p)
     add_model_args(p)
+    from sdstudio.cli.edit import add_hires_args
+
+    add_hires_args(p)
     p.set_defaults(func=_txt2img)

@@ -68,18 +68,18 @@ def _unet(seed: int = 0, in_channels: int = 4, **overrides):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    kwargs = dict(
-        sample_size=16,
-        in_channels=in_channels,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    )
+    kwargs = {
+        "sample_size": 16,
+        "in_channels": in_channels,
+        "out_channels": 4,
+        "block_out_channels": (16, 32),
+        "layers_per_block": 1,
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": 32,
+        "attention_head_dim": 4,
+        "norm_num_groups": 8,
+    }
     kwargs.update(overrides)
     return UNet2DConditionModel(**kwargs).eval()
 

@@ -1,13 +1,11 @@
-"""Pipelines: short orchestration functions over explicit model objects."""
+"""Pipelines: short orchestration functions over explicit model objects.
 
-from sdstudio.pipelines.txt2img import GeneratedImage, txt2img
+Each function takes a StableDiffusionModel and a GenerationRequest and returns GeneratedImage
+items; all of them run the one sampling loop in ``pipelines.loop``.
+"""
 
-__all__ = ["GeneratedImage", "img2img", "txt2img"]
+from sdstudio.pipelines.txt2img import GeneratedImage, txt2img  # noqa: I001  (txt2img first: others build on it)
+from sdstudio.pipelines.img2img import img2img
+from sdstudio.pipelines.outpaint import outpaint
 
-
-def __getattr__(name: str):
-    if name == "img2img":  # lands with the image-to-image family
-        from sdstudio.pipelines.img2img import img2img
-
-        return img2img
-    raise AttributeError(name)
+__all__ = ["GeneratedImage", "img2img", "outpaint", "txt2img"]

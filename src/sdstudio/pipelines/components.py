@@ -30,7 +30,7 @@ class ModelDenoiser:
         if "concat" in cond.extra:  # 9-channel inpainting: [latent, mask, masked-image latent]
             x_in = torch.cat([x_in, cond.extra["concat"].to(x_in)], dim=1)
         t = self.schedule.sigma_to_t(sigma.float().cpu()).to(self.model.device)
-        out = self._unet(x_in, t, cond).float()
+        out = self._unet(x_in, t, cond).float().to(x.device)
         if self.v_prediction:
             return x * (1 / (s**2 + 1)) + out * (-s / (s**2 + 1) ** 0.5)
         return x - out * s

@@ -77,10 +77,10 @@ def sample_batch(
     If the job is interrupted or skipped mid-way, returns the sampler's last x0 prediction (as A1111
     does, so the partial image is still shown) and leaves the decision to stop to the caller.
     """
-    noise = ImageNoise(latent_shape, seeds, subseeds, subseed_strength, seed_resize_from)
-    x = noise.initial() * noise_multiplier * sigmas[0]
+    noise = ImageNoise(latent_shape, seeds, subseeds, subseed_strength, seed_resize_from, device=model.device)
+    x = noise.initial() * noise_multiplier * sigmas[0]  # (B, C, h, w) on the model's device
     if init_latent is not None:
-        x = init_latent.float() + x
+        x = init_latent.to(x.device, torch.float32) + x
     schedule = DiscreteSchedule.from_config(model.scheduler_config)
     denoiser = CFGDenoiser(
         ModelDenoiser(model, schedule), cond_at, uncond_at, cfg_scale, sigmas, Conditioning.cat, post_denoise

@@ -36,7 +36,9 @@ class ImageNoise:
         subseeds: Sequence[int] = (),
         subseed_strength: float = 0.0,
         seed_resize_from: tuple[int, int] = (0, 0),  # (h, w) in latent cells; 0 = off
+        device: torch.device | str = "cpu",  # where the (CPU-drawn) noise is delivered
     ) -> None:
+        self.device = torch.device(device)
         self.shape = shape
         self.seeds = list(seeds)
         self.subseeds = list(subseeds)
@@ -46,7 +48,7 @@ class ImageNoise:
 
     def initial(self) -> torch.Tensor:
         """Initial noise, (B, C, h, w), with variation-seed slerp and seed resize applied."""
-        return torch.stack([self._first(i) for i in range(len(self.seeds))])
+        return torch.stack([self._first(i) for i in range(len(self.seeds))]).to(self.device)
 
     def _first(self, i: int) -> torch.Tensor:
         fh, fw = self.seed_resize_from
@@ -64,7 +66,7 @@ class ImageNoise:
 
     def next(self) -> torch.Tensor:
         """Fresh noise for every image, (B, C, h, w), continuing each image's generator."""
-        return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
+        return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators]).to(self.device)
 
     def brownian(self, x: torch.Tensor, sigmas: torch.Tensor) -> BrownianNoise:
         """Brownian-tree noise over this schedule, seeded per image (SDE samplers)."""
