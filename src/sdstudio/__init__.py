@@ -21,9 +21,9 @@ __all__ = [
     "Limits",
     "SDStudioError",
     "__version__",
+    "img2img",
     "load_model",
     "txt2img",
-    "img2img",
 ]
 
 
