@@ -177,3 +177,11 @@ def test_hires_infotext_round_trip(tiny_sd1):
     assert fields["Hires upscale"] == "1.5" and fields["Hires upscaler"] == "Latent (nearest)"
     again = txt2img(tiny_sd1, request_from_infotext(first.infotext))[0]
     assert np.array_equal(pixels(again), pixels(first))
+
+
+def test_limits_are_configurable(tiny_sd1):
+    from sdstudio import Limits
+
+    with pytest.raises(SDStudioError, match="steps must be between 1 and 2"):
+        txt2img(tiny_sd1, BASE, limits=Limits(max_steps=2))
+    assert len(txt2img(tiny_sd1, BASE.replace(steps=2), limits=Limits(max_steps=2))) == 1

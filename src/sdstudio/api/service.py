@@ -131,7 +131,12 @@ class Studio:
     def _run_pipeline(
         self, model: Any, converted: ConvertedRequest, request: Any, ctx: JobContext, on_image: Any
     ) -> list[Any]:
-        kw = {"progress": ctx.progress, "cancel": ctx.cancel, "on_image": on_image}
+        kw = {
+            "progress": ctx.progress,
+            "cancel": ctx.cancel,
+            "on_image": on_image,
+            "limits": self.settings.limits,
+        }
         if converted.kind == "txt2img":
             from sdstudio.pipelines import txt2img
 

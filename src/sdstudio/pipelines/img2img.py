@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sdstudio.config import GenerationRequest
+from sdstudio.config import GenerationRequest, Limits
 from sdstudio.errors import SDStudioError
 from sdstudio.infotext import create_infotext
 from sdstudio.pipelines import image_ops as ops
@@ -63,6 +63,7 @@ def img2img(
     cancel: CancelToken | None = None,
     on_image: Callable[[GeneratedImage], None] | None = None,
     region: tuple[int, int, int, int] | None = None,
+    limits: Limits | None = None,
 ) -> list[GeneratedImage]:
     """Generate ``batch_size * n_iter`` images from init images (and an optional inpainting mask).
 
@@ -70,7 +71,7 @@ def img2img(
     (A1111). With ``mask`` this is inpainting (see :mod:`sdstudio.pipelines.inpaint`); ``region``
     forces the crop box that "only masked" would otherwise find (used by outpainting).
     """
-    request, strength = _checked(request)
+    request, strength = _checked(request, limits)
     init = _prepare_init(model, request, init_images, mask, region)
     plan = _Plan.build(model, request, strength)
     job = JobProgress(plan.run * request.n_iter, request.n_iter, progress, cancel)
@@ -186,11 +187,11 @@ def _generated(model, request, plan: _Plan, init: _Init, image, index: int) -> G
     return GeneratedImage(image, seed, subseed, text, index, request)
 
 
-def _checked(request: GenerationRequest) -> tuple[GenerationRequest, float]:
+def _checked(request: GenerationRequest, limits: Limits) -> tuple[GenerationRequest, float]:
     """Validate the request (strength defaults to 0.75) and resolve its seeds."""
     strength = DEFAULT_STRENGTH if request.denoising_strength is None else request.denoising_strength
     strength = ops.check_strength(strength)
-    request = request.replace(denoising_strength=strength).validate().with_resolved_seeds()
+    request = request.replace(denoising_strength=strength).validate(limits or Limits()).with_resolved_seeds()
     return request, strength
 
 

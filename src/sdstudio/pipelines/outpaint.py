@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sdstudio.config import GenerationRequest
+from sdstudio.config import GenerationRequest, Limits
 from sdstudio.pipelines import image_ops as ops
 from sdstudio.pipelines.img2img import img2img
 from sdstudio.pipelines.txt2img import GeneratedImage
@@ -33,6 +33,7 @@ def outpaint(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     on_image: Callable[[GeneratedImage], None] | None = None,
+    limits: Limits | None = None,
 ) -> list[GeneratedImage]:
     """Return images of size ``(w + left + right, h + up + down)`` with the new area generated."""
     original = ops.load_image(image, field="init_images")
@@ -60,7 +61,15 @@ def outpaint(
     )
     region = (0, 0, canvas.width, canvas.height)
     return img2img(
-        model, work, [canvas], mask, progress=progress, cancel=cancel, on_image=on_image, region=region
+        model,
+        work,
+        [canvas],
+        mask,
+        progress=progress,
+        cancel=cancel,
+        on_image=on_image,
+        region=region,
+        limits=limits,
     )
 
 

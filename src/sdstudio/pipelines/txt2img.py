@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from sdstudio.config import GenerationRequest
+from sdstudio.config import GenerationRequest, Limits
 from sdstudio.errors import SDStudioError
 from sdstudio.infotext import create_infotext
 from sdstudio.pipelines.components import decode_latents, to_pil
@@ -84,9 +84,13 @@ def txt2img(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     on_image: Callable[[GeneratedImage], None] | None = None,
+    limits: Limits | None = None,
 ) -> list[GeneratedImage]:
-    """Generate ``batch_size * n_iter`` images; image i uses seed+i (A1111 batch-major order)."""
-    request = request.validate().with_resolved_seeds()
+    """Generate ``batch_size * n_iter`` images; image i uses seed+i (A1111 batch-major order).
+
+    ``limits`` bounds the request (default ``Limits()``; a server passes its configured limits).
+    """
+    request = request.validate(limits or Limits()).with_resolved_seeds()
     spec = get_sampler(request.sampler_name)
     request = request.replace(sampler_name=spec.name)  # canonical A1111 name in the infotext (k_lms -> LMS)
     schedule = DiscreteSchedule.from_config(model.scheduler_config)
