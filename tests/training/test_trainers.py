@@ -165,3 +165,14 @@ def test_bad_settings_are_sdstudio_errors(tmp_path, shapes):
         train_ddpm(shapes, loop(tmp_path, "e", 1), replace(TINY_DDPM, schedule="quadratic"))
     with pytest.raises(SDStudioError, match="learning rate"):
         train_vae(shapes, loop(tmp_path, "e", 1, lr=0), TINY_VAE)
+
+
+def test_bf16_autocast_on_cpu(tmp_path, shapes):
+    res = train_vae(shapes, loop(tmp_path, "bf16", 2, mixed_precision="bf16"), TINY_VAE)
+    assert res.steps == 2 and all(torch.isfinite(torch.tensor(res.losses)))
+
+
+def test_time_budget_stops_and_saves(tmp_path, shapes):
+    res = train_vae(shapes, loop(tmp_path, "budget", 1000, time_budget_s=0.0), TINY_VAE)
+    assert res.steps == 0
+    assert torch.load(tmp_path / "budget" / CHECKPOINT, weights_only=True)["step"] == 0

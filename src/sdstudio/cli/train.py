@@ -114,6 +114,18 @@ def register(subparsers) -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.set_defaults(func=_ldm)
 
+    p = sub.add_parser("default", help="the default model's recipe: vae -> clip -> ldm -> fp16 SD folder")
+    p.add_argument("data", type=Path, help="the emoji set (sdstudio data emoji OUT)")
+    p.add_argument("--out", type=Path, required=True, help="run folder: vae/, clip/, ldm/, model/")
+    p.add_argument("--vae-minutes", type=float, default=None, help="wall-clock budget of the VAE stage")
+    p.add_argument("--clip-minutes", type=float, default=None)
+    p.add_argument("--ldm-minutes", type=float, default=None)
+    p.add_argument("--stages", default="vae,clip,ldm", help="comma list of stages to run (others must exist)")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_default)
+
     p = sub.add_parser("assemble", help="combine vae/clip/ldm finals into an fp16 Stable Diffusion folder")
     p.add_argument("run", type=Path, help="folder holding vae/, clip/ and ldm/ runs")
     p.add_argument("--out", type=Path, required=True)
@@ -199,6 +211,33 @@ def _ldm(args: argparse.Namespace) -> int:
     )
     res = train_ldm(_data(args, vae.config.sample_size), _loop_config(args), vae, text, cfg)
     print(f"ldm: {res.steps} steps in {res.seconds:.0f}s -> {args.out / 'final'}")
+    return 0
+
+
+def _default(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from sdstudio.training.data import load_image_folder
+    from sdstudio.training.recipe import DefaultRecipe, train_default_model
+
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    if not stages or set(stages) - {"vae", "clip", "ldm"}:
+        raise SDStudioError(
+            f"stages must be a comma list of vae, clip, ldm; got {args.stages!r}", field="stages"
+        )
+    r = DefaultRecipe(mixed_precision=args.mixed_precision)
+
+    def budget(plan, minutes):
+        return replace(plan, time_budget_s=minutes * 60 if minutes else None)
+
+    r = replace(
+        r,
+        vae_plan=budget(r.vae_plan, args.vae_minutes),
+        clip_plan=budget(r.clip_plan, args.clip_minutes),
+        ldm_plan=budget(r.ldm_plan, args.ldm_minutes),
+    )
+    data = load_image_folder(args.data, r.vae.image_size, split="train")
+    train_default_model(data, args.out, r, resume=args.resume, progress=not args.no_progress, stages=stages)
     return 0
 
 

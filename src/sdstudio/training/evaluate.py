@@ -127,6 +127,7 @@ class EvalReport:
     generated_train: dict
     real_train: dict
     fd_generated_vs_heldout: float
+    fd_generated_vs_train_same_captions: float
     fd_train_real_vs_heldout: float
     fd_noise_vs_heldout: float
 
@@ -177,6 +178,7 @@ def evaluate_model(
         guidance=guidance,
         chance={"top1": 100 / n, "top5": 500 / n},
         fd_generated_vs_heldout=frechet_distance(gen_feats["heldout"][1], heldout_raw),
+        fd_generated_vs_train_same_captions=frechet_distance(gen_feats["train"][1], gen_feats["train"][2]),
         fd_train_real_vs_heldout=frechet_distance(gen_feats["train"][2], heldout_raw),
         fd_noise_vs_heldout=frechet_distance(noise_raw, heldout_raw),
         **numbers,

@@ -194,15 +194,28 @@ class LoopResult:
     out_dir: Path | None = None
 
 
+def _accelerator(cfg: LoopConfig):
+    """Return an ``accelerate.Accelerator`` for ``cfg``, allowing a new precision in the same process.
+
+    accelerate keeps one process-wide AcceleratorState; a second run in one process (the default
+    recipe's stages, tests) with other settings must reset it (the distributed PartialState stays).
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    reset = getattr(AcceleratorState, "_reset_state", None)
+    if reset is not None:
+        reset()
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu)
+
+
 class _Run:
     """State of one run: the loop pieces that checkpointing needs."""
 
     def __init__(self, task: Task, data: ImageTextSet, cfg: LoopConfig):
-        from accelerate import Accelerator
-
         cfg.validate()
         self.cfg, self.task, self.data = cfg, task, data
-        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu)
+        self.acc = _accelerator(cfg)
         self.out = Path(cfg.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.gen = torch.Generator().manual_seed(cfg.seed + 7919 * self.acc.process_index)
