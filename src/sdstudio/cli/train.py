@@ -15,6 +15,14 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
+def _groups(channels: tuple[int, ...]) -> int:
+    """Return the GroupNorm group count: 32 as in SD when every width allows it, else their common divisor."""
+    import math
+
+    g = math.gcd(*channels)
+    return 32 if g % 32 == 0 else math.gcd(g, 32)
+
+
 def _loop_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None:
     p.add_argument("data", type=Path, help="image folder with captions.jsonl or a .txt per image")
     p.add_argument(
@@ -150,6 +158,7 @@ def _ddpm(args: argparse.Namespace) -> int:
     cfg = DDPMConfig(
         image_size=args.size,
         block_out_channels=args.channels,
+        norm_num_groups=_groups(args.channels),
         schedule=args.schedule,
         prediction=args.prediction,
         condition=args.condition,
@@ -167,6 +176,7 @@ def _vae(args: argparse.Namespace) -> int:
 
     cfg = VAEConfig(
         block_out_channels=args.channels,
+        norm_num_groups=_groups(args.channels),
         layers_per_block=args.layers,
         image_size=args.size,
         recon=args.recon,
@@ -204,6 +214,7 @@ def _ldm(args: argparse.Namespace) -> int:
     text = CLIPTextModel.from_pretrained(str(args.text_encoder), dtype=torch.float32)
     cfg = LDMConfig(
         block_out_channels=args.channels,
+        norm_num_groups=_groups(args.channels),
         schedule=args.schedule,
         prediction=args.prediction,
         caption_dropout=args.caption_dropout,
