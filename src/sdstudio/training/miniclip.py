@@ -85,7 +85,11 @@ class ImageEncoder(nn.Module):
 
 
 class MiniCLIP(nn.Module):
-    """Text tower + image tower + temperature; ``forward(pixels, input_ids)`` returns the InfoNCE loss."""
+    """Text tower + image tower + temperature; ``forward(pixels, input_ids)`` returns the InfoNCE loss.
+
+    With several processes each rank contrasts its own share of the batch (no all-gather), so the
+    negatives per image are ``batch_size / world_size``.
+    """
 
     def __init__(self, cfg: MiniCLIPConfig, text_model=None):
         super().__init__()
