@@ -149,6 +149,9 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--n", type=int, default=200)
+    p.add_argument(
+        "--judge", type=Path, default=None, help="an independently trained mini-CLIP (train clip's final/)"
+    )
     p.set_defaults(func=_eval)
 
 
@@ -276,6 +279,12 @@ def _eval(args: argparse.Namespace) -> int:
 
     if not (args.model / "miniclip" / "miniclip.json").is_file():
         raise SDStudioError(f"{args.model} has no miniclip/ folder to score with", field="model")
-    report = evaluate_model(args.model, args.data, args.out, args.steps, args.guidance, args.n)
+    if args.judge is not None and not (args.judge / "miniclip.json").is_file():
+        raise SDStudioError(
+            f"--judge {args.judge} is not a mini-CLIP folder (no miniclip.json)", field="judge"
+        )
+    report = evaluate_model(
+        args.model, args.data, args.out, args.steps, args.guidance, args.n, judge=args.judge
+    )
     print(json.dumps(asdict(report), indent=2))
     return 0

@@ -115,21 +115,85 @@ def image_features(
 
 
 @dataclass
-class EvalReport:
-    """Numbers for the model card (percentages; Fréchet distances in mini-CLIP feature units)."""
+class Scores:
+    """One scorer's numbers (retrieval in %, Fréchet distances in its feature units)."""
 
-    n: int
-    steps: int
-    guidance: float
     generated_heldout: dict
     real_heldout: dict
-    chance: dict
     generated_train: dict
     real_train: dict
     fd_generated_vs_heldout: float
     fd_generated_vs_train_same_captions: float
     fd_train_real_vs_heldout: float
     fd_noise_vs_heldout: float
+
+
+@dataclass
+class EvalReport:
+    """Numbers for the model card: the model's own mini-CLIP and, optionally, an independent judge."""
+
+    n: int
+    steps: int
+    guidance: float
+    chance: dict
+    own_miniclip: Scores
+    judge: Scores | None = None
+
+
+@torch.no_grad()
+def score(clip: MiniCLIP, sets: dict, fakes: dict, seed: int = 0) -> Scores:
+    """Return retrieval and Fréchet numbers of ``fakes[name]`` against ``sets[name]`` (``heldout``, ``train``)."""
+    numbers, raw = {}, {}
+    for name, subset in sets.items():
+        caps = [c[0] for c in subset.captions]
+        text = clip.encode_text(tokenize(caps))
+        fake_emb, fake_raw = image_features(clip, fakes[name])
+        real_emb, real_raw = image_features(clip, subset.images.float() / 127.5 - 1)
+        numbers[f"generated_{name}"] = retrieval(fake_emb, text)
+        numbers[f"real_{name}"] = retrieval(real_emb, text)
+        raw[name] = (fake_raw, real_raw)
+    shape = sets["heldout"].images.shape
+    noise = torch.rand(shape[0], *shape[1:], generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    _, noise_raw = image_features(clip, noise)
+    heldout_real = raw["heldout"][1]
+    return Scores(
+        fd_generated_vs_heldout=frechet_distance(raw["heldout"][0], heldout_real),
+        fd_generated_vs_train_same_captions=frechet_distance(*raw["train"]),
+        fd_train_real_vs_heldout=frechet_distance(raw["train"][1], heldout_real),
+        fd_noise_vs_heldout=frechet_distance(noise_raw, heldout_real),
+        **numbers,
+    )
+
+
+def eval_sets(data_dir: str | Path, size: int, n: int, seed: int = 0) -> dict[str, ImageTextSet]:
+    """Return the first ``n`` held-out rows and ``n`` random training rows (fixed by ``seed``)."""
+    test = load_image_folder(data_dir, size, split="test")
+    train_all = load_image_folder(data_dir, size, split="train")
+    pick = torch.randperm(len(train_all), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return {"heldout": test.subset(list(range(min(n, len(test))))), "train": train_all.subset(pick)}
+
+
+def generated_images(comp: Components, sets: dict, out: Path, steps: int, guidance: float, seed: int) -> dict:
+    """Return one generated image per canonical caption of each set, cached in ``out/generated.safetensors``.
+
+    The cache records steps, guidance, seed and captions; anything different regenerates.
+    """
+    from safetensors.torch import load_file, save_file
+
+    key = json.dumps([steps, guidance, seed, {k: [c[0] for c in v.captions] for k, v in sets.items()}])
+    cache = out / "generated.safetensors"
+    if cache.is_file() and (out / "generated.json").is_file() and (out / "generated.json").read_text() == key:
+        return {k: v.float() / 127.5 - 1 for k, v in load_file(cache).items()}
+    fakes = {}
+    for name, subset in sets.items():
+        caps = [c[0] for c in subset.captions]
+        fakes[name] = generate(comp, caps, [seed + i for i in range(len(caps))], steps, guidance)
+    save_file(
+        {k: ((v + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).contiguous() for k, v in fakes.items()},
+        cache,
+    )
+    (out / "generated.json").write_text(key)
+    return {k: ((v + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1 for k, v in fakes.items()}
 
 
 @torch.no_grad()
@@ -141,49 +205,33 @@ def evaluate_model(
     guidance: float = 5.0,
     n: int = 200,
     seed: int = 0,
+    judge: str | Path | None = None,
 ) -> EvalReport:
     """Run (a)-(c) for the SD folder ``model_dir`` on the held-out split of ``data_dir``; write into ``out_dir``.
 
-    Writes ``eval.json``, ``grid.png`` (fixed prompts x 4 seeds), ``heldout_generated.png`` (first 32).
+    Scores with the model's own ``miniclip/`` and, if given, an independently trained mini-CLIP
+    folder ``judge`` (its own text encoder: not the one the generator was conditioned on).
+    Writes ``eval.json``, ``grid.png`` (fixed prompts x 4 seeds), ``heldout_generated.png``
+    (first 32) and ``generated.safetensors`` (uint8, reused by later runs with the same settings).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_dir = Path(model_dir)
     comp = load_components(model_dir)
-    clip = load_miniclip(model_dir / "miniclip", text_encoder=model_dir / "text_encoder")
-    test = load_image_folder(data_dir, comp.vae.config.sample_size, split="test").subset(list(range(n)))
-    train_all = load_image_folder(data_dir, comp.vae.config.sample_size, split="train")
-    pick = torch.randperm(len(train_all), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    train = train_all.subset(pick)
-    numbers = {}
-    gen_feats = {}
-    for name, subset in (("heldout", test), ("train", train)):
-        caps = [c[0] for c in subset.captions]
-        fake = generate(comp, caps, [seed + i for i in range(len(caps))], steps, guidance)
-        real = subset.images.float() / 127.5 - 1
-        text = clip.encode_text(tokenize(caps))
-        fake_emb, fake_raw = image_features(clip, fake)
-        real_emb, real_raw = image_features(clip, real)
-        numbers[f"generated_{name}"] = retrieval(fake_emb, text)
-        numbers[f"real_{name}"] = retrieval(real_emb, text)
-        gen_feats[name] = (fake, fake_raw, real_raw)
-        if name == "heldout":
-            image_grid(to_pil(fake[:32]), cols=8).save(out / "heldout_generated.png")
-    noise = torch.rand(n, 3, *test.images.shape[-2:], generator=torch.Generator().manual_seed(seed)) * 2 - 1
-    _, noise_raw = image_features(clip, noise)
-    heldout_raw = gen_feats["heldout"][2]
+    sets = eval_sets(data_dir, comp.vae.config.sample_size, n, seed)
+    fakes = generated_images(comp, sets, out, steps, guidance, seed)
+    image_grid(to_pil(fakes["heldout"][:32]), cols=8).save(out / "heldout_generated.png")
+    own = load_miniclip(model_dir / "miniclip", text_encoder=model_dir / "text_encoder")
     report = EvalReport(
-        n=n,
+        n=len(sets["heldout"]),
         steps=steps,
         guidance=guidance,
-        chance={"top1": 100 / n, "top5": 500 / n},
-        fd_generated_vs_heldout=frechet_distance(gen_feats["heldout"][1], heldout_raw),
-        fd_generated_vs_train_same_captions=frechet_distance(gen_feats["train"][1], gen_feats["train"][2]),
-        fd_train_real_vs_heldout=frechet_distance(gen_feats["train"][2], heldout_raw),
-        fd_noise_vs_heldout=frechet_distance(noise_raw, heldout_raw),
-        **numbers,
+        chance={"top1": 100 / len(sets["heldout"]), "top5": 500 / len(sets["heldout"])},
+        own_miniclip=score(own, sets, fakes, seed),
+        judge=score(load_miniclip(judge), sets, fakes, seed) if judge else None,
     )
-    write_grid(comp, out / "grid.png", steps=steps, guidance=guidance)
+    if not (out / "grid.png").is_file():
+        write_grid(comp, out / "grid.png", steps=steps, guidance=guidance)
     (out / "eval.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     return report
 
@@ -197,8 +245,3 @@ def write_grid(
     images = to_pil(generate(comp, ps, ss, steps, guidance))
     labels = [p if i < len(prompts) else "" for i, p in enumerate(ps)]
     image_grid(images, cols=len(prompts), labels=labels).save(path)
-
-
-def heldout_set(data_dir: str | Path, size: int = 64) -> ImageTextSet:
-    """Return the held-out split of an image folder (``split == "test"`` rows)."""
-    return load_image_folder(data_dir, size, split="test")
