@@ -250,5 +250,7 @@ def request_from_infotext(text: str, base=None):
             int(f["Seed resize from-1"]),
             int(f["Seed resize from-2"]),
         )
+    if f.get("Tiling") == "True":
+        changes["tiling"] = True
     changes.update(edit_fields_from_infotext(f))
     return req.replace(**changes)

@@ -136,7 +136,6 @@ def test_unknown_fields_warn_and_unsupported_fields_422(client):
     assert any("foo" in w and "my_extension_flag" in w for w in r.json()["warnings"])
     for body, field in (
         ({"restore_faces": True}, "restore_faces"),
-        ({"tiling": True}, "tiling"),
         ({"script_name": "x/y/z plot"}, "script_name"),
         ({"alwayson_scripts": {"ControlNet": {"args": [{"enabled": True}]}}}, "alwayson_scripts"),
         ({"s_churn": 0.5}, "s_churn"),

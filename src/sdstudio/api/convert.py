@@ -254,7 +254,6 @@ def _refuse_unsupported(req: _A1111Base) -> None:
     """422 for fields that would change the result in A1111 but are not implemented here."""
     checks = [
         ("restore_faces", bool(req.restore_faces), "face restoration is not supported"),
-        ("tiling", bool(req.tiling), "seamless tiling is not supported yet"),
         (
             "script_name",
             bool(req.script_name),

@@ -65,6 +65,7 @@ def add_generation_args(p: argparse.ArgumentParser, default_size: int | None = N
         "--clip-skip", type=int, default=1, help="use the text encoder's output N-1 layers before the last"
     )
     p.add_argument("--eta", type=float, default=None, help="noise multiplier for ancestral/DDIM samplers")
+    p.add_argument("--tiling", action="store_true", help="seamless tiling: the image wraps around at its edges")
     p.add_argument(
         "--outdir", default=None, help="folder for the images (default outputs/<kind>-images/<date>/)"
     )
@@ -107,6 +108,7 @@ def request_from_args(args, model, **extra) -> GenerationRequest:
         n_iter=args.batch_count,
         clip_skip=args.clip_skip,
         eta=args.eta,
+        tiling=args.tiling,
         **extra,
     )
     if args.from_png:

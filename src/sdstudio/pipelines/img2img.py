@@ -22,6 +22,7 @@ from sdstudio.pipelines import image_ops as ops
 from sdstudio.pipelines import inpaint
 from sdstudio.pipelines.components import decode_latents, encode_images, from_pil, to_pil
 from sdstudio.pipelines.loop import JobProgress, sample_batch
+from sdstudio.pipelines.tiling import seamless_tiling
 from sdstudio.pipelines.txt2img import GeneratedImage, encode_for_batch, schedule_label, seed_resize_from
 from sdstudio.sampling.control import CancelToken, ProgressCallback
 from sdstudio.sampling.noise import ImageNoise
@@ -72,6 +73,13 @@ def img2img(
     forces the crop box that "only masked" would otherwise find (used by outpainting).
     """
     request, strength = _checked(request, limits)
+    with seamless_tiling(model, request.tiling):
+        return _run(model, request, strength, init_images, mask, region, progress, cancel, on_image)
+
+
+def _run(
+    model, request, strength, init_images, mask, region, progress, cancel, on_image
+) -> list[GeneratedImage]:
     init = _prepare_init(model, request, init_images, mask, region)
     plan = _Plan.build(model, request, strength)
     job = JobProgress(plan.run * request.n_iter, request.n_iter, progress, cancel)

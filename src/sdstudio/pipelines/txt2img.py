@@ -13,6 +13,7 @@ from sdstudio.errors import SDStudioError
 from sdstudio.infotext import create_infotext
 from sdstudio.pipelines.components import decode_latents, to_pil
 from sdstudio.pipelines.loop import JobProgress, sample_batch
+from sdstudio.pipelines.tiling import seamless_tiling
 from sdstudio.prompts.encode import Conditioning, encode_prompts
 from sdstudio.sampling.control import CancelToken, ProgressCallback
 from sdstudio.sampling.registry import get_sampler, sigmas_for
@@ -91,6 +92,11 @@ def txt2img(
     ``limits`` bounds the request (default ``Limits()``; a server passes its configured limits).
     """
     request = request.validate(limits or Limits()).with_resolved_seeds()
+    with seamless_tiling(model, request.tiling):
+        return _run(model, request, progress, cancel, on_image)
+
+
+def _run(model, request: GenerationRequest, progress, cancel, on_image) -> list[GeneratedImage]:
     spec = get_sampler(request.sampler_name)
     request = request.replace(sampler_name=spec.name)  # canonical A1111 name in the infotext (k_lms -> LMS)
     schedule = DiscreteSchedule.from_config(model.scheduler_config)
