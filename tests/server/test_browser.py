@@ -52,7 +52,9 @@ def server(tmp_path_factory, tiny_sd1):
     (root / "models" / "Lora").mkdir(parents=True)
     (root / "models" / "Lora" / "watercolor.safetensors").write_bytes(b"\0" * 8)
     settings = ServerSettings(outdir=root / "outputs", models_dir=root / "models", preview_interval=0.0)
-    app = create_app(settings, models={"tiny-sd1": tiny_sd1})
+    from sdstudio.lab.routes import router as lab_router
+
+    app = create_app(settings, models={"tiny-sd1": tiny_sd1}, routers=[lab_router])
     with LiveServer(app) as live:
         yield live
 
@@ -213,8 +215,11 @@ def test_models_and_lab_tabs(page):
     assert "watercolor" in page.locator("#lora-list").inner_text()
     _shot(page, "models")
     page.click("button[data-tab='lab']")
-    page.wait_for_function("!document.querySelector('#lab-body').textContent.includes('Loading')")
-    assert "Lab" in page.locator("#lab-body").inner_text()
+    page.wait_for_selector("#lab-build")
+    page.fill("#lab-steps", "3")
+    page.click("#lab-build")
+    page.wait_for_selector("#lab-out img.lab-picture", timeout=60_000)
+    assert "seed 1" in page.locator("#lab-status").inner_text()
     _shot(page, "lab")
 
 

@@ -109,17 +109,7 @@ def _build(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         frames[0].save(args.out, save_all=True, append_images=frames[1:], duration=300, loop=0)
     else:
-        top = viz.labelled_strip(xt, labels, args.scale)
-        bottom = viz.labelled_strip(x0, ["x0 pred"] * len(x0), args.scale)
-        _stack(top, bottom).save(args.out)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        viz.trajectory_picture(traj, args.scale).save(args.out)
     print(f"wrote {args.out}")
     return 0
-
-
-def _stack(top, bottom):
-    from PIL import Image
-
-    out = Image.new("RGB", (max(top.width, bottom.width), top.height + bottom.height), "white")
-    out.paste(top, (0, 0))
-    out.paste(bottom, (0, top.height))
-    return out

@@ -166,3 +166,16 @@ def build(model, request) -> Trajectory:
         return decode_latents(model, torch.cat(z)).float() * 2 - 1  # [0, 1] -> [-1, 1]
 
     return Trajectory(sig, decode(xs), decode(x0s), decode([final]))
+
+
+def trajectory_picture(traj: Trajectory, scale: int = 1):
+    """One PIL image: x_t at each step (top row, labelled with sigma) over the predicted x_0 (bottom)."""
+    from PIL import Image
+
+    labels = [f"s={s:.2g}" for s in traj.sigmas]
+    top = labelled_strip(tensor_to_pil(traj.x_t), labels, scale)
+    bottom = labelled_strip(tensor_to_pil(traj.x0_pred), ["x0 pred"] * len(traj.sigmas), scale)
+    out = Image.new("RGB", (max(top.width, bottom.width), top.height + bottom.height), "white")
+    out.paste(top, (0, 0))
+    out.paste(bottom, (0, top.height))
+    return out

@@ -720,17 +720,58 @@ async function selectModel(title) {
 
 async function loadLab() {
   const body = $("#lab-body");
+  if (body.dataset.ready) return;
   try {
-    const data = await api("GET", "/api/lab");
-    body.innerHTML = "";
-    body.append(el("h3", { text: "Lab" }), el("pre", { class: "infotext", text: JSON.stringify(data, null, 2) }));
+    await api("GET", "/api/lab");
   } catch (e) {
     body.innerHTML = "";
-    body.append(
-      el("h3", { text: "Lab" }),
-      el("p", { class: "muted", text: e.status === 404 ? "The diffusion lab (X/Y/Z grids, prompt studies, metrics) is not part of this build yet. Its routes will appear under /api/lab." : e.message }),
-    );
+    body.append(el("h3", { text: "Lab" }), el("p", { class: "muted", text: e.status === 404 ? "The lab routes are not mounted on this server." : e.message }));
+    return;
   }
+  body.innerHTML = "";
+  body.dataset.ready = "1";
+  const out = el("div", { class: "lab-out", id: "lab-out" });
+  const status = el("p", { class: "muted", id: "lab-status", text: "" });
+  // Build: the reverse process x_T -> x_0 with the model's predicted x_0 at every step.
+  const prompt = el("input", { type: "text", id: "lab-prompt", value: "cat face", "aria-label": "Lab prompt" });
+  const steps = el("input", { type: "number", id: "lab-steps", min: 1, max: 50, value: 10, "aria-label": "Steps" });
+  const sampler = el("select", { id: "lab-sampler", "aria-label": "Sampler" });
+  for (const name of state.samplers.map((x) => (Array.isArray(x) ? x[0] : x))) sampler.append(el("option", { value: name, text: name }));
+  sampler.value = "Euler";
+  const seed = el("input", { type: "number", id: "lab-seed", value: 1, "aria-label": "Seed" });
+  const buildBtn = el("button", { type: "button", class: "primary", id: "lab-build", text: "Build" });
+  // Demolish: the forward process q(x_t|x_0) of an uploaded image.
+  const file = el("input", { type: "file", accept: "image/*", id: "lab-image", "aria-label": "Image to demolish" });
+  const ts = el("input", { type: "text", id: "lab-timesteps", value: "0,50,100,200,300,500,700,999", "aria-label": "Timesteps" });
+  const demolishBtn = el("button", { type: "button", id: "lab-demolish", text: "Demolish" });
+  body.append(
+    el("h3", { text: "Build: the reverse process" }),
+    el("p", { class: "muted", text: "Start from pure noise x_T and denoise step by step; the bottom row is the model's guess of the final image x_0 at each step." }),
+    el("div", { class: "row wrap" }, [prompt, el("span", { text: "steps" }), steps, sampler, el("span", { text: "seed" }), seed, buildBtn]),
+    el("h3", { text: "Demolish: the forward process" }),
+    el("p", { class: "muted", text: "Add Gaussian noise to an image at increasing timesteps t, as DDPM training does (one noise draw for every t)." }),
+    el("div", { class: "row wrap" }, [file, ts, demolishBtn]),
+    status,
+    out,
+  );
+  const show = (data) => {
+    out.innerHTML = "";
+    out.append(el("img", { src: `data:image/png;base64,${data.image}`, alt: "lab result", class: "lab-picture" }));
+    status.textContent = data.info && data.info.seed !== undefined ? `seed ${data.info.seed}, ${data.info.model || ""}` : "";
+  };
+  const run = async (button, path, payload) => {
+    button.disabled = true;
+    status.textContent = "working…";
+    try { show(await api("POST", path, await payload())); } catch (e) { status.textContent = e.message; }
+    finally { button.disabled = false; }
+  };
+  buildBtn.addEventListener("click", () => run(buildBtn, "/api/lab/build", async () => ({
+    prompt: prompt.value, steps: Number(steps.value), sampler_name: sampler.value, seed: Number(seed.value),
+  })));
+  demolishBtn.addEventListener("click", () => run(demolishBtn, "/api/lab/demolish", async () => {
+    if (!file.files.length) throw new Error("choose an image first");
+    return { image: await blobToDataURL(file.files[0]), timesteps: ts.value };
+  }));
 }
 
 async function refreshQueue() {
