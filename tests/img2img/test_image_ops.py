@@ -373,3 +373,25 @@ def test_expand_crop_region_matches_a1111_on_random_boxes():
         box = (x1, y1, int(rng.integers(x1 + 1, iw + 1)), int(rng.integers(y1 + 1, ih + 1)))
         pw, ph = int(rng.integers(8, 128)) * 8, int(rng.integers(8, 128)) * 8
         assert ops.expand_crop_region(box, pw, ph, iw, ih) == _a1111_expand(box, pw, ph, iw, ih)
+
+
+def test_huge_declared_size_is_a_clear_error():
+    """A PNG whose header claims 20000x20000 (PIL raises DecompressionBombError on open)."""
+    import struct
+    import zlib
+
+    from sdstudio.errors import SDStudioError
+    from sdstudio.pipelines.image_ops import load_image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
+    with pytest.raises(SDStudioError, match="init_images"):
+        load_image(png)

@@ -60,7 +60,14 @@ def load_image(source: ImageInput, *, field: str = "init_images", max_pixels: in
             image = Image.open(io.BytesIO(bytes(source)))
             _check_pixels(image.size, field, max_pixels)
             image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
+    ) as exc:
         if isinstance(exc, SDStudioError):
             raise
         raise SDStudioError(
