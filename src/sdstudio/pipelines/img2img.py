@@ -17,13 +17,18 @@ import torch
 
 from sdstudio.config import GenerationRequest, Limits
 from sdstudio.errors import SDStudioError
-from sdstudio.infotext import create_infotext
 from sdstudio.pipelines import image_ops as ops
 from sdstudio.pipelines import inpaint
 from sdstudio.pipelines.components import decode_latents, encode_images, from_pil, to_pil
-from sdstudio.pipelines.loop import JobProgress, sample_batch
+from sdstudio.pipelines.loop import JobProgress, job_batches, noise_kwargs, sample_batch
 from sdstudio.pipelines.tiling import seamless_tiling
-from sdstudio.pipelines.txt2img import GeneratedImage, encode_for_batch, schedule_label, seed_resize_from
+from sdstudio.pipelines.txt2img import (
+    GeneratedImage,
+    emit,
+    encode_for_batch,
+    finished_image,
+    seed_resize_from,
+)
 from sdstudio.sampling.control import CancelToken, ProgressCallback
 from sdstudio.sampling.noise import ImageNoise
 from sdstudio.sampling.registry import SamplerSpec, get_sampler, sigmas_for
@@ -90,30 +95,22 @@ def _run(
             inpaint.concat_lookup(cond_at, init.concat),
             inpaint.concat_lookup(uncond_at, init.concat),
         )
-    seeds, subseeds = request.image_seeds(), request.image_subseeds()
     results: list[GeneratedImage] = []
-    for it in range(request.n_iter):
-        if cancel is not None and cancel.interrupted:
-            break
-        if cancel is not None:
-            cancel.clear_skip()
-        lo, hi = it * request.batch_size, (it + 1) * request.batch_size
-        start_latents = init.filled(request, seeds[lo:hi])
+    for it, images_slice in job_batches(request, cancel):
+        noise = noise_kwargs(request, images_slice, seed_resize_from(model, request))
+        start_latents = init.filled(request, noise["seeds"])
         latents = start_latents
         if plan.run:  # strength 0 keeps the re-encoded input
             latents = sample_batch(
                 model, plan.spec, plan.sigmas, cond_at, uncond_at, cfg_scale=request.cfg_scale,
-                seeds=seeds[lo:hi], latent_shape=tuple(init.latents.shape[1:]), subseeds=subseeds[lo:hi],
-                subseed_strength=request.subseed_strength, seed_resize_from=seed_resize_from(model, request),
-                init_latent=start_latents, post_denoise=init.post_denoise(start_latents), eta=request.eta,
-                s_noise=request.s_noise, batch_index=it, progress=job,
+                latent_shape=tuple(init.latents.shape[1:]), init_latent=start_latents,
+                post_denoise=init.post_denoise(start_latents), batch_index=it, progress=job, **noise,
             )  # fmt: skip
         images = to_pil(decode_latents(model, init.final_blend(latents, start_latents)))
         for k, image in enumerate(images):
-            item = _generated(model, request, plan, init, inpaint.paste_back(image, init.prepared, k), lo + k)
-            results.append(item)
-            if on_image is not None:
-                on_image(item)
+            pasted = inpaint.paste_back(image, init.prepared, k)
+            item = finished_image(model, request, plan.spec, pasted, images_slice.start + k, init.infotext)
+            emit(results, item, on_image)
     return results
 
 
@@ -180,19 +177,6 @@ def _prepare_init(model, request, init_images, mask, region) -> _Init:
         "Init image hash": request.extra.get("Init image hash") or ops.image_hash(images[0]),
     }
     return _Init(prepared, latents, nmask, concat, infotext)
-
-
-def _generated(model, request, plan: _Plan, init: _Init, image, index: int) -> GeneratedImage:
-    seed, subseed = request.seed + index, request.subseed + index
-    text = create_infotext(
-        request,
-        seed=seed,
-        subseed=subseed,
-        model=model,
-        extra=init.infotext,
-        schedule_type=schedule_label(plan.spec, request),
-    )
-    return GeneratedImage(image, seed, subseed, text, index, request)
 
 
 def _checked(request: GenerationRequest, limits: Limits) -> tuple[GenerationRequest, float]:

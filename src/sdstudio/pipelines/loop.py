@@ -8,7 +8,7 @@ schedule; inpainting passes ``post_denoise`` (mask blending) or 9-channel ``cond
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +20,32 @@ from sdstudio.sampling.guidance import CFGDenoiser
 from sdstudio.sampling.noise import ImageNoise
 from sdstudio.sampling.registry import SamplerSpec
 from sdstudio.sampling.schedules import DiscreteSchedule
+
+
+def job_batches(request, cancel: CancelToken | None) -> Iterator[tuple[int, slice]]:
+    """Yield (batch index, slice of the job's images) batch by batch (A1111 batch-major order).
+
+    Stops before the next batch once the job is interrupted; a skip only ends the current batch,
+    so it is cleared before each new one.
+    """
+    for it in range(request.n_iter):
+        if cancel is not None and cancel.interrupted:
+            return
+        if cancel is not None:
+            cancel.clear_skip()
+        yield it, slice(it * request.batch_size, (it + 1) * request.batch_size)
+
+
+def noise_kwargs(request, images: slice, seed_resize: tuple[int, int]) -> dict:
+    """The per-batch noise arguments of :func:`sample_batch` (seeds, variation seeds, seed resize)."""
+    return {
+        "seeds": request.image_seeds()[images],
+        "subseeds": request.image_subseeds()[images],
+        "subseed_strength": request.subseed_strength,
+        "seed_resize_from": seed_resize,
+        "eta": request.eta,
+        "s_noise": request.s_noise,
+    }
 
 
 class SamplingInterrupted(Exception):

@@ -12,7 +12,7 @@ from sdstudio.config import GenerationRequest, Limits
 from sdstudio.errors import SDStudioError
 from sdstudio.infotext import create_infotext
 from sdstudio.pipelines.components import decode_latents, to_pil
-from sdstudio.pipelines.loop import JobProgress, sample_batch
+from sdstudio.pipelines.loop import JobProgress, job_batches, noise_kwargs, sample_batch
 from sdstudio.pipelines.tiling import seamless_tiling
 from sdstudio.prompts.encode import Conditioning, encode_prompts
 from sdstudio.sampling.control import CancelToken, ProgressCallback
@@ -111,53 +111,47 @@ def _run(model, request: GenerationRequest, progress, cancel, on_image) -> list[
         concat = txt2img_concat(model, request.batch_size, request.height, request.width)
         conditioning.cond.extra["concat"] = concat
         conditioning.uncond.extra["concat"] = concat
-    seeds, subseeds = request.image_seeds(), request.image_subseeds()
     results: list[GeneratedImage] = []
-    for it in range(request.n_iter):
-        if cancel is not None and cancel.interrupted:
-            break
-        if cancel is not None:
-            cancel.clear_skip()
-        lo, hi = it * request.batch_size, (it + 1) * request.batch_size
+    for it, images_slice in job_batches(request, cancel):
+        noise = noise_kwargs(request, images_slice, seed_resize_from(model, request))
         latents = sample_batch(
-            model,
-            spec,
-            sigmas,
-            conditioning.cond_at,
-            conditioning.uncond_at,
-            cfg_scale=request.cfg_scale,
-            seeds=seeds[lo:hi],
-            latent_shape=shape,
-            subseeds=subseeds[lo:hi],
-            subseed_strength=request.subseed_strength,
-            seed_resize_from=seed_resize_from(model, request),
-            eta=request.eta,
-            s_noise=request.s_noise,
-            batch_index=it,
-            progress=job,
-        )
+            model, spec, sigmas, conditioning.cond_at, conditioning.uncond_at, cfg_scale=request.cfg_scale,
+            latent_shape=shape, batch_index=it, progress=job, **noise,
+        )  # fmt: skip
         extra: dict = {}
         if request.hires is not None and not (cancel is not None and cancel.stop_batch):
             from sdstudio.pipelines.hires import hires_pass  # the image-to-image family's module
 
-            latents, images, extra = hires_pass(model, request, latents, seeds[lo:hi], subseeds[lo:hi], job)
+            latents, images, extra = hires_pass(
+                model, request, latents, noise["seeds"], noise["subseeds"], job
+            )
         else:
             images = to_pil(decode_latents(model, latents))
         for k, image in enumerate(images):
-            index = lo + k
-            text = create_infotext(
-                request,
-                seed=seeds[index],
-                subseed=subseeds[index],
-                model=model,
-                extra=extra,
-                schedule_type=schedule_label(spec, request),
+            emit(
+                results, finished_image(model, request, spec, image, images_slice.start + k, extra), on_image
             )
-            item = GeneratedImage(image, seeds[index], subseeds[index], text, index, request)
-            results.append(item)
-            if on_image is not None:
-                on_image(item)
     return results
+
+
+def finished_image(model, request: GenerationRequest, spec, image, index: int, extra: dict) -> GeneratedImage:
+    """Wrap image ``index`` of the job with its seeds and A1111 infotext."""
+    seed, subseed = request.seed + index, request.subseed + index
+    text = create_infotext(
+        request,
+        seed=seed,
+        subseed=subseed,
+        model=model,
+        extra=extra,
+        schedule_type=schedule_label(spec, request),
+    )
+    return GeneratedImage(image, seed, subseed, text, index, request)
+
+
+def emit(results: list, item: GeneratedImage, on_image) -> None:
+    results.append(item)
+    if on_image is not None:
+        on_image(item)
 
 
 def schedule_label(spec, request: GenerationRequest) -> str | None:
