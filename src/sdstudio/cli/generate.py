@@ -140,7 +140,7 @@ def run_and_save(pipeline, model, request, args, kind: str, **pipeline_kwargs) -
     def progress(info) -> None:
         bar.total = info.job_steps
         bar.n = info.job_step
-        bar.set_postfix_str(f"batch {info.batch_index + 1}/{info.batch_count}")
+        bar.set_postfix_str(f"batch {info.batch_index + 1}/{info.batch_count}", refresh=False)
         bar.refresh()
 
     def on_image(item) -> None:
