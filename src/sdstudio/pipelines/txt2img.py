@@ -34,16 +34,35 @@ class GeneratedImage:
 
 @dataclass
 class PromptConditioning:
-    """Encoded prompt and negative prompt for a batch; per-step lookup for future prompt editing."""
+    """Prompt and negative prompt of a batch as schedules over sampler steps (A1111 prompt editing).
 
-    cond: Conditioning
-    uncond: Conditioning
+    ``conds``/``unconds`` are ``[(end_at_step, Conditioning), ...]``; step ``s`` (0-based) uses the
+    first entry with ``s <= end_at_step``. A plain prompt has one entry.
+    """
+
+    conds: list[tuple[int, Conditioning]]
+    unconds: list[tuple[int, Conditioning]]
+
+    @property
+    def cond(self) -> Conditioning:
+        return self.conds[0][1]
+
+    @property
+    def uncond(self) -> Conditioning:
+        return self.unconds[0][1]
 
     def cond_at(self, step: int) -> Conditioning:
-        return self.cond
+        return _scheduled(self.conds, step)
 
     def uncond_at(self, step: int) -> Conditioning:
-        return self.uncond
+        return _scheduled(self.unconds, step)
+
+
+def _scheduled(schedule: list[tuple[int, Conditioning]], step: int) -> Conditioning:
+    for end, cond in schedule:
+        if step <= end:
+            return cond
+    return schedule[-1][1]
 
 
 def encode_for_batch(
@@ -54,21 +73,32 @@ def encode_for_batch(
     height: int,
     prompt: str | None = None,
     negative: str | None = None,
+    steps: int | None = None,
 ) -> PromptConditioning:
-    """Encode prompt and negative prompt (same chunk count) and repeat them for the batch."""
-    from sdstudio.prompts.encode import count_chunks
+    """Encode the prompt schedules (``[from:to:when]``, ``[a|b]``) for ``steps`` and repeat for the batch.
 
-    prompt = request.prompt if prompt is None else prompt
-    negative = request.negative_prompt if negative is None else negative
-    tok = model.tokenizers[0]
-    chunks = max(count_chunks(tok, prompt), count_chunks(tok, negative))
-    cond = encode_prompts(model, [prompt], request.clip_skip, chunks)
-    uncond = encode_prompts(model, [negative], request.clip_skip, chunks)
-    if model.is_sdxl:  # SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)
-        ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
-        cond.extra["time_ids"] = ids
-        uncond.extra["time_ids"] = ids.clone()
-    return PromptConditioning(cond.repeat(batch_size), uncond.repeat(batch_size))
+    Every distinct text is encoded once, all with the same number of 75-token chunks.
+    """
+    from sdstudio.prompts.encode import count_chunks
+    from sdstudio.prompts.schedule import prompt_schedule
+
+    steps = steps or request.steps
+    prompt_sched = prompt_schedule(request.prompt if prompt is None else prompt, steps)
+    negative_sched = prompt_schedule(request.negative_prompt if negative is None else negative, steps)
+    texts = {text for _, text in prompt_sched + negative_sched}
+    chunks = max(count_chunks(model.tokenizers[0], text) for text in texts)
+    encoded = {}
+    for text in texts:
+        cond = encode_prompts(model, [text], request.clip_skip, chunks)
+        if (
+            model.is_sdxl
+        ):  # SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)
+            cond.extra["time_ids"] = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
+        encoded[text] = cond.repeat(batch_size)
+    return PromptConditioning(
+        [(end, encoded[text]) for end, text in prompt_sched],
+        [(end, encoded[text]) for end, text in negative_sched],
+    )
 
 
 def latent_shape(model, width: int, height: int) -> tuple[int, int, int]:
@@ -105,17 +135,17 @@ def _run(model, request: GenerationRequest, progress, cancel, on_image) -> list[
     job = JobProgress((len(sigmas) - 1 + hires_steps) * request.n_iter, request.n_iter, progress, cancel)
     shape = latent_shape(model, request.width, request.height)
     conditioning = encode_for_batch(model, request, request.batch_size, request.width, request.height)
+    cond_at, uncond_at = conditioning.cond_at, conditioning.uncond_at
     if model.is_inpainting:  # A1111: a 9-channel model in txt2img sees a full mask over a grey image
-        from sdstudio.pipelines.inpaint import txt2img_concat
+        from sdstudio.pipelines.inpaint import concat_lookup, txt2img_concat
 
         concat = txt2img_concat(model, request.batch_size, request.height, request.width)
-        conditioning.cond.extra["concat"] = concat
-        conditioning.uncond.extra["concat"] = concat
+        cond_at, uncond_at = concat_lookup(cond_at, concat), concat_lookup(uncond_at, concat)
     results: list[GeneratedImage] = []
     for it, images_slice in job_batches(request, cancel):
         noise = noise_kwargs(request, images_slice, seed_resize_from(model, request))
         latents = sample_batch(
-            model, spec, sigmas, conditioning.cond_at, conditioning.uncond_at, cfg_scale=request.cfg_scale,
+            model, spec, sigmas, cond_at, uncond_at, cfg_scale=request.cfg_scale,
             latent_shape=shape, batch_index=it, progress=job, **noise,
         )  # fmt: skip
         extra: dict = {}

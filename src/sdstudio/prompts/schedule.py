@@ -1,0 +1,94 @@
+"""A1111 prompt editing ``[from:to:when]`` and alternation ``[a|b]`` (``modules/prompt_parser.py``).
+
+A prompt becomes a schedule: a list of ``(end_at_step, text)``; step ``s`` (0-based) uses the first
+entry with ``s <= end_at_step``. ``when`` with a decimal point is a fraction of the steps, otherwise
+a step number; ``[to:when]`` adds text after ``when``, ``[from::when]`` removes it; ``[a|b|c]``
+cycles every step. Emphasis brackets pass through unchanged (parsed later by ``attention``).
+
+>>> prompt_schedule("a [dog:cat:0.5] on a mat", 10)
+[(5, 'a dog on a mat'), (10, 'a cat on a mat')]
+>>> prompt_schedule("fantasy landscape with a [mountain:lake:0.25] and [an oak:a christmas tree:0.75][ in foreground::0.6][: in background:0.25] [shoddy:masterful:0.5]", 100)
+[(25, 'fantasy landscape with a mountain and an oak in foreground shoddy'), (50, 'fantasy landscape with a lake and an oak in foreground in background shoddy'), (60, 'fantasy landscape with a lake and an oak in foreground in background masterful'), (75, 'fantasy landscape with a lake and an oak in background masterful'), (100, 'fantasy landscape with a lake and a christmas tree in background masterful')]
+>>> prompt_schedule("[a|b] c", 3)
+[(1, 'a c'), (2, 'b c'), (3, 'a c')]
+>>> prompt_schedule("a [b:3]", 5)
+[(3, 'a '), (5, 'a b')]
+>>> prompt_schedule("((a)) [b] (c:1.2)", 4)
+[(4, '((a)) [b] (c:1.2)')]
+>>> prompt_schedule("unbalanced [a:b", 4)
+[(4, 'unbalanced [a:b')]
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import lark
+
+GRAMMAR = r"""
+!start: (prompt | /[][():]/+)*
+prompt: (emphasized | scheduled | alternate | plain | WHITESPACE)*
+!emphasized: "(" prompt ")"
+        | "(" prompt ":" prompt ")"
+        | "[" prompt "]"
+scheduled: "[" [prompt ":"] prompt ":" [WHITESPACE] NUMBER [WHITESPACE] "]"
+alternate: "[" prompt ("|" [prompt])+ "]"
+WHITESPACE: /\s+/
+plain: /([^\\\[\]():|]|\\.)+/
+%import common.SIGNED_NUMBER -> NUMBER
+"""
+
+
+@lru_cache(maxsize=1)
+def _parser() -> lark.Lark:
+    return lark.Lark(GRAMMAR)
+
+
+def _switch_steps(tree: lark.Tree, steps: int) -> list[int]:
+    """Every step at which the text changes (plus ``steps``); rewrites each NUMBER to a step."""
+    found = {steps}
+    for node in tree.iter_subtrees():
+        if node.data == "scheduled":
+            raw = str(node.children[-2])
+            value = float(raw) * steps if "." in raw else float(raw)
+            node.children[-2] = min(steps, int(value))
+            if node.children[-2] >= 1:
+                found.add(node.children[-2])
+        elif node.data == "alternate":
+            found.update(range(1, steps + 1))
+    return sorted(found)
+
+
+def _text_at(tree, step: int) -> str:
+    """The prompt text in force at ``step`` (1-based end step of a schedule entry)."""
+    if isinstance(tree, lark.Token):
+        return str(tree)
+    if tree is None:
+        return ""
+    if tree.data == "scheduled":
+        before, after, when = tree.children[0], tree.children[1], tree.children[-2]
+        return _text_at(before, step) if step <= when else _text_at(after, step)
+    if tree.data == "alternate":
+        options = tree.children
+        return _text_at(options[(step - 1) % len(options)], step)
+    return "".join(_text_at(child, step) for child in tree.children)
+
+
+def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
+    """``[(end_at_step, text), ...]`` for ``prompt`` over ``steps`` sampling steps (A1111 semantics).
+
+    A prompt the grammar cannot parse (e.g. unbalanced brackets) is used as it is for every step.
+    """
+    try:
+        tree = _parser().parse(prompt)
+    except lark.exceptions.LarkError:
+        return [(steps, prompt)]
+    return [(end, _text_at(tree, end)) for end in _switch_steps(tree, steps)]
+
+
+def text_for_step(schedule: list[tuple[int, str]], step: int) -> str:
+    """The text of the first entry whose end step is >= ``step`` (0-based sampler step, as A1111)."""
+    for end, text in schedule:
+        if step <= end:
+            return text
+    return schedule[-1][1]
