@@ -25,6 +25,7 @@ from PIL import Image
 from sdstudio.errors import SDStudioError
 from sdstudio.pipelines import image_ops as ops
 from sdstudio.prompts.encode import Conditioning
+from sdstudio.sampling.guidance import Composite
 
 
 @dataclass
@@ -224,8 +225,13 @@ def concat_lookup(
 ) -> Callable[[int], Conditioning]:
     """Wrap a per-step conditioning lookup so each result carries ``extra["concat"]`` (9-channel input)."""
 
-    def at(step: int) -> Conditioning:
-        cond = lookup(step)
+    def with_concat(cond: Conditioning) -> Conditioning:
         return Conditioning(cond.context, cond.pooled, {**cond.extra, "concat": concat})
+
+    def at(step: int):
+        cond = lookup(step)
+        if isinstance(cond, Composite):
+            return Composite(tuple((with_concat(c), w) for c, w in cond.parts))
+        return with_concat(cond)
 
     return at

@@ -16,6 +16,7 @@ from sdstudio.pipelines.loop import JobProgress, job_batches, noise_kwargs, samp
 from sdstudio.pipelines.tiling import seamless_tiling
 from sdstudio.prompts.encode import Conditioning, encode_prompts
 from sdstudio.sampling.control import CancelToken, ProgressCallback
+from sdstudio.sampling.guidance import Composite
 from sdstudio.sampling.registry import get_sampler, sigmas_for
 from sdstudio.sampling.schedules import DiscreteSchedule
 
@@ -32,33 +33,38 @@ class GeneratedImage:
     request: GenerationRequest
 
 
+Schedule = list[tuple[int, Conditioning]]  # [(end_at_step, cond), ...], A1111 prompt editing
+
+
 @dataclass
 class PromptConditioning:
-    """Prompt and negative prompt of a batch as schedules over sampler steps (A1111 prompt editing).
+    """Prompt and negative prompt of a batch as schedules over sampler steps.
 
-    ``conds``/``unconds`` are ``[(end_at_step, Conditioning), ...]``; step ``s`` (0-based) uses the
-    first entry with ``s <= end_at_step``. A plain prompt has one entry.
+    ``parts`` holds one ``(schedule, weight)`` per ``AND`` sub-prompt (usually one, weight 1);
+    step ``s`` (0-based) uses the first schedule entry with ``s <= end_at_step`` (A1111).
     """
 
-    conds: list[tuple[int, Conditioning]]
-    unconds: list[tuple[int, Conditioning]]
+    parts: list[tuple[Schedule, float]]
+    unconds: Schedule
 
     @property
     def cond(self) -> Conditioning:
-        return self.conds[0][1]
+        return self.parts[0][0][0][1]
 
     @property
     def uncond(self) -> Conditioning:
         return self.unconds[0][1]
 
-    def cond_at(self, step: int) -> Conditioning:
-        return _scheduled(self.conds, step)
+    def cond_at(self, step: int) -> Conditioning | Composite:
+        if len(self.parts) == 1 and self.parts[0][1] == 1.0:
+            return _scheduled(self.parts[0][0], step)
+        return Composite(tuple((_scheduled(schedule, step), w) for schedule, w in self.parts))
 
     def uncond_at(self, step: int) -> Conditioning:
         return _scheduled(self.unconds, step)
 
 
-def _scheduled(schedule: list[tuple[int, Conditioning]], step: int) -> Conditioning:
+def _scheduled(schedule: Schedule, step: int) -> Conditioning:
     for end, cond in schedule:
         if step <= end:
             return cond
@@ -75,17 +81,20 @@ def encode_for_batch(
     negative: str | None = None,
     steps: int | None = None,
 ) -> PromptConditioning:
-    """Encode the prompt schedules (``[from:to:when]``, ``[a|b]``) for ``steps`` and repeat for the batch.
+    """Encode ``AND`` parts and their schedules (``[from:to:when]``, ``[a|b]``), repeated for the batch.
 
     Every distinct text is encoded once, all with the same number of 75-token chunks.
     """
     from sdstudio.prompts.encode import count_chunks
-    from sdstudio.prompts.schedule import prompt_schedule
+    from sdstudio.prompts.schedule import prompt_schedule, split_and
 
     steps = steps or request.steps
-    prompt_sched = prompt_schedule(request.prompt if prompt is None else prompt, steps)
+    parts = [
+        (prompt_schedule(text, steps), w)
+        for text, w in split_and(request.prompt if prompt is None else prompt)
+    ]
     negative_sched = prompt_schedule(request.negative_prompt if negative is None else negative, steps)
-    texts = {text for _, text in prompt_sched + negative_sched}
+    texts = {text for schedule, _ in parts for _, text in schedule} | {text for _, text in negative_sched}
     chunks = max(count_chunks(model.tokenizers[0], text) for text in texts)
     encoded = {}
     for text in texts:
@@ -96,7 +105,7 @@ def encode_for_batch(
             cond.extra["time_ids"] = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
         encoded[text] = cond.repeat(batch_size)
     return PromptConditioning(
-        [(end, encoded[text]) for end, text in prompt_sched],
+        [([(end, encoded[text]) for end, text in schedule], w) for schedule, w in parts],
         [(end, encoded[text]) for end, text in negative_sched],
     )
 

@@ -21,9 +21,31 @@ cycles every step. Emphasis brackets pass through unchanged (parsed later by ``a
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import lark
+
+RE_AND = re.compile(r"\bAND\b")
+RE_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+
+
+def split_and(prompt: str) -> list[tuple[str, float]]:
+    """A1111 composable prompts (``get_multicond_prompt_list``): sub-prompts split at ``AND``, each
+    with an optional trailing ``:weight`` (default 1).
+
+    >>> split_and("a cat AND a hat :0.5")
+    [('a cat', 1.0), (' a hat', 0.5)]
+    >>> split_and("plain (emphasis:1.2)")
+    [('plain (emphasis:1.2)', 1.0)]
+    """
+    parts = []
+    for sub in RE_AND.split(prompt):
+        match = RE_WEIGHT.search(sub)
+        text, weight = match.groups() if match is not None else (sub, None)
+        parts.append((text, float(weight) if weight is not None else 1.0))
+    return parts
+
 
 GRAMMAR = r"""
 !start: (prompt | /[][():]/+)*

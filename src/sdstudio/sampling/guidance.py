@@ -9,6 +9,7 @@ pipelines (inpainting mask blending) adjust the prediction without touching the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,8 +17,24 @@ import torch
 CondDenoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Composite:
+    """``AND``-composed conditioning (Liu et al. 2022, Composable Diffusion): ``(cond, weight)`` parts."""
+
+    parts: tuple[tuple[Any, float], ...]
+
+
+def cond_parts(cond: Any) -> tuple[tuple[Any, float], ...]:
+    """The ``(cond, weight)`` parts of a plain or composite conditioning."""
+    return cond.parts if isinstance(cond, Composite) else ((cond, 1.0),)
+
+
 class CFGDenoiser:
-    """``D(x, sigma) = D_u + scale * (D_c - D_u)``, evaluated as one batch of 2B."""
+    """``D(x, sigma) = D_u + scale * sum_i w_i (D_i - D_u)``, evaluated as one batch of (1 + parts) B.
+
+    With one part of weight 1 this is plain classifier-free guidance; with ``AND`` parts it is
+    A1111's composable diffusion.
+    """
 
     def __init__(
         self,
@@ -44,13 +61,16 @@ class CFGDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         step = self.step_of(sigma)
-        cond = self.cond_at(step)
-        if self.cfg_scale == 1.0:
-            denoised = self.inner(x, sigma, cond)
+        parts = cond_parts(self.cond_at(step))
+        if self.cfg_scale == 1.0 and len(parts) == 1 and parts[0][1] == 1.0:
+            denoised = self.inner(x, sigma, parts[0][0])
         else:
-            both = self.concat([self.uncond_at(step), cond])
-            d_u, d_c = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), both).chunk(2)
-            denoised = d_u + (d_c - d_u) * self.cfg_scale
+            n = len(parts) + 1
+            batch = self.concat([self.uncond_at(step), *(c for c, _ in parts)])
+            outs = self.inner(torch.cat([x] * n), torch.cat([sigma] * n), batch).chunk(n)
+            d_u = outs[0]
+            guidance = sum((d_c - d_u) * w for (_, w), d_c in zip(parts, outs[1:]))
+            denoised = d_u + guidance * self.cfg_scale
         if self.post_denoise is not None:
             denoised = self.post_denoise(denoised, sigma)
         return denoised
