@@ -213,8 +213,8 @@ def _ldm(args: argparse.Namespace) -> int:
             raise SDStudioError(
                 f"{what} {path} is not a model folder (no config.json)", field=what.lstrip("-")
             )
-    vae = AutoencoderKL.from_pretrained(str(args.vae), torch_dtype=torch.float32)
-    text = CLIPTextModel.from_pretrained(str(args.text_encoder), dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(str(args.vae), torch_dtype=torch.float32, local_files_only=True)
+    text = CLIPTextModel.from_pretrained(str(args.text_encoder), dtype=torch.float32, local_files_only=True)
     cfg = LDMConfig(
         block_out_channels=args.channels,
         norm_num_groups=_groups(args.channels),

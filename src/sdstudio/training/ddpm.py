@@ -145,7 +145,7 @@ class DDPMTask:
 
         if self.cfg.text_encoder:
             self.frozen_text = CLIPTextModel.from_pretrained(
-                self.cfg.text_encoder, dtype=torch.float32
+                self.cfg.text_encoder, dtype=torch.float32, local_files_only=True
             ).eval()
             self.frozen_text.requires_grad_(False)
             unet = build_pixel_unet(self.cfg, context_dim=self.frozen_text.config.hidden_size, seed=seed)

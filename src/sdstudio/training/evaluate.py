@@ -37,9 +37,13 @@ def load_components(folder: str | Path) -> Components:
     from transformers import CLIPTextModel
 
     folder = Path(folder)
-    unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"), torch_dtype=torch.float32)
-    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), torch_dtype=torch.float32)
-    text = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(
+        str(folder / "unet"), torch_dtype=torch.float32, local_files_only=True
+    )
+    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), torch_dtype=torch.float32, local_files_only=True)
+    text = CLIPTextModel.from_pretrained(
+        str(folder / "text_encoder"), dtype=torch.float32, local_files_only=True
+    )
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     return Components(unet.eval(), vae.eval(), text.eval(), sched)
 

@@ -60,13 +60,15 @@ def assemble_sd_folder(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    AutoencoderKL.from_pretrained(str(vae_dir)).to(dtype).save_pretrained(
+    AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True).to(dtype).save_pretrained(
         out / "vae", safe_serialization=True
     )
-    UNet2DConditionModel.from_pretrained(str(unet_dir)).to(dtype).save_pretrained(
+    UNet2DConditionModel.from_pretrained(str(unet_dir), local_files_only=True).to(dtype).save_pretrained(
         out / "unet", safe_serialization=True
     )
-    text = CLIPTextModel.from_pretrained(str(Path(clip_dir) / "text_encoder"), dtype=torch.float32)
+    text = CLIPTextModel.from_pretrained(
+        str(Path(clip_dir) / "text_encoder"), dtype=torch.float32, local_files_only=True
+    )
     text.to(dtype).save_pretrained(out / "text_encoder", safe_serialization=True)
     shutil.copytree(Path(clip_dir) / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
     shutil.copytree(scheduler_dir, out / "scheduler", dirs_exist_ok=True)

@@ -211,7 +211,9 @@ def load_miniclip(folder: str | Path, text_encoder: str | Path | None = None) ->
     folder = Path(folder)
     raw = json.loads((folder / "miniclip.json").read_text())
     cfg = MiniCLIPConfig(**{**raw, "image_channels": tuple(raw["image_channels"])})
-    text = CLIPTextModel.from_pretrained(str(text_encoder or folder / "text_encoder"), dtype=torch.float32)
+    text = CLIPTextModel.from_pretrained(
+        str(text_encoder or folder / "text_encoder"), dtype=torch.float32, local_files_only=True
+    )
     model = MiniCLIP(cfg, text_model=text)
     state = {k: v.float() for k, v in load_file(folder / "miniclip.safetensors").items()}
     missing = model.load_state_dict(state, strict=False)

@@ -99,9 +99,9 @@ def train_default_model(
     if "clip" in stages:
         train_clip(data, _loop(recipe, recipe.clip_plan, out / "clip", resume, progress), recipe.clip)
     if "ldm" in stages:
-        vae = AutoencoderKL.from_pretrained(str(out / "vae" / "final" / "vae"))
+        vae = AutoencoderKL.from_pretrained(str(out / "vae" / "final" / "vae"), local_files_only=True)
         text = CLIPTextModel.from_pretrained(
-            str(out / "clip" / "final" / "text_encoder"), dtype=torch.float32
+            str(out / "clip" / "final" / "text_encoder"), dtype=torch.float32, local_files_only=True
         )
         train_ldm(data, _loop(recipe, recipe.ldm_plan, out / "ldm", resume, progress), vae, text, recipe.ldm)
     if not assemble:
