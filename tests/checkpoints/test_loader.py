@@ -46,6 +46,18 @@ def component_outputs(model) -> dict[str, torch.Tensor]:
     return {k: v.cpu().float() if v.is_floating_point() else v.cpu() for k, v in out.items()}
 
 
+def assert_same_weights(model, ref):
+    """Bit-identical tensors in the same layout: contiguous, own storage, 64-byte aligned (as allocated)."""
+    for part in ("unet", "vae"):
+        got, want = getattr(model, part).state_dict(), getattr(ref, part).state_dict()
+        assert got.keys() == want.keys(), part
+        for key, value in got.items():
+            assert torch.equal(value, want[key]), f"{part}.{key}"
+            assert loader._is_owned(value), f"{part}.{key} is a view or misaligned"
+    for enc in model.text_encoders:
+        assert all(loader._is_owned(v) for v in enc.state_dict().values())
+
+
 def assert_same_outputs(a, b):
     assert a.keys() == b.keys()
     for key in a:
@@ -63,6 +75,8 @@ def test_each_format_loads_identical_model(saved_models, name, fmt, tmp_path):
     assert model.prediction_type == ref.prediction_type
     assert model.dtype == torch.float32 and next(model.unet.parameters()).dtype == torch.float32
     assert not any(p.requires_grad for p in model.unet.parameters())
+    assert_same_weights(model, ref)
+    # Same weights in the same layout, same process: the same kernels run, so outputs are exact.
     assert_same_outputs(component_outputs(model), component_outputs(ref))
 
 

@@ -87,12 +87,54 @@ def load_model(
 
 
 def _place(model: StableDiffusionModel, device: torch.device, dtype: torch.dtype) -> StableDiffusionModel:
-    """Move every module to ``device``/``dtype`` (plain ``nn.Module.to``: diffusers' override only adds a
-    spurious fp32-modules warning for these models)."""
+    """Give every module tensors of its own on ``device``/``dtype``, contiguous and 64-byte aligned.
+
+    Tensors read from a file (safetensors offsets, converter slices) may start at any byte; oneDNN
+    picks other kernels for misaligned data, so the same weights gave outputs differing by ~1e-6
+    from an in-memory model on some CPUs (AMD EPYC). A fresh allocation is aligned like any other
+    torch tensor, so a loaded model computes exactly as one built in memory; it is also the one
+    conversion to the target dtype (no intermediate copy).
+    """
     for module in [model.unet, model.vae, *model.text_encoders]:
-        torch.nn.Module.to(module, device=device, dtype=dtype)
+        own_tensors(module, device, dtype)
     model.device, model.dtype = device, dtype
     return model
+
+
+ALIGNMENT = 64  # bytes; torch's CPU allocator aligns every allocation to 64
+
+
+def own_tensors(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Replace each parameter/buffer that is misplaced, misaligned or a view by a fresh aligned copy.
+
+    Floating tensors go to ``dtype``; others keep theirs. Shared tensors stay shared.
+    """
+    fresh: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(old) -> (old kept alive, new)
+    for sub in module.modules():
+        for store in (sub._parameters, sub._buffers):
+            for name, t in store.items():
+                if t is None:
+                    continue
+                want = dtype if t.is_floating_point() else t.dtype
+                if id(t) in fresh:
+                    store[name] = fresh[id(t)][1]
+                    continue
+                if t.device == device and t.dtype == want and _is_owned(t):
+                    continue
+                data = torch.empty(t.shape, dtype=want, device=device).copy_(t.detach())
+                new = torch.nn.Parameter(data, requires_grad=t.requires_grad) if store is sub._parameters else data
+                fresh[id(t)] = (t, new)
+                store[name] = new
+    return module
+
+
+def _is_owned(t: torch.Tensor) -> bool:
+    """Contiguous, starting its own storage, aligned (what a fresh allocation gives)."""
+    return (
+        t.is_contiguous()
+        and t.storage_offset() == 0
+        and (t.device.type != "cpu" or t.data_ptr() % ALIGNMENT == 0)
+    )
 
 
 @dataclass(frozen=True)
