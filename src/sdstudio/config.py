@@ -91,10 +91,39 @@ class GenerationRequest:
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"Init image hash": "..."}
+    # inputs of the image-to-image family: PIL images (or paths/bytes), decoded at the edge
+    init_images: tuple[Any, ...] = ()  # one for the whole batch, or batch_size of them
+    mask: Any = None  # white = repaint; an RGBA mask's alpha is used
+    outpaint: tuple[int, int, int, int] | None = None  # (left, right, up, down) pixels to add
 
     @property
     def n_images(self) -> int:
         return self.batch_size * self.n_iter
+
+    @property
+    def mode(self) -> str:
+        """"txt2img" | "img2img" | "inpaint" | "outpaint": which planner runs this request."""
+        if self.outpaint is not None:
+            return "outpaint"
+        if not self.init_images:
+            return "txt2img"
+        return "inpaint" if self.mask is not None else "img2img"
+
+    @property
+    def kind(self) -> str:
+        """Output folder family, as A1111: ``txt2img`` or ``img2img`` (inpaint and outpaint included)."""
+        return "txt2img" if self.mode == "txt2img" else "img2img"
+
+    def to_record(self) -> dict[str, Any]:
+        """The request as plain JSON values (images left out), for the history database."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("init_images", "mask"):
+            out.pop(name)
+        out["styles"] = list(self.styles)
+        out["hires"] = dataclasses.asdict(self.hires) if self.hires is not None else None
+        out["outpaint"] = list(self.outpaint) if self.outpaint is not None else None
+        out["kind"] = self.kind
+        return out
 
     def replace(self, **changes: Any) -> GenerationRequest:
         return dataclasses.replace(self, **changes)
@@ -168,6 +197,17 @@ class GenerationRequest:
         _check(self.resize_mode in (0, 1, 2), "resize_mode", "resize_mode must be 0, 1 or 2")
         _check(self.inpainting_fill in (0, 1, 2, 3), "inpainting_fill", "inpainting_fill must be 0..3")
         _check(0 <= self.mask_blur <= 64, "mask_blur", "mask_blur must be in [0, 64]")
+        if self.outpaint is not None:
+            _check(
+                len(self.outpaint) == 4 and all(isinstance(v, int) and v >= 0 for v in self.outpaint)
+                and any(self.outpaint),
+                "outpaint_left",
+                "outpaint margins must be non-negative integers, at least one above 0",
+            )
+            _check(self.mask is None, "mask", "outpaint margins and a mask cannot be combined")
+            _check(len(self.init_images) == 1, "init_images", "outpainting takes exactly one init image")
+        if self.mask is not None:
+            _check(bool(self.init_images), "init_images", "a mask needs an init image")
         if self.hires is not None:
             w, h = self.hires.target_size(self.width, self.height)
             _check(

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from sdstudio import GenerationRequest, txt2img
-from sdstudio.pipelines.txt2img import encode_for_batch
+from sdstudio.pipelines.plan import encode_for_batch
 from sdstudio.prompts import schedule
 from sdstudio.prompts.encode import encode_prompts
 

@@ -52,8 +52,8 @@ def _models(dtype):
 def _runs(models):
     """Every mode once; returns {name: PIL image}."""
     from sdstudio.pipelines import txt2img
-    from sdstudio.pipelines.img2img import img2img
-    from sdstudio.pipelines.outpaint import outpaint
+    from sdstudio.pipelines import img2img
+    from sdstudio.pipelines import outpaint
 
     img, mask = _image(), _mask()
     req = BASE.replace(denoising_strength=0.6)

@@ -14,8 +14,8 @@ from sdstudio.config import GenerationRequest, HiresSettings
 from sdstudio.errors import SDStudioError
 from sdstudio.pipelines import image_ops as ops
 from sdstudio.pipelines.components import decode_latents, encode_images, from_pil, to_pil
-from sdstudio.pipelines.img2img import img2img
-from sdstudio.pipelines.outpaint import outpaint
+from sdstudio.pipelines import img2img
+from sdstudio.pipelines import outpaint
 
 BASE = GenerationRequest(
     prompt="a red cube",

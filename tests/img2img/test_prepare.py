@@ -11,7 +11,8 @@ from sdstudio.config import GenerationRequest
 from sdstudio.errors import SDStudioError
 from sdstudio.pipelines import image_ops as ops
 from sdstudio.pipelines import inpaint
-from sdstudio.pipelines.img2img import img2img_schedule
+from sdstudio.pipelines import plan
+from sdstudio.pipelines.plan import img2img_schedule
 
 
 def _gradient(w, h):
@@ -161,9 +162,9 @@ def test_image_conditioning_layout_and_masking():
     def encode(x):  # a fake VAE: 4x4 average pool into 4 channels
         return torch.nn.functional.avg_pool2d(x, 4).repeat(1, 2, 1, 1)[:, :4]
 
-    cond = inpaint.image_conditioning(encode, src, mask, (4, 4))
+    cond = plan.image_conditioning(encode, src, mask, (4, 4))
     assert cond.shape == (2, 5, 4, 4)
     assert (cond[:, 0, :, :2] == 1).all() and (cond[:, 0, :, 2:] == 0).all()
     assert cond[:, 1:, :, :2].abs().max() == 0  # masked area blanked before encoding
-    full = inpaint.image_conditioning(encode, src, None, (4, 4))
+    full = plan.image_conditioning(encode, src, None, (4, 4))
     assert (full[:, 0] == 1).all() and full[:, 1:].abs().max() == 0

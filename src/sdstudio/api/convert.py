@@ -22,6 +22,7 @@ from typing import Any
 from sdstudio.api.schemas import Img2ImgRequest, Txt2ImgRequest, _A1111Base
 from sdstudio.config import GenerationRequest, HiresSettings, Limits
 from sdstudio.errors import SDStudioError
+from sdstudio.models.sdmodel import ModelDefaults
 
 _DATA_URL = re.compile(r"^data:[\w/+.-]+;base64,", re.IGNORECASE)
 # override_settings keys that cannot change the image (accepted silently)
@@ -42,16 +43,20 @@ NO_CHECKPOINT = (None, "", "None", "Use same checkpoint")
 
 @dataclass
 class ConvertedRequest:
-    """A validated generation request plus what the API layer needs around it."""
+    """The one GenerationRequest an A1111 request describes (prepared: images decoded, validated,
+    seeds resolved) plus what only the API needs around it."""
 
     request: GenerationRequest
-    kind: str  # txt2img | img2img
     model_name: str | None = None
-    init_images: list[Any] = field(default_factory=list)  # PIL images (img2img)
-    mask: Any = None  # PIL "L" image or None
     warnings: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)  # the request echoed (A1111 "parameters")
-    outpaint: tuple[int, int, int, int] | None = None  # (left, right, up, down) margins in pixels
+
+    @property
+    def kind(self) -> str:
+        return self.request.kind
+
+
+FAR_FROM_NATIVE = 2.0  # an explicit size more than 2x off the model's native size gets a warning
 
 
 def decode_image(data: str, *, field_name: str, limits: Limits) -> Any:
@@ -96,25 +101,32 @@ def encode_png(image: Any, infotext: str | None = None) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def convert(req: _A1111Base, *, limits: Limits, kind: str) -> ConvertedRequest:
-    """Validate an A1111 request and build the :class:`GenerationRequest` it describes."""
+def convert(
+    req: _A1111Base, *, limits: Limits, kind: str, defaults: ModelDefaults | None = None
+) -> ConvertedRequest:
+    """Validate an A1111 request and build the prepared :class:`GenerationRequest` it describes.
+
+    Knobs the client left out take the model's defaults where it declares them (``defaults``):
+    the native size instead of A1111's 512x512, the card's steps instead of 50 (README: deviations).
+    """
+    defaults = defaults or ModelDefaults()
     warnings = _unknown_field_warnings(req)
     _refuse_unsupported(req)
     overrides = dict(req.override_settings or {})
     model_name, clip_skip = _apply_overrides(overrides, warnings)
-    sampler = _sampler_name(req.sampler_name or req.sampler_index)
-    scheduler = _scheduler_name(req.scheduler)
+    sent = req.model_fields_set
+    sampler = req.sampler_name or (req.sampler_index if "sampler_index" in sent else None)
     if req.styles:
         warnings.append(f"styles {req.styles} ignored: sdstudio has no prompt-styles database")
-    common = {
+    fields = {
         "prompt": req.prompt or "",
         "negative_prompt": req.negative_prompt or "",
-        "width": req.width,
-        "height": req.height,
+        "width": req.width if "width" in sent else defaults.size or req.width,
+        "height": req.height if "height" in sent else defaults.size or req.height,
         "cfg_scale": float(req.cfg_scale),
-        "steps": req.steps,
-        "sampler_name": sampler,
-        "scheduler": scheduler,
+        "steps": req.steps if "steps" in sent else defaults.steps or req.steps,
+        "sampler_name": _sampler_name(sampler or defaults.sampler or req.sampler_index),
+        "scheduler": _scheduler_name(req.scheduler),
         "seed": int(req.seed if req.seed is not None else -1),
         "subseed": int(req.subseed if req.subseed is not None else -1),
         "subseed_strength": float(req.subseed_strength or 0.0),
@@ -128,63 +140,69 @@ def convert(req: _A1111Base, *, limits: Limits, kind: str) -> ConvertedRequest:
         "tiling": bool(req.tiling),
         "styles": tuple(req.styles or ()),
     }
-    out = ConvertedRequest(request=GenerationRequest(), kind=kind, model_name=model_name, warnings=warnings)
     if isinstance(req, Txt2ImgRequest):
-        common["hires"] = _hires(req)
-        out.request = GenerationRequest(**common)
+        fields["hires"] = _hires(req)
     else:
         assert isinstance(req, Img2ImgRequest)
-        out.request = _img2img(req, common, limits, out)
-    out.request = out.request.validate(limits)
-    out.parameters = _echo(req)
-    return out
+        fields.update(_img2img_fields(req, limits))
+    from sdstudio.pipelines import prepare
+
+    request = prepare(GenerationRequest(**fields), limits)
+    warnings += size_warnings(request, defaults.size, explicit="width" in sent or "height" in sent)
+    return ConvertedRequest(request, model_name, warnings, _echo(req))
 
 
-def _img2img(req: Img2ImgRequest, common: dict, limits: Limits, out: ConvertedRequest) -> GenerationRequest:
+def size_warnings(request: GenerationRequest, native: int | None, *, explicit: bool = True) -> list[str]:
+    """A plain warning when an explicit size is more than 2x off the model's native resolution."""
+    if not native or not explicit:
+        return []
+    far = [
+        f"{name} {value}" for name, value in (("width", request.width), ("height", request.height))
+        if not native / FAR_FROM_NATIVE <= value <= native * FAR_FROM_NATIVE
+    ]  # fmt: skip
+    if not far:
+        return []
+    return [
+        f"{' and '.join(far)} is far from the model's native {native}x{native} px: "
+        "expect repeated or broken compositions (and a slow job)"
+    ]
+
+
+def _img2img_fields(req: Img2ImgRequest, limits: Limits) -> dict[str, Any]:
     """img2img / inpaint / outpaint: decode images and the mask, map the mask fields.
 
     The mask is passed on unconverted: an RGBA mask's alpha channel is the mask (A1111
-    ``create_binary_mask``). Outpainting margins (sdstudio's ``outpaint_*`` fields) are run by
-    :func:`sdstudio.pipelines.outpaint.outpaint`, whose output is the padded canvas size.
+    ``create_binary_mask``). Outpainting margins (sdstudio's ``outpaint_*`` fields) give the padded
+    canvas as the output size.
     """
     if not req.init_images:
         raise SDStudioError(
             "init_images: at least one base64 image is required for img2img", field="init_images"
         )
-    out.init_images = [
-        decode_image(data, field_name=f"init_images[{i}]", limits=limits)
-        for i, data in enumerate(req.init_images)
-    ]
-    out.mask = decode_image(req.mask, field_name="mask", limits=limits) if req.mask else None
-    mask_blur = req.mask_blur if req.mask_blur is not None else req.mask_blur_x
-    sides = (req.outpaint_left, req.outpaint_right, req.outpaint_top, req.outpaint_bottom)
-    if any(sides):
-        _outpaint(sides, common, out)
-    return GenerationRequest(
-        **common,
-        denoising_strength=0.75 if req.denoising_strength is None else float(req.denoising_strength),
-        resize_mode=req.resize_mode,
-        mask_blur=int(mask_blur),
-        inpainting_fill=req.inpainting_fill,
-        inpaint_full_res=bool(req.inpaint_full_res) and not any(sides),
-        inpaint_full_res_padding=req.inpaint_full_res_padding,
-        inpainting_mask_invert=bool(req.inpainting_mask_invert) and not any(sides),
+    images = tuple(
+        decode_image(data, field_name=f"init_images[{i}]", limits=limits) for i, data in enumerate(req.init_images)
     )
-
-
-def _outpaint(sides: tuple[int, int, int, int], common: dict, out: ConvertedRequest) -> None:
-    """Check outpaint margins; the output size is the padded canvas (rounded up to multiples of 8)."""
-    if any(not isinstance(v, int) or v < 0 for v in sides):
-        raise SDStudioError("outpaint margins must be non-negative integers", field="outpaint_left")
-    if out.mask is not None:
-        raise SDStudioError(
-            "outpaint margins and a mask cannot be combined; send one or the other", field="mask"
-        )
-    left, right, up, down = sides
-    image = out.init_images[0]
-    out.outpaint = sides
-    common["width"] = -(-(image.width + left + right) // 8) * 8  # validated against the limits
-    common["height"] = -(-(image.height + up + down) // 8) * 8
+    mask = decode_image(req.mask, field_name="mask", limits=limits) if req.mask else None
+    sides = (req.outpaint_left, req.outpaint_right, req.outpaint_top, req.outpaint_bottom)
+    outpaint = None
+    if any(sides):
+        if any(not isinstance(v, int) or v < 0 for v in sides):
+            raise SDStudioError("outpaint margins must be non-negative integers", field="outpaint_left")
+        if mask is not None:
+            raise SDStudioError("outpaint margins and a mask cannot be combined; send one or the other", field="mask")
+        outpaint = sides
+    return {
+        "init_images": images,
+        "mask": mask,
+        "outpaint": outpaint,
+        "denoising_strength": None if req.denoising_strength is None else float(req.denoising_strength),
+        "resize_mode": req.resize_mode,
+        "mask_blur": int(req.mask_blur if req.mask_blur is not None else req.mask_blur_x),
+        "inpainting_fill": req.inpainting_fill,
+        "inpaint_full_res": bool(req.inpaint_full_res) and outpaint is None,
+        "inpaint_full_res_padding": req.inpaint_full_res_padding,
+        "inpainting_mask_invert": bool(req.inpainting_mask_invert) and outpaint is None,
+    }
 
 
 def _hires(req: Txt2ImgRequest) -> HiresSettings | None:
@@ -341,31 +359,26 @@ def _echo(req: _A1111Base) -> dict[str, Any]:
     return params
 
 
-def build_info(
-    converted: ConvertedRequest,
-    images: list[Any],
-    *,
-    model_name: str,
-    model_hash: str,
-    vae_name: str = "",
-    vae_hash: str = "",
-    is_inpainting: bool = False,
-    version: str = "",
-) -> str:
-    """A1111 ``Processed.js()``: the ``info`` JSON string of a txt2img/img2img response."""
+def build_info(converted: ConvertedRequest, result: Any, *, version: str = "") -> str:
+    """A1111 ``Processed.js()``: the ``info`` JSON string of a txt2img/img2img response.
+
+    Per-image values come from each saved image's parameters (what its infotext was written from).
+    """
     r = converted.request
+    images = list(result.images) if result is not None else []
+    model = result.model if result is not None else None
     seeds = [g.seed for g in images] or r.image_seeds()
-    subseeds = [getattr(g, "subseed", r.subseed) for g in images] or r.image_subseeds()
-    infotexts = [g.infotext for g in images]
+    subseeds = [g.subseed for g in images] or r.image_subseeds()
     n = len(images)
+    first = images[0].params if images else {}
     info = {
         "prompt": r.prompt,
         "all_prompts": [r.prompt] * n,
         "negative_prompt": r.negative_prompt,
         "all_negative_prompts": [r.negative_prompt] * n,
-        "seed": seeds[0] if seeds else r.seed,
+        "seed": seeds[0],
         "all_seeds": seeds,
-        "subseed": subseeds[0] if subseeds else r.subseed,
+        "subseed": subseeds[0],
         "all_subseeds": subseeds,
         "subseed_strength": r.subseed_strength,
         "width": r.width,
@@ -376,37 +389,33 @@ def build_info(
         "batch_size": r.batch_size,
         "restore_faces": False,
         "face_restoration_model": None,
-        "sd_model_name": model_name,
-        "sd_model_hash": model_hash or None,
-        "sd_vae_name": vae_name or None,
-        "sd_vae_hash": vae_hash or None,
+        "sd_model_name": result.model_title if result is not None else "",
+        "sd_model_hash": (model.model_hash if model else "") or None,
+        "sd_vae_name": (model.vae_name if model else "") or None,
+        "sd_vae_hash": (model.vae_hash if model else "") or None,
         "seed_resize_from_w": r.seed_resize_from_w or -1,
         "seed_resize_from_h": r.seed_resize_from_h or -1,
         "denoising_strength": r.denoising_strength
         if converted.kind == "img2img"
         else (r.hires.denoising_strength if r.hires else None),
-        "extra_generation_params": _extra_params(infotexts[0] if infotexts else ""),
+        "extra_generation_params": {k: v for k, v in first.items() if k not in _STANDARD_KEYS and v is not None},
         "index_of_first_image": 0,
-        "infotexts": infotexts,
+        "infotexts": [g.infotext for g in images],
         "styles": list(r.styles),
         "job_timestamp": datetime.datetime.now().strftime("%Y%m%d%H%M%S"),
         "clip_skip": r.clip_skip,
-        "is_using_inpainting_conditioning": bool(is_inpainting and converted.kind == "img2img"),
+        "is_using_inpainting_conditioning": bool(model and model.is_inpainting and converted.kind == "img2img"),
         "version": version,
     }
-    return json.dumps(info, ensure_ascii=False)
+    return json.dumps(info, ensure_ascii=False, default=str)
 
 
 _STANDARD_KEYS = {
-    "Prompt",
-    "Negative prompt",
     "Steps",
     "Sampler",
     "CFG scale",
     "Seed",
     "Size",
-    "Size-1",
-    "Size-2",
     "Model hash",
     "Model",
     "VAE hash",
@@ -414,19 +423,8 @@ _STANDARD_KEYS = {
     "Variation seed",
     "Variation seed strength",
     "Seed resize from",
-    "Seed resize from-1",
-    "Seed resize from-2",
     "Denoising strength",
     "Clip skip",
     "Version",
     "Face restoration",
 }
-
-
-def _extra_params(infotext: str) -> dict[str, Any]:
-    """Infotext pairs beyond the standard ones (Schedule type, Hires upscale, ...), A1111-style."""
-    if not infotext:
-        return {}
-    from sdstudio.runtime.history import _parse
-
-    return {k: v for k, v in _parse(infotext).items() if k not in _STANDARD_KEYS}

@@ -65,7 +65,7 @@ def job_info(s: Studio, job: Job) -> JobInfo:
     images = []
     result = job.result
     for img in getattr(result, "images", []) or []:
-        url = f"/api/images/{img.path}" if img.path else None
+        url = f"/api/images/{img.rel_path}" if img.rel_path else None
         images.append(
             JobImage(
                 index=img.index, seed=img.seed, url=url, history_id=img.history_id, infotext=img.infotext

@@ -37,9 +37,7 @@ SCHEDULER_FACTS = {  # A1111 modules/sd_schedulers.py: name, default_rho, need_i
 
 async def _generate(request: Request, req: s._A1111Base, kind: str) -> s.GenerationResponse:
     st = studio(request)
-    overrides = {"CLIP_stop_at_last_layers": st.options.get("CLIP_stop_at_last_layers", 1)}
-    req.override_settings = {**overrides, **(req.override_settings or {})}
-    converted = await run_in_threadpool(convert, req, limits=st.settings.limits, kind=kind)
+    converted = await run_in_threadpool(convert_for_studio, st, req, kind)
     job = st.submit(converted, client=client_id(request))
     await wait_finished(job, st.settings.sync_timeout)
     raise_if_failed(job)
@@ -48,20 +46,20 @@ async def _generate(request: Request, req: s._A1111Base, kind: str) -> s.Generat
     warnings = list(converted.warnings)
     if job.state == "cancelled":
         warnings.append(f"job {job.state}: {job.error}")
-    info = build_info(
-        converted,
-        images,
-        model_name=getattr(result, "model_name", ""),
-        model_hash=getattr(result, "model_hash", ""),
-        vae_name=getattr(result, "vae_name", ""),
-        vae_hash=getattr(result, "vae_hash", ""),
-        is_inpainting=getattr(result, "is_inpainting", False),
-        version=f"sdstudio {__version__}",  # as the infotext's "Version"
-    )
+    info = build_info(converted, result, version=f"sdstudio {__version__}")  # as the infotext's "Version"
     encoded = await run_in_threadpool(_encode_files, st, images) if req.send_images else []
     return s.GenerationResponse(
         images=encoded, parameters=converted.parameters, info=info, warnings=warnings, job_id=job.id
     )
+
+
+def convert_for_studio(st: Any, req: s._A1111Base, kind: str):
+    """The A1111 request as a prepared GenerationRequest, with the server's options and the model's
+    defaults for omitted knobs (its native size, its card's steps)."""
+    overrides = {"CLIP_stop_at_last_layers": st.options.get("CLIP_stop_at_last_layers", 1)}
+    req.override_settings = {**overrides, **(req.override_settings or {})}
+    model_name = (req.override_settings or {}).get("sd_model_checkpoint") or None
+    return convert(req, limits=st.settings.limits, kind=kind, defaults=st.defaults_for(model_name))
 
 
 def _encode_files(st: Any, images: list) -> list[str]:

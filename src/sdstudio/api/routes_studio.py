@@ -13,9 +13,9 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from sdstudio import __version__
 from sdstudio.api import schemas as s
-from sdstudio.api.convert import convert, hires_upscalers
+from sdstudio.api.convert import hires_upscalers
 from sdstudio.api.deps import client_id, job_info, png_bytes, studio
-from sdstudio.api.routes_a1111 import read_png_info
+from sdstudio.api.routes_a1111 import convert_for_studio, read_png_info
 from sdstudio.errors import SDStudioError
 from sdstudio.runtime.history import IMAGE_SUFFIXES, ImageRecord
 from sdstudio.runtime.queue import Job
@@ -32,9 +32,7 @@ def _job(request: Request, job_id: str) -> Job:
 
 async def _submit(request: Request, req: s._A1111Base, kind: str) -> s.JobInfo:
     st = studio(request)
-    overrides = {"CLIP_stop_at_last_layers": st.options.get("CLIP_stop_at_last_layers", 1)}
-    req.override_settings = {**overrides, **(req.override_settings or {})}
-    converted = await run_in_threadpool(convert, req, limits=st.settings.limits, kind=kind)
+    converted = await run_in_threadpool(convert_for_studio, st, req, kind)
     return job_info(st, st.submit(converted, client=client_id(request)))
 
 
@@ -198,17 +196,9 @@ async def info(request: Request) -> s.ServerInfo:
         upscalers=hires_upscalers(),
         samplers=[x.name for x in list_samplers()],
         schedulers=list(SCHEDULE_TYPES),
-        img2img_available=_has_img2img(),
+        img2img_available=True,
         lab_available=any(path.startswith("/api/lab") for path in request.app.openapi()["paths"]),
     )
-
-
-def _has_img2img() -> bool:
-    try:
-        from sdstudio.pipelines.img2img import img2img  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _history_item(record: ImageRecord) -> s.HistoryItem:

@@ -1,6 +1,6 @@
 """``sdstudio img2img | inpaint | outpaint``: the image-to-image verbs (A1111's img2img tab).
 
-Each verb takes the txt2img knobs (``cli.generate.add_generation_args``) plus its own, shows a
+Each verb takes the txt2img knobs (``cli.common.add_generation_args``) plus its own, shows a
 progress bar and prints the path of every PNG it writes (``outputs/img2img-images/<date>/``).
 ``--from-png`` reproduces an image from its infotext, mask and hires settings included; the
 init image must be given again (its ``Init image hash`` is checked).
@@ -81,46 +81,9 @@ def add_mask_args(p: argparse.ArgumentParser, *, with_mask: bool = True) -> None
     )
 
 
-def add_hires_args(p: argparse.ArgumentParser) -> None:
-    """Hires fix flags for txt2img (A1111 enable_hr, hr_scale, hr_upscaler, ...)."""
-    from sdstudio.pipelines.hires import UPSCALERS
-
-    g = p.add_argument_group("hires fix")
-    g.add_argument("--hires", action="store_true", help="enable the hires fix (upscale + second pass)")
-    g.add_argument("--hr-scale", type=float, default=2.0, help="upscale factor (default 2)")
-    g.add_argument("--hr-upscaler", default="Latent", help=f"one of: {', '.join(UPSCALERS)}")
-    g.add_argument("--hr-steps", type=int, default=0, help="second-pass steps (0 = same as --steps)")
-    g.add_argument("--hr-denoising-strength", type=float, default=0.7, help="second-pass strength")
-    g.add_argument("--hr-resize-x", type=int, default=0, help="target width instead of --hr-scale")
-    g.add_argument("--hr-resize-y", type=int, default=0, help="target height instead of --hr-scale")
-    g.add_argument("--hr-sampler", default="", help="second-pass sampler (default: same)")
-    g.add_argument("--hr-prompt", default="", help="second-pass prompt (default: same)")
-    g.add_argument("--hr-negative-prompt", default="", help="second-pass negative prompt (default: same)")
-
-
-def hires_from_args(args: argparse.Namespace):
-    """HiresSettings from ``add_hires_args`` flags, or None when ``--hires`` is off."""
-    from sdstudio.config import HiresSettings
-    from sdstudio.pipelines.hires import check_upscaler
-
-    if not getattr(args, "hires", False):
-        return None
-    return HiresSettings(
-        scale=args.hr_scale,
-        upscaler=check_upscaler(args.hr_upscaler),
-        second_pass_steps=args.hr_steps,
-        denoising_strength=args.hr_denoising_strength,
-        resize_x=args.hr_resize_x,
-        resize_y=args.hr_resize_y,
-        sampler=args.hr_sampler,
-        prompt=args.hr_prompt,
-        negative_prompt=args.hr_negative_prompt,
-    )
-
-
 def _request(args, model, init, **fields):
     """The request for an edit verb: CLI flags (or --from-png), size defaulting to the init image's."""
-    from sdstudio.cli.generate import request_from_args
+    from sdstudio.cli.common import request_from_args
 
     request = request_from_args(args, model, **fields)
     if args.from_png:
@@ -132,7 +95,7 @@ def _request(args, model, init, **fields):
         _check_init_hash(parsed, init)
     elif args.width is None and args.height is None and init is not None:
         request = request.replace(width=_size8(init.width), height=_size8(init.height))
-    return request.validate()
+    return request
 
 
 def _check_init_hash(parsed: dict[str, Any], init) -> None:
@@ -159,28 +122,25 @@ def _mask_fields(args) -> dict[str, Any]:
 
 
 def _run(args, kind: str) -> int:
-    from sdstudio.cli.generate import load_model_from_args, run_and_save
+    from sdstudio.cli.common import load_model_from_args, run_and_save
     from sdstudio.pipelines import image_ops as ops
 
     inits = args.init if isinstance(args.init, list) else [args.init]
-    images = [ops.load_image(path, field="--init") for path in inits]
+    images = tuple(ops.load_image(path, field="--init") for path in inits)
     fields: dict[str, Any] = {
         "denoising_strength": args.denoising_strength,
         "resize_mode": getattr(args, "resize_mode", 0),
+        "init_images": images,
     }
     if kind != "img2img":
         fields.update(_mask_fields(args))
-    mask = ops.load_image(args.mask, field="--mask") if kind == "inpaint" else None
-    model = load_model_from_args(args)
-    request = _request(args, model, images[0], **fields)
+    if kind == "inpaint":
+        fields["mask"] = ops.load_image(args.mask, field="--mask")
     if kind == "outpaint":
-        from sdstudio.pipelines.outpaint import outpaint
-
         sides = _sides(args)
-        return run_and_save(outpaint, model, request, args, "img2img", image=images[0], **sides)
-    from sdstudio.pipelines.img2img import img2img
-
-    return run_and_save(img2img, model, request, args, "img2img", init_images=images, mask=mask)
+        fields["outpaint"] = (sides["left"], sides["right"], sides["up"], sides["down"])
+    model = load_model_from_args(args)
+    return run_and_save(model, _request(args, model, images[0], **fields), args)
 
 
 def _sides(args) -> dict[str, int]:
@@ -211,7 +171,7 @@ def _outpaint(args) -> int:
 
 
 def register(sub) -> None:
-    from sdstudio.cli.generate import add_generation_args, add_model_args
+    from sdstudio.cli.common import add_generation_args, add_model_args
 
     p = sub.add_parser(
         "img2img",

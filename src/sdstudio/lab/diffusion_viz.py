@@ -131,15 +131,10 @@ def build(model, request) -> Trajectory:
     """
     from sdstudio.pipelines.components import decode_latents
     from sdstudio.pipelines.loop import sample_batch
-    from sdstudio.pipelines.txt2img import encode_for_batch, latent_shape
-    from sdstudio.sampling.registry import get_sampler, sigmas_for
-    from sdstudio.sampling.schedules import DiscreteSchedule
+    from sdstudio.pipelines.plan import SamplingPlan, encode_for_batch, latent_shape
 
     request = request.validate().with_resolved_seeds()
-    spec = get_sampler(request.sampler_name)
-    sigmas = sigmas_for(
-        spec, request.scheduler, request.steps, DiscreteSchedule.from_config(model.scheduler_config)
-    )
+    plan = SamplingPlan.build(model, request.sampler_name, request.scheduler, request.steps)
     cond = encode_for_batch(model, request, 1, request.width, request.height)
     xs, x0s, sig = [], [], []
 
@@ -151,8 +146,7 @@ def build(model, request) -> Trajectory:
 
     final = sample_batch(
         model,
-        spec,
-        sigmas,
+        plan,
         cond.cond_at,
         cond.uncond_at,
         cfg_scale=request.cfg_scale,

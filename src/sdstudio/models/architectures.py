@@ -79,6 +79,42 @@ SDXL_TEXT_2 = TextEncoderSpec(
 
 
 @dataclass(frozen=True)
+class LatentFormat:
+    """How a VAE's latents relate to pixels (ComfyUI ``latent_formats``): scale, shift, preview colours.
+
+    ``rgb_factors`` (C, 3) is the linear latent -> RGB map of the live preview (A1111
+    ``sd_vae_approx.cheap_approximation``); None for a VAE whose latent space is not a published one
+    (e.g. the embedded model's own VAE): previews then decode with the VAE itself.
+    """
+
+    scaling_factor: float
+    shift_factor: float = 0.0
+    rgb_factors: tuple[tuple[float, float, float], ...] | None = None
+
+    def to_latent(self, z):
+        """VAE mean -> the latents samplers work on: ``(z - shift) * scale``."""
+        return (z - self.shift_factor) * self.scaling_factor
+
+    def to_vae(self, latents):
+        """Sampler latents -> what the VAE decoder takes: ``latents / scale + shift``."""
+        return latents / self.scaling_factor + self.shift_factor
+
+
+SD_RGB_FACTORS = (  # A1111 cheap approximation for the SD 1.x/2.x VAE
+    (0.298, 0.207, 0.208),
+    (0.187, 0.286, 0.173),
+    (-0.158, 0.189, 0.264),
+    (-0.184, -0.271, -0.473),
+)
+SDXL_RGB_FACTORS = (  # A1111 cheap approximation for the SDXL VAE
+    (0.3448, 0.4168, 0.4395),
+    (-0.1953, -0.0290, 0.0250),
+    (0.1074, 0.0886, -0.0163),
+    (-0.3730, -0.2499, -0.2088),
+)
+
+
+@dataclass(frozen=True)
 class Family:
     """An architecture family: SD 1.x, SD 2.x or SDXL; its text encoders and UNet context width."""
 
@@ -86,12 +122,26 @@ class Family:
     text_encoders: tuple[TextEncoderSpec, ...]
     context_dim: int  # UNet cross-attention width of the full-size model (attn2.to_k input)
     pipeline_class: str
+    rgb_factors: tuple[tuple[float, float, float], ...] = SD_RGB_FACTORS
+
+    def latent_format(self, vae_config: dict[str, Any]) -> LatentFormat:
+        """The latent format of a VAE with ``vae_config``: the family's preview colours only when the VAE
+        has the family's published layout (a VAE trained from scratch has a latent space of its own)."""
+        shipped = component_config(ARCHITECTURES[self.name], "vae")
+        published = all(
+            vae_config.get(k) == shipped.get(k) for k in ("block_out_channels", "latent_channels")
+        )
+        return LatentFormat(
+            float(vae_config.get("scaling_factor") or shipped["scaling_factor"]),
+            float(vae_config.get("shift_factor") or 0.0),
+            self.rgb_factors if published else None,
+        )
 
 
 FAMILIES: dict[str, Family] = {
     "sd1": Family("sd1", (SD1_TEXT,), 768, "StableDiffusionPipeline"),
     "sd2": Family("sd2", (SD2_TEXT,), 1024, "StableDiffusionPipeline"),
-    "sdxl": Family("sdxl", (SDXL_TEXT_1, SDXL_TEXT_2), 2048, "StableDiffusionXLPipeline"),
+    "sdxl": Family("sdxl", (SDXL_TEXT_1, SDXL_TEXT_2), 2048, "StableDiffusionXLPipeline", SDXL_RGB_FACTORS),
 }
 
 

@@ -452,9 +452,11 @@ def _replace_vae(model: StableDiffusionModel, vae_path: Path, cache_file: Path) 
             state_dict = convert_ldm_vae_checkpoint(state_dict, config)
         vae = _build_module(_vae_factory(config), state_dict, "model's VAE", vae_path)
         hash_file = vae_path
-    model.vae = vae
-    model.vae_name = vae_path.stem if vae_path.is_file() else vae_path.name
-    model.vae_hash = model_hash(hash_file, cache_file) if hash_file else ""
+    model.replace_vae(
+        vae,
+        vae_path.stem if vae_path.is_file() else vae_path.name,
+        model_hash(hash_file, cache_file) if hash_file else "",
+    )
 
 
 def _vae_folder(folder: Path) -> Any:

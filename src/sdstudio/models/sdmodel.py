@@ -8,10 +8,49 @@ and ``sdstudio.checkpoints``; this module only describes the result.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from sdstudio.models.architectures import FAMILIES, LatentFormat
+
+
+DEFAULTS_FILE = "sdstudio.json"  # in a model folder: {"default_steps": 20, "default_sampler": "...", ...}
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a request that leaves a knob out gets on this model (None = the front end's own default).
+
+    ``size`` is the native resolution; steps, sampler and CFG scale come from the model folder's
+    ``sdstudio.json`` when its card declares them (the embedded model does).
+    """
+
+    size: int | None = None
+    steps: int | None = None
+    sampler: str | None = None
+    cfg_scale: float | None = None
+
+    @classmethod
+    def read(cls, folder: str | Path | None, size: int | None = None) -> ModelDefaults:
+        """Defaults declared in ``folder/sdstudio.json`` (missing or unreadable file: none)."""
+        data: dict[str, Any] = {}
+        if folder is not None and (Path(folder) / DEFAULTS_FILE).is_file():
+            try:
+                data = json.loads((Path(folder) / DEFAULTS_FILE).read_text())
+            except (OSError, ValueError):
+                data = {}
+        steps, cfg = data.get("default_steps"), data.get("default_cfg_scale")
+        return cls(
+            size=size,
+            steps=int(steps) if isinstance(steps, int) and steps > 0 else None,
+            sampler=data.get("default_sampler") if isinstance(data.get("default_sampler"), str) else None,
+            cfg_scale=float(cfg) if isinstance(cfg, (int, float)) else None,
+        )
 
 
 @dataclass
@@ -54,12 +93,38 @@ class StableDiffusionModel:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def family(self) -> str:
+        """"sd1" | "sd2" | "sdxl" (``arch`` without the prediction-type suffix)."""
+        return self.arch.removesuffix("-v")
+
+    @cached_property
+    def latent_format(self) -> LatentFormat:
+        """Scale, shift and preview colours of this model's VAE latents (reset by :meth:`replace_vae`)."""
+        return FAMILIES[self.family].latent_format(dict(self.vae.config))
+
+    @property
     def vae_scaling_factor(self) -> float:
-        return float(self.vae.config.scaling_factor)
+        return self.latent_format.scaling_factor
 
     @property
     def vae_shift_factor(self) -> float:
-        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+        return self.latent_format.shift_factor
+
+    @property
+    def native_size(self) -> int:
+        """Pixel size the model was trained at: UNet sample_size x VAE factor (64 embedded, 512 SD 1.5)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def defaults(self) -> ModelDefaults:
+        """Native size plus the defaults declared beside a model folder (``sdstudio.json``)."""
+        folder = Path(self.path) if self.path and Path(self.path).is_dir() else None
+        return ModelDefaults.read(folder, self.native_size)
+
+    def replace_vae(self, vae: Any, name: str = "", vae_hash: str = "") -> None:
+        """Use another VAE (A1111 VAE swap); its latent facts replace the old ones."""
+        self.vae, self.vae_name, self.vae_hash = vae, name, vae_hash
+        self.__dict__.pop("latent_format", None)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> StableDiffusionModel:
         """Move all modules in place and return self."""

@@ -1,11 +1,11 @@
-"""Pipelines: short orchestration functions over explicit model objects.
+"""Pipelines: short planners over one sampling loop, behind one entry.
 
-Each function takes a StableDiffusionModel and a GenerationRequest and returns GeneratedImage
-items; all of them run the one sampling loop in ``pipelines.loop``.
+``generate(model, request)`` runs any mode (the request's init images, mask and outpaint margins
+decide which); ``txt2img``, ``img2img`` and ``outpaint`` are the same with the inputs as
+arguments. Each returns GeneratedImage items (image, seeds, A1111 parameters and infotext).
 """
 
-from sdstudio.pipelines.txt2img import GeneratedImage, txt2img  # noqa: I001  (txt2img first: others build on it)
-from sdstudio.pipelines.img2img import img2img
-from sdstudio.pipelines.outpaint import outpaint
+from sdstudio.pipelines.generate import generate, img2img, outpaint, prepare, txt2img
+from sdstudio.pipelines.plan import GeneratedImage, ModelIdentity
 
-__all__ = ["GeneratedImage", "img2img", "outpaint", "txt2img"]
+__all__ = ["GeneratedImage", "ModelIdentity", "generate", "img2img", "outpaint", "prepare", "txt2img"]

@@ -73,7 +73,7 @@ def _decode(model, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if dtype != original:
         vae.to(dtype)
     try:
-        z = latents / model.vae_scaling_factor + model.vae_shift_factor
+        z = model.latent_format.to_vae(latents)
         return vae.decode(z.to(model.device, dtype), return_dict=False)[0].float()
     finally:
         if dtype != original:
@@ -85,8 +85,7 @@ def encode_images(model, images: torch.Tensor, generator: torch.Generator | None
     """VAE-encode (B, 3, H, W) images in [0, 1] to scaled latents (B, C, H/f, W/f), using the mean."""
     x = (images * 2 - 1).to(model.device, model.dtype)
     dist = model.vae.encode(x).latent_dist
-    z = dist.mean.float()
-    return (z - model.vae_shift_factor) * model.vae_scaling_factor
+    return model.latent_format.to_latent(dist.mean.float())
 
 
 def to_pil(images: torch.Tensor) -> list:
@@ -108,18 +107,16 @@ def from_pil(images: list, size: tuple[int, int] | None = None) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def cheap_preview(latents: torch.Tensor) -> object:
-    """Fast approximate RGB preview of the first latent (A1111 "Approx cheap" linear map), as PIL."""
+def preview_image(model, latents: torch.Tensor) -> object:
+    """Live preview of the first latent (B, C, h, w) as PIL: the architecture's linear latent -> RGB map
+    (A1111 "Approx cheap"), or a VAE decode when the model's latent space has no published map."""
     from PIL import Image
 
-    coefs = torch.tensor(
-        [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
-    )
-    lat = latents[0].float().cpu()
-    if lat.shape[0] != 4:
-        lat = (
-            lat[:4] if lat.shape[0] > 4 else torch.cat([lat, lat.new_zeros(4 - lat.shape[0], *lat.shape[1:])])
-        )
-    rgb = torch.einsum("chw,cr->hwr", lat, coefs)
+    factors = model.latent_format.rgb_factors
+    lat = latents[:1].float()
+    if factors is None or len(factors) != lat.shape[1]:
+        return to_pil(decode_latents(model, lat))[0]
+    coefs = torch.tensor(factors)  # (C, 3)
+    rgb = torch.einsum("chw,cr->hwr", lat[0].cpu(), coefs)
     arr = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
     return Image.fromarray(arr, "RGB")

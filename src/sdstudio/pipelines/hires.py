@@ -18,12 +18,14 @@ from PIL import Image
 from sdstudio.errors import SDStudioError
 from sdstudio.pipelines.components import decode_latents, encode_images, from_pil, to_pil
 from sdstudio.pipelines.image_ops import check_strength
-from sdstudio.pipelines.img2img import img2img_schedule
-from sdstudio.pipelines.inpaint import concat_lookup, txt2img_concat
 from sdstudio.pipelines.loop import JobProgress, sample_batch
-from sdstudio.pipelines.txt2img import encode_for_batch, seed_resize_from
-from sdstudio.sampling.registry import get_sampler, sigmas_for
-from sdstudio.sampling.schedules import DiscreteSchedule
+from sdstudio.pipelines.plan import (
+    SamplingPlan,
+    encode_for_batch,
+    img2img_schedule,
+    seed_resize_from,
+    txt2img_concat,
+)
 
 # A1111 modules/shared_items.py latent_upscale_modes: name -> (interpolate mode, antialias)
 LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
@@ -95,6 +97,13 @@ def hires_infotext(request: Any) -> dict[str, Any]:
     return extra
 
 
+def hires_steps(request: Any) -> int:
+    """Steps the second pass adds to the job (0 without hires fix)."""
+    if request.hires is None:
+        return 0
+    return request.hires.second_pass_steps or request.steps
+
+
 def second_pass_request(request: Any) -> Any:
     """Return the request the second pass samples with: target size, its own steps/sampler/prompts."""
     hr = request.hires
@@ -132,20 +141,13 @@ def hires_pass(
     strength = check_strength(hr.denoising_strength, "hr_denoising_strength")
     upscaled = _upscale(model, request.hires.upscaler, latents, hr.width, hr.height)
     if strength > 0:
-        spec = get_sampler(hr.sampler_name)
         total, start = img2img_schedule(hr.steps, strength, fix_steps=True)
-        sigmas = sigmas_for(spec, hr.scheduler, total, DiscreteSchedule.from_config(model.scheduler_config))[
-            start:
-        ]
+        plan = SamplingPlan.build(model, hr.sampler_name, hr.scheduler, total, start)
         conditioning = encode_for_batch(model, hr, latents.shape[0], hr.width, hr.height)
-        cond_at, uncond_at = conditioning.cond_at, conditioning.uncond_at
-        if model.is_inpainting:
-            concat = txt2img_concat(model, latents.shape[0], hr.height, hr.width)
-            cond_at, uncond_at = concat_lookup(cond_at, concat), concat_lookup(uncond_at, concat)
+        cond_at, uncond_at = conditioning.with_concat(txt2img_concat(model, latents.shape[0], hr.height, hr.width))
         upscaled = sample_batch(
             model,
-            spec,
-            sigmas,
+            plan,
             cond_at,
             uncond_at,
             cfg_scale=hr.cfg_scale,

@@ -24,8 +24,6 @@ from PIL import Image
 
 from sdstudio.errors import SDStudioError
 from sdstudio.pipelines import image_ops as ops
-from sdstudio.prompts.encode import Conditioning
-from sdstudio.sampling.guidance import Composite
 
 
 @dataclass
@@ -176,62 +174,6 @@ def denoised_blend(
     return post_denoise
 
 
-def image_conditioning(
-    encode: Callable[[torch.Tensor], torch.Tensor],
-    source: torch.Tensor,
-    mask: torch.Tensor | None,
-    latent_hw: tuple[int, int],
-    mask_weight: float = 1.0,
-) -> torch.Tensor:
-    """Return the 9-channel model's extra input, (B, 1 + C, h, w) = [mask, masked_image_latent].
-
-    ``source`` (B, 3, H, W) in [-1, 1]; ``mask`` (1, 1, H, W) rounded 0/1 (None = all ones, as
-    for txt2img). The masked image is ``lerp(source, source * (1 - mask), mask_weight)`` encoded
-    by the VAE (A1111 ``inpainting_image_conditioning``, "Conditional mask weight" 1.0).
-    """
-    if mask is None:
-        mask = source.new_ones(1, 1, *source.shape[-2:])
-    mask = mask.to(source)
-    masked = torch.lerp(source, source * (1.0 - mask), mask_weight)
-    masked_latents = encode(masked)  # (B, C, h, w)
-    small = torch.nn.functional.interpolate(mask, size=latent_hw)  # nearest, (1, 1, h, w)
-    small = small.expand(masked_latents.shape[0], -1, -1, -1).to(masked_latents)
-    return torch.cat([small, masked_latents], dim=1)
-
-
 def pixel_mask_tensor(mask: Image.Image) -> torch.Tensor:
     """Return the processing-size mask as (1, 1, H, W) rounded to 0/1 (A1111 ``round_image_mask``)."""
     return (ops.images_to_tensor([mask])[:, :1] * 0.5 + 0.5).round()
-
-
-def txt2img_concat(model: Any, batch: int, height: int, width: int) -> torch.Tensor:
-    """9-channel input for text-to-image on an inpainting model, (B, 5, h, w): everything masked.
-
-    A1111 ``txt2img_image_conditioning``: a mask of ones and the latent of a uniform 0.5 grey
-    image (0 in the VAE's [-1, 1] range), so the model sees nothing known.
-    """
-    from sdstudio.pipelines.components import encode_images
-
-    grey = torch.full((1, 3, height, width), 0.5)
-    f = model.vae_scale_factor
-    cond = image_conditioning(
-        lambda x: encode_images(model, (x + 1) / 2), grey * 2 - 1, None, (height // f, width // f)
-    )
-    return cond.expand(batch, -1, -1, -1).contiguous()
-
-
-def concat_lookup(
-    lookup: Callable[[int], Conditioning], concat: torch.Tensor
-) -> Callable[[int], Conditioning]:
-    """Wrap a per-step conditioning lookup so each result carries ``extra["concat"]`` (9-channel input)."""
-
-    def with_concat(cond: Conditioning) -> Conditioning:
-        return Conditioning(cond.context, cond.pooled, {**cond.extra, "concat": concat})
-
-    def at(step: int):
-        cond = lookup(step)
-        if isinstance(cond, Composite):
-            return Composite(tuple((with_concat(c), w) for c, w in cond.parts))
-        return with_concat(cond)
-
-    return at

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sdstudio.pipelines.components import ModelDenoiser, cheap_preview
+from sdstudio.pipelines.components import ModelDenoiser, preview_image
+from sdstudio.pipelines.plan import SamplingPlan
 from sdstudio.prompts.encode import Conditioning
 from sdstudio.sampling.control import CancelToken, ProgressCallback, StepInfo
 from sdstudio.sampling.guidance import CFGDenoiser
 from sdstudio.sampling.noise import ImageNoise
-from sdstudio.sampling.registry import SamplerSpec
 from sdstudio.sampling.schedules import DiscreteSchedule
 
 
@@ -51,9 +51,10 @@ def noise_kwargs(request, images: slice, seed_resize: tuple[int, int]) -> dict:
 class SamplingInterrupted(Exception):
     """Raised from the step callback when a job is interrupted or skipped; carries the last x0 guess."""
 
-    def __init__(self, denoised: torch.Tensor) -> None:
+    def __init__(self, denoised: torch.Tensor, step: int) -> None:
         super().__init__("sampling interrupted")
         self.denoised = denoised
+        self.step = step  # steps that ran
 
 
 @dataclass
@@ -66,6 +67,17 @@ class JobProgress:
     cancel: CancelToken | None = None
     done_steps: int = 0
     started: float = field(default_factory=time.monotonic)
+    stopped: tuple[int, int] | None = None  # (steps run, steps planned) of the last pass, if cut short
+
+    def interrupted_params(self) -> dict[str, str]:
+        """Infotext entry of images whose last pass was interrupted or skipped: the real step count.
+
+        ``Steps`` keeps the planned count (the schedule the image was sampled on), so the
+        infotext never claims more steps ran than did.
+        """
+        if self.stopped is None:
+            return {}
+        return {"Interrupted": f"after step {self.stopped[0]} of {self.stopped[1]}"}
 
 
 @dataclass
@@ -78,8 +90,7 @@ class SamplerContext:
 
 def sample_batch(
     model,
-    spec: SamplerSpec,
-    sigmas: torch.Tensor,  # (n + 1,) descending, ending in 0
+    plan: SamplingPlan,
     cond_at: Callable[[int], Conditioning],
     uncond_at: Callable[[int], Conditioning],
     *,
@@ -103,15 +114,15 @@ def sample_batch(
     If the job is interrupted or skipped mid-way, returns the sampler's last x0 prediction (as A1111
     does, so the partial image is still shown) and leaves the decision to stop to the caller.
     """
+    sigmas = plan.sigmas
     noise = ImageNoise(latent_shape, seeds, subseeds, subseed_strength, seed_resize_from, device=model.device)
     x = noise.initial() * noise_multiplier * sigmas[0]  # (B, C, h, w) on the model's device
     if init_latent is not None:
         x = init_latent.to(x.device, torch.float32) + x
-    schedule = DiscreteSchedule.from_config(model.scheduler_config)
     denoiser = CFGDenoiser(
-        ModelDenoiser(model, schedule), cond_at, uncond_at, cfg_scale, sigmas, Conditioning.cat, post_denoise
+        ModelDenoiser(model, plan.schedule), cond_at, uncond_at, cfg_scale, sigmas, Conditioning.cat, post_denoise
     )
-    steps = len(sigmas) - 1
+    steps = plan.steps
 
     def callback(state: dict) -> None:
         if on_step is not None:
@@ -120,12 +131,14 @@ def sample_batch(
             return
         progress.done_steps += 1
         if progress.callback is not None:
-            progress.callback(_step_info(state, steps, batch_index, progress))
-        if progress.cancel is not None and progress.cancel.stop_batch:
-            raise SamplingInterrupted(state["denoised"])
+            progress.callback(_step_info(model, state, steps, batch_index, progress))
+        if progress.cancel is not None and progress.cancel.stop_batch and state["i"] + 1 < steps:
+            raise SamplingInterrupted(state["denoised"], state["i"] + 1)
 
+    if progress is not None:
+        progress.stopped = None
     try:
-        return spec.function(
+        return plan.spec.function(
             denoiser,
             x,
             sigmas,
@@ -133,13 +146,15 @@ def sample_batch(
             callback=callback,
             eta=eta,
             s_noise=s_noise,
-            ctx=SamplerContext(schedule, model.scheduler_config),
+            ctx=SamplerContext(plan.schedule, model.scheduler_config),
         ).float()
     except SamplingInterrupted as stop:
+        if progress is not None:
+            progress.stopped = (stop.step, steps)
         return stop.denoised.float()
 
 
-def _step_info(state: dict, steps: int, batch_index: int, progress: JobProgress) -> StepInfo:
+def _step_info(model, state: dict, steps: int, batch_index: int, progress: JobProgress) -> StepInfo:
     denoised = state["denoised"]
     return StepInfo(
         step=state["i"] + 1,
@@ -148,5 +163,5 @@ def _step_info(state: dict, steps: int, batch_index: int, progress: JobProgress)
         batch_count=progress.batch_count,
         job_step=progress.done_steps,
         job_steps=progress.total_steps,
-        preview=lambda: cheap_preview(denoised),
+        preview=lambda: preview_image(model, denoised),
     )

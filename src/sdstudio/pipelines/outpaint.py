@@ -9,38 +9,23 @@ so the output is always ``input + extension``; original pixels outside the mask 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from sdstudio.config import GenerationRequest, Limits
+from sdstudio.config import GenerationRequest
 from sdstudio.pipelines import image_ops as ops
-from sdstudio.pipelines.img2img import img2img
-from sdstudio.pipelines.txt2img import GeneratedImage
-from sdstudio.sampling.control import CancelToken, ProgressCallback
 
 DEFAULT_STRENGTH = 0.8
 NOISE_STD = 24.0  # std of the noise added to the edge colour, 0-255 scale
 
 
-def outpaint(
-    model,
-    request: GenerationRequest,
-    image: ops.ImageInput,
-    *,
-    left: int = 0,
-    right: int = 0,
-    up: int = 0,
-    down: int = 0,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-    on_image: Callable[[GeneratedImage], None] | None = None,
-    limits: Limits | None = None,
-) -> list[GeneratedImage]:
-    """Return images of size ``(w + left + right, h + up + down)`` with the new area generated."""
-    original = ops.load_image(image, field="init_images")
-    source = ops.flatten(original)
-    request = request.with_resolved_seeds()
+def plan_outpaint(request: GenerationRequest) -> tuple[GenerationRequest, tuple[int, int, int, int]]:
+    """The inpainting request that outpaints ``request`` and the canvas box to paste back into.
+
+    Output size is ``(w + left + right, h + up + down)``; the work size is the next multiple of 8.
+    The request has resolved seeds (the canvas noise is drawn from ``request.seed``).
+    """
+    left, right, up, down = request.outpaint
+    original = ops.load_image(request.init_images[0], field="init_images")
     canvas, mask = ops.extend_canvas(
-        source,
+        ops.flatten(original),
         left=left,
         right=right,
         up=up,
@@ -51,27 +36,24 @@ def outpaint(
     )
     sides = f"left={left} right={right} up={up} down={down}"
     work = request.replace(
-        width=_ceil8(canvas.width),
-        height=_ceil8(canvas.height),
+        width=ceil8(canvas.width),
+        height=ceil8(canvas.height),
         inpaint_full_res=False,
-        denoising_strength=DEFAULT_STRENGTH
-        if request.denoising_strength is None
-        else request.denoising_strength,
+        inpainting_mask_invert=False,
+        denoising_strength=DEFAULT_STRENGTH if request.denoising_strength is None else request.denoising_strength,
         extra={**request.extra, "Outpaint": sides, "Init image hash": ops.image_hash(original)},
+        init_images=(canvas,),
+        mask=mask,
+        outpaint=None,
     )
-    region = (0, 0, canvas.width, canvas.height)
-    return img2img(
-        model,
-        work,
-        [canvas],
-        mask,
-        progress=progress,
-        cancel=cancel,
-        on_image=on_image,
-        region=region,
-        limits=limits,
-    )
+    return work, (0, 0, canvas.width, canvas.height)
 
 
-def _ceil8(value: int) -> int:
+def outpaint_size(image_width: int, image_height: int, sides: tuple[int, int, int, int]) -> tuple[int, int]:
+    """Work size (multiples of 8) of an image grown by ``sides`` = (left, right, up, down)."""
+    left, right, up, down = sides
+    return ceil8(image_width + left + right), ceil8(image_height + up + down)
+
+
+def ceil8(value: int) -> int:
     return -(-value // 8) * 8

@@ -157,6 +157,21 @@ class ModelManager:
             return _folder_native_size(Path(entry.filename))
         return None
 
+    def defaults(self, entry: ModelEntry | None) -> Any:
+        """:class:`ModelDefaults` of an entry without loading it: native size (folders, in-memory and
+        loaded models; single files from the architecture in their header) and declared defaults."""
+        from sdstudio.models.sdmodel import ModelDefaults
+
+        if entry is None:
+            entry = next((e for e in self.entries() if e.embedded), None)
+        if entry is None:
+            return ModelDefaults()
+        if entry.in_memory is not None:
+            return entry.in_memory.defaults
+        size = self.native_size(entry) or _single_file_native_size(entry.filename)
+        folder = entry.filename if entry.filename and Path(entry.filename).is_dir() else None
+        return ModelDefaults.read(folder, size)
+
     def entries(self) -> list[ModelEntry]:
         with self._lock:
             return list(self._entries)
@@ -285,6 +300,21 @@ def _embedded_folder() -> Path | None:
 
         return default_model_path()
     except (ImportError, SDStudioError):
+        return None
+
+
+def _single_file_native_size(filename: str) -> int | None:
+    """Native size of a .safetensors checkpoint from its architecture (header read only); None otherwise."""
+    if not filename.lower().endswith(".safetensors"):
+        return None
+    try:
+        from sdstudio.models.architectures import ARCHITECTURES, component_config
+        from sdstudio.models.loader import inspect_model
+
+        arch = ARCHITECTURES[inspect_model(filename).arch]
+        vae = component_config(arch, "vae")
+        return int(component_config(arch, "unet")["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (SDStudioError, KeyError, OSError, ValueError):
         return None
 
 

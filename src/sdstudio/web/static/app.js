@@ -62,7 +62,7 @@ function generationKnobs() {
     { name: "height", label: "Height", help: "multiple of 8", type: "range", min: 64, max: lim.max_height || 2048, step: 8, value: 512 },
     { name: "n_iter", label: "Batch count", help: "how many batches of images to generate", type: "range", min: 1, max: Math.min(lim.max_batch_count || 100, 100), step: 1, value: 1 },
     { name: "batch_size", label: "Batch size", help: "how many images are in a batch; memory-hungry", type: "range", min: 1, max: lim.max_batch_size || 8, step: 1, value: 1 },
-    { name: "cfg_scale", label: "Classifier Free Guidance Scale", help: "how strongly the image should follow the prompt", type: "range", min: 1, max: 30, step: 0.5, value: 7.5, wide: true },
+    { name: "cfg_scale", label: "Classifier Free Guidance Scale", help: "how strongly the image should follow the prompt", type: "range", min: 1, max: 30, step: 0.5, value: 7, wide: true },
     { name: "seed", label: "Seed", help: "blank or -1 to randomize", type: "seed", value: "" },
     { name: "clip_skip", label: "Clip skip", help: "use an earlier text-encoder layer", type: "range", min: 1, max: 12, step: 1, value: 1 },
   ];

@@ -1,0 +1,222 @@
+"""What every generating verb shares: model and generation flags, hires flags, the request built
+from them (or from ``--from-png``) and ``run_and_save``. Images are made by the runtime's
+:class:`~sdstudio.runtime.service.ImageService`, as in the server: saved under ``outputs/`` and
+recorded in its history database, so they are in the gallery at once (also while a server runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sdstudio.config import GenerationRequest
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default=None, help="diffusers folder, .safetensors or .ckpt (default: embedded model)"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto = bf16 on CPUs that support it, fp16 on CUDA, else fp32",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument(
+        "--prediction-type",
+        default=None,
+        choices=["epsilon", "v_prediction"],
+        help="override the detected prediction type (SD 2.x 768 models use v_prediction)",
+    )
+
+
+def add_generation_args(p: argparse.ArgumentParser, default_size: int | None = None) -> None:
+    p.add_argument("prompt", nargs="?", default=None, help="the prompt (omit with --from-png)")
+    p.add_argument("--negative-prompt", default="", help="what the image should not contain")
+    p.add_argument(
+        "--width", type=int, default=default_size, help="multiple of 8 (default: the model's native size)"
+    )
+    p.add_argument(
+        "--height", type=int, default=default_size, help="multiple of 8 (default: the model's native size)"
+    )
+    p.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=None,
+        help="Classifier Free Guidance Scale: how strongly the image should follow the prompt (default 7, "
+        "as A1111 and the web UI)",
+    )
+    p.add_argument("--seed", type=int, default=-1, help="-1 (default) = random; image i uses seed+i")
+    p.add_argument("--subseed", type=int, default=-1, help="variation seed (-1 = random)")
+    p.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength in [0, 1]")
+    p.add_argument("--seed-resize-from-w", type=int, default=0)
+    p.add_argument("--seed-resize-from-h", type=int, default=0)
+    p.add_argument("--batch-count", type=int, default=1, help="how many batches of images to generate")
+    p.add_argument("--batch-size", type=int, default=1, help="how many images are in a batch (memory-hungry)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, else 20)")
+    p.add_argument(
+        "--sampler",
+        default=None,
+        help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M', 'LMS' (k_lms); default: the model's, else Euler a",
+    )
+    p.add_argument(
+        "--scheduler",
+        default="Automatic",
+        help="schedule type: automatic, uniform, karras, exponential, polyexponential, sgm_uniform",
+    )
+    p.add_argument(
+        "--clip-skip", type=int, default=1, help="use the text encoder's output N-1 layers before the last"
+    )
+    p.add_argument("--eta", type=float, default=None, help="noise multiplier for ancestral/DDIM samplers")
+    p.add_argument("--tiling", action="store_true", help="seamless tiling: the image wraps around at its edges")
+    p.add_argument(
+        "--outdir", default=None, help="folder for the images (default outputs/<kind>-images/<date>/)"
+    )
+    p.add_argument(
+        "--no-history", action="store_true", help="do not record the images in outputs/history.sqlite3"
+    )
+    p.add_argument("--format", default="png", choices=["png", "jpg", "webp"])
+    p.add_argument("--from-png", default=None, metavar="FILE", help="regenerate from a PNG's infotext")
+
+
+def load_model_from_args(args):
+    from sdstudio.models.loader import load_model
+
+    return load_model(
+        args.model, device=args.device, precision=args.precision, prediction_type=args.prediction_type
+    )
+
+
+OUTPUTS = "outputs"  # the CLI's outputs folder, as the server's default --outdir
+CLI_DEFAULTS = {"steps": 20, "sampler": "Euler a", "cfg_scale": 7.0}  # when the model declares none
+
+
+def request_from_args(args, model, **extra) -> GenerationRequest:
+    """Build a GenerationRequest from parsed CLI args (or from ``--from-png``)."""
+    from sdstudio.errors import SDStudioError
+
+    defaults = model.defaults
+    size = defaults.size
+    request = GenerationRequest(
+        prompt=args.prompt or "",
+        negative_prompt=args.negative_prompt,
+        width=args.width or size,
+        height=args.height or size,
+        cfg_scale=_given(args.cfg_scale, defaults.cfg_scale, CLI_DEFAULTS["cfg_scale"]),
+        steps=_given(args.steps, defaults.steps, CLI_DEFAULTS["steps"]),
+        sampler_name=_given(args.sampler, defaults.sampler, CLI_DEFAULTS["sampler"]),
+        scheduler=args.scheduler,
+        seed=args.seed,
+        subseed=args.subseed,
+        subseed_strength=args.subseed_strength,
+        seed_resize_from_w=args.seed_resize_from_w,
+        seed_resize_from_h=args.seed_resize_from_h,
+        batch_size=args.batch_size,
+        n_iter=args.batch_count,
+        clip_skip=args.clip_skip,
+        eta=args.eta,
+        tiling=args.tiling,
+        **extra,
+    )
+    if args.from_png:
+        from sdstudio.infotext import request_from_infotext
+        from sdstudio.runtime.outputs import read_infotext
+
+        text = read_infotext(args.from_png)
+        if not text:
+            raise SDStudioError(
+                f"{args.from_png} carries no generation parameters (no 'parameters' text chunk)"
+            )
+        request = request_from_infotext(text, request.replace(n_iter=1, batch_size=1))
+    elif not args.prompt and args.prompt != "":
+        raise SDStudioError("give a prompt, or --from-png FILE")
+    from sdstudio.sampling import get_sampler
+
+    get_sampler(request.sampler_name).resolve_schedule(request.scheduler)  # fail before loading work
+    return request
+
+
+def _given(*values):
+    """The first value that is not None (flag, model default, CLI default)."""
+    return next(v for v in values if v is not None)
+
+
+def run_and_save(model, request, args) -> int:
+    """Run ``request`` through the image service with a progress bar; print each saved path.
+
+    The bar goes to stderr and disappears when done; paths go to stdout, one per line.
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    from sdstudio.runtime.history import HistoryStore
+    from sdstudio.runtime.service import ImageService
+
+    history = None if args.no_history else HistoryStore(f"{OUTPUTS}/history.sqlite3", OUTPUTS)
+    service = ImageService(OUTPUTS, history, save_format=args.format)
+    bar = tqdm(total=None, unit="step", desc=request.kind, dynamic_ncols=True, file=sys.stderr, leave=False)
+
+    def progress(info) -> None:
+        bar.total = info.job_steps
+        bar.n = info.job_step
+        bar.set_postfix_str(f"batch {info.batch_index + 1}/{info.batch_count}", refresh=False)
+        bar.refresh()
+
+    def on_saved(saved) -> None:
+        tqdm.write(str(_shown(saved.path)), file=sys.stdout)
+
+    try:
+        service.run(model, request, progress=progress, on_saved=on_saved, folder=args.outdir)
+    finally:
+        bar.close()
+        if history is not None:
+            history.close()
+    return 0
+
+
+def _shown(path):
+    """A saved path relative to the working folder when it lies below it (as A1111 prints them)."""
+    from pathlib import Path
+
+    try:
+        return Path(path).relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def add_hires_args(p: argparse.ArgumentParser) -> None:
+    """Hires fix flags for txt2img (A1111 enable_hr, hr_scale, hr_upscaler, ...)."""
+    from sdstudio.pipelines.hires import UPSCALERS
+
+    g = p.add_argument_group("hires fix")
+    g.add_argument("--hires", action="store_true", help="enable the hires fix (upscale + second pass)")
+    g.add_argument("--hr-scale", type=float, default=2.0, help="upscale factor (default 2)")
+    g.add_argument("--hr-upscaler", default="Latent", help=f"one of: {', '.join(UPSCALERS)}")
+    g.add_argument("--hr-steps", type=int, default=0, help="second-pass steps (0 = same as --steps)")
+    g.add_argument("--hr-denoising-strength", type=float, default=0.7, help="second-pass strength")
+    g.add_argument("--hr-resize-x", type=int, default=0, help="target width instead of --hr-scale")
+    g.add_argument("--hr-resize-y", type=int, default=0, help="target height instead of --hr-scale")
+    g.add_argument("--hr-sampler", default="", help="second-pass sampler (default: same)")
+    g.add_argument("--hr-prompt", default="", help="second-pass prompt (default: same)")
+    g.add_argument("--hr-negative-prompt", default="", help="second-pass negative prompt (default: same)")
+
+
+def hires_from_args(args: argparse.Namespace):
+    """HiresSettings from ``add_hires_args`` flags, or None when ``--hires`` is off."""
+    from sdstudio.config import HiresSettings
+    from sdstudio.pipelines.hires import check_upscaler
+
+    if not getattr(args, "hires", False):
+        return None
+    return HiresSettings(
+        scale=args.hr_scale,
+        upscaler=check_upscaler(args.hr_upscaler),
+        second_pass_steps=args.hr_steps,
+        denoising_strength=args.hr_denoising_strength,
+        resize_x=args.hr_resize_x,
+        resize_y=args.hr_resize_y,
+        sampler=args.hr_sampler,
+        prompt=args.hr_prompt,
+        negative_prompt=args.hr_negative_prompt,
+    )
