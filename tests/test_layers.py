@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "sdstudio"
 
 # Lower number = lower layer; a module may import its own layer or below. Top-level apps share a rank.
 RANKS = {
-    "config": 0, "errors": 0, "devices": 0, "infotext": 0, "assets": 0,
+    "config": 0, "errors": 0, "devices": 0, "fields": 0, "infotext": 0, "assets": 0,
     "checkpoints": 1, "models": 1,
     "networks": 2, "sampling": 2,
     "prompts": 3,

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sdstudio import __version__
+from sdstudio.fields import from_infotext, infotext_params
 
 # Keys A1111 writes before the free-form "extra" parameters, in its order.
 PARAM_ORDER = (
@@ -80,33 +81,30 @@ def generation_params(
     height: int | None = None,
 ) -> dict:
     """The A1111 parameter mapping for one image of ``request`` (a GenerationRequest)."""
-    p: dict[str, Any] = {
-        "Steps": request.steps,
-        "Sampler": request.sampler_name,
-        "Schedule type": schedule_type or (request.scheduler if request.scheduler != "Automatic" else None),
-        "CFG scale": _num(request.cfg_scale),
-        "Seed": seed,
-        "Size": f"{width or request.width}x{height or request.height}",
-        "Model hash": getattr(model, "model_hash", "") or None,
-        "Model": getattr(model, "name", "") or None,
-        "VAE hash": getattr(model, "vae_hash", "") or None,
-        "VAE": getattr(model, "vae_name", "") or None,
-        "Variation seed": subseed if request.subseed_strength > 0 else None,
-        "Variation seed strength": _num(request.subseed_strength) if request.subseed_strength > 0 else None,
-        "Seed resize from": (
-            f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
-            if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0
-            else None
-        ),
-        "Denoising strength": _num(request.denoising_strength)
-        if request.denoising_strength is not None
-        else None,
-        "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
-        "ENSD": None,
-        "RNG": "CPU",
-        "Tiling": True if request.tiling else None,
-        "Eta": _num(request.eta) if request.eta is not None else None,
-    }
+    p: dict[str, Any] = infotext_params(request)  # the plain knobs (steps, CFG scale, clip skip, ...)
+    p.update(
+        {
+            "Sampler": request.sampler_name,
+            "Schedule type": schedule_type
+            or (request.scheduler if request.scheduler != "Automatic" else None),
+            "Seed": seed,  # this image's seed (seed + index)
+            "Size": f"{width or request.width}x{height or request.height}",
+            "Model hash": model.model_hash or None if model is not None else None,
+            "Model": model.name or None if model is not None else None,
+            "VAE hash": model.vae_hash or None if model is not None else None,
+            "VAE": model.vae_name or None if model is not None else None,
+            "Variation seed": subseed if request.subseed_strength > 0 else None,
+            "Seed resize from": (
+                f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
+                if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0
+                else None
+            ),
+            "Denoising strength": _num(request.denoising_strength)
+            if request.denoising_strength is not None
+            else None,
+            "RNG": "CPU",
+        }
+    )
     p.update(request.extra or {})
     p.update(extra or {})
     p["Version"] = f"sdstudio {__version__}"
@@ -228,17 +226,12 @@ def request_from_infotext(text: str, base=None):
     f = parse_infotext(text)
     req = base or GenerationRequest()
     changes: dict[str, Any] = {"prompt": f["Prompt"], "negative_prompt": f["Negative prompt"]}
+    changes.update(from_infotext(f))
     conv = {
-        "Steps": ("steps", int),
         "Sampler": ("sampler_name", str),
         "Schedule type": ("scheduler", str),
-        "CFG scale": ("cfg_scale", float),
-        "Seed": ("seed", int),
         "Variation seed": ("subseed", int),
-        "Variation seed strength": ("subseed_strength", float),
-        "Clip skip": ("clip_skip", int),
         "Denoising strength": ("denoising_strength", float),
-        "Eta": ("eta", float),
     }
     for key, (name, cast) in conv.items():
         if key in f:
@@ -250,7 +243,5 @@ def request_from_infotext(text: str, base=None):
             int(f["Seed resize from-1"]),
             int(f["Seed resize from-2"]),
         )
-    if f.get("Tiling") == "True":
-        changes["tiling"] = True
     changes.update(edit_fields_from_infotext(f))
     return req.replace(**changes)

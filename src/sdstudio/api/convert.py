@@ -22,6 +22,7 @@ from typing import Any
 from sdstudio.api.schemas import Img2ImgRequest, Txt2ImgRequest, _A1111Base
 from sdstudio.config import GenerationRequest, HiresSettings, Limits
 from sdstudio.errors import SDStudioError
+from sdstudio.fields import from_a1111
 from sdstudio.models.sdmodel import ModelDefaults
 
 _DATA_URL = re.compile(r"^data:[\w/+.-]+;base64,", re.IGNORECASE)
@@ -119,25 +120,17 @@ def convert(
     if req.styles:
         warnings.append(f"styles {req.styles} ignored: sdstudio has no prompt-styles database")
     fields = {
+        **from_a1111(req),  # the plain knobs (sdstudio.fields.KNOBS)
         "prompt": req.prompt or "",
-        "negative_prompt": req.negative_prompt or "",
         "width": req.width if "width" in sent else defaults.size or req.width,
         "height": req.height if "height" in sent else defaults.size or req.height,
-        "cfg_scale": float(req.cfg_scale),
         "steps": req.steps if "steps" in sent else defaults.steps or req.steps,
         "sampler_name": _sampler_name(sampler or defaults.sampler or req.sampler_index),
         "scheduler": _scheduler_name(req.scheduler),
-        "seed": int(req.seed if req.seed is not None else -1),
-        "subseed": int(req.subseed if req.subseed is not None else -1),
-        "subseed_strength": float(req.subseed_strength or 0.0),
         "seed_resize_from_w": max(0, req.seed_resize_from_w or 0),
         "seed_resize_from_h": max(0, req.seed_resize_from_h or 0),
-        "batch_size": req.batch_size,
-        "n_iter": req.n_iter,
         "clip_skip": int(req.clip_skip or clip_skip or 1),
-        "eta": req.eta,
         "s_noise": 1.0 if req.s_noise is None else float(req.s_noise),
-        "tiling": bool(req.tiling),
         "styles": tuple(req.styles or ()),
     }
     if isinstance(req, Txt2ImgRequest):

@@ -31,29 +31,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_generation_args(p: argparse.ArgumentParser, default_size: int | None = None) -> None:
+    """The prompt, every plain knob of ``sdstudio.fields.KNOBS`` and the flags with their own shapes."""
+    from sdstudio.fields import KNOBS
+
     p.add_argument("prompt", nargs="?", default=None, help="the prompt (omit with --from-png)")
-    p.add_argument("--negative-prompt", default="", help="what the image should not contain")
+    for knob in KNOBS:  # default None: the request's (or the model's) default applies
+        if knob.parse is bool or knob.name == "tiling":
+            p.add_argument(knob.cli, dest=knob.name, action="store_const", const=True, default=None, help=knob.help)
+        else:
+            p.add_argument(knob.cli, dest=knob.name, type=knob.parse, default=None, help=knob.help)
     p.add_argument(
         "--width", type=int, default=default_size, help="multiple of 8 (default: the model's native size)"
     )
     p.add_argument(
         "--height", type=int, default=default_size, help="multiple of 8 (default: the model's native size)"
     )
-    p.add_argument(
-        "--cfg-scale",
-        type=float,
-        default=None,
-        help="Classifier Free Guidance Scale: how strongly the image should follow the prompt (default 7, "
-        "as A1111 and the web UI)",
-    )
-    p.add_argument("--seed", type=int, default=-1, help="-1 (default) = random; image i uses seed+i")
-    p.add_argument("--subseed", type=int, default=-1, help="variation seed (-1 = random)")
-    p.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength in [0, 1]")
     p.add_argument("--seed-resize-from-w", type=int, default=0)
     p.add_argument("--seed-resize-from-h", type=int, default=0)
-    p.add_argument("--batch-count", type=int, default=1, help="how many batches of images to generate")
-    p.add_argument("--batch-size", type=int, default=1, help="how many images are in a batch (memory-hungry)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, else 20)")
     p.add_argument(
         "--sampler",
         default=None,
@@ -64,11 +58,6 @@ def add_generation_args(p: argparse.ArgumentParser, default_size: int | None = N
         default="Automatic",
         help="schedule type: automatic, uniform, karras, exponential, polyexponential, sgm_uniform",
     )
-    p.add_argument(
-        "--clip-skip", type=int, default=1, help="use the text encoder's output N-1 layers before the last"
-    )
-    p.add_argument("--eta", type=float, default=None, help="noise multiplier for ancestral/DDIM samplers")
-    p.add_argument("--tiling", action="store_true", help="seamless tiling: the image wraps around at its edges")
     p.add_argument(
         "--outdir", default=None, help="folder for the images (default outputs/<kind>-images/<date>/)"
     )
@@ -95,27 +84,23 @@ def request_from_args(args, model, **extra) -> GenerationRequest:
     """Build a GenerationRequest from parsed CLI args (or from ``--from-png``)."""
     from sdstudio.errors import SDStudioError
 
+    from sdstudio.fields import KNOBS
+
     defaults = model.defaults
-    size = defaults.size
+    knobs = {k.name: getattr(args, k.name) for k in KNOBS if getattr(args, k.name, None) is not None}
     request = GenerationRequest(
+        **{
+            "steps": _given(defaults.steps, CLI_DEFAULTS["steps"]),
+            "cfg_scale": _given(defaults.cfg_scale, CLI_DEFAULTS["cfg_scale"]),
+            **knobs,
+        },
         prompt=args.prompt or "",
-        negative_prompt=args.negative_prompt,
-        width=args.width or size,
-        height=args.height or size,
-        cfg_scale=_given(args.cfg_scale, defaults.cfg_scale, CLI_DEFAULTS["cfg_scale"]),
-        steps=_given(args.steps, defaults.steps, CLI_DEFAULTS["steps"]),
+        width=args.width or defaults.size,
+        height=args.height or defaults.size,
         sampler_name=_given(args.sampler, defaults.sampler, CLI_DEFAULTS["sampler"]),
         scheduler=args.scheduler,
-        seed=args.seed,
-        subseed=args.subseed,
-        subseed_strength=args.subseed_strength,
         seed_resize_from_w=args.seed_resize_from_w,
         seed_resize_from_h=args.seed_resize_from_h,
-        batch_size=args.batch_size,
-        n_iter=args.batch_count,
-        clip_skip=args.clip_skip,
-        eta=args.eta,
-        tiling=args.tiling,
         **extra,
     )
     if args.from_png:
