@@ -79,6 +79,7 @@ class GenerationRequest:
     clip_skip: int = 1
     eta: float | None = None  # None = sampler default (A1111: eta_ancestral 1.0, eta_ddim 0.0)
     s_noise: float = 1.0
+    initial_noise_multiplier: float = 1.0  # img2img: scale of the noise added to the init latents
     tiling: bool = False
     styles: tuple[str, ...] = ()
     hires: HiresSettings | None = None  # set = hires fix enabled
@@ -194,6 +195,11 @@ class GenerationRequest:
                 "denoising_strength",
                 f"denoising_strength must be in [0, 1], got {self.denoising_strength}",
             )
+        _check(
+            0.0 <= self.initial_noise_multiplier <= 2.0,
+            "initial_noise_multiplier",
+            f"initial_noise_multiplier must be in [0, 2], got {self.initial_noise_multiplier}",
+        )
         _check(self.resize_mode in (0, 1, 2), "resize_mode", "resize_mode must be 0, 1 or 2")
         _check(self.inpainting_fill in (0, 1, 2, 3), "inpainting_fill", "inpainting_fill must be 0..3")
         _check(0 <= self.mask_blur <= 64, "mask_blur", "mask_blur must be in [0, 64]")

@@ -68,6 +68,11 @@ KNOBS: tuple[Knob, ...] = (
         written=_number,
     ),
     Knob(
+        "initial_noise_multiplier", "initial_noise_multiplier", "--noise-multiplier", "Noise multiplier", float,
+        "img2img: scale of the noise added to the init image (A1111 'Noise multiplier for img2img')",
+        shown=lambda v: v != 1.0, written=_number,
+    ),
+    Knob(
         "tiling", "tiling", "--tiling", "Tiling", _flag,
         "seamless tiling: the image wraps around at its edges", shown=bool,
     ),

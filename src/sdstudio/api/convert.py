@@ -299,11 +299,6 @@ def _refuse_unsupported(req: _A1111Base) -> None:
     if isinstance(req, Img2ImgRequest):
         checks += [
             ("latent_mask", bool(req.latent_mask), "latent_mask is not supported"),
-            (
-                "initial_noise_multiplier",
-                req.initial_noise_multiplier not in (None, 1, 1.0),
-                "initial_noise_multiplier other than 1 is not supported",
-            ),
         ]
     for name, bad, message in checks:
         if bad:

@@ -63,7 +63,7 @@ def run_img2img(
             latents = sample_batch(
                 model, plan, cond_at, uncond_at, cfg_scale=request.cfg_scale,
                 latent_shape=tuple(init.latents.shape[1:]), init_latent=start_latents,
-                post_denoise=init.post_denoise(start_latents), batch_index=it, progress=job, **noise,
+                noise_multiplier=request.initial_noise_multiplier, post_denoise=init.post_denoise(start_latents), batch_index=it, progress=job, **noise,
             )  # fmt: skip
         images = to_pil(decode_latents(model, init.final_blend(latents, start_latents)))
         extra = {**init.infotext, **job.interrupted_params()}
