@@ -103,7 +103,7 @@ class GenerationRequest:
 
     @property
     def mode(self) -> str:
-        """"txt2img" | "img2img" | "inpaint" | "outpaint": which planner runs this request."""
+        """ "txt2img" | "img2img" | "inpaint" | "outpaint": which planner runs this request."""
         if self.outpaint is not None:
             return "outpaint"
         if not self.init_images:
@@ -177,7 +177,9 @@ class GenerationRequest:
             "n_iter",
             f"batch count (n_iter) must be between 1 and {limits.max_batch_count}, got {self.n_iter}",
         )
-        _check(0 <= self.cfg_scale <= 100, "cfg_scale", f"cfg_scale must be in [0, 100], got {self.cfg_scale}")
+        _check(
+            0 <= self.cfg_scale <= 100, "cfg_scale", f"cfg_scale must be in [0, 100], got {self.cfg_scale}"
+        )
         _check(1 <= self.clip_skip <= 12, "clip_skip", f"clip_skip must be in [1, 12], got {self.clip_skip}")
         _check(
             -1 <= self.seed <= MAX_SEED and -1 <= self.subseed <= MAX_SEED,
@@ -205,7 +207,8 @@ class GenerationRequest:
         _check(0 <= self.mask_blur <= 64, "mask_blur", "mask_blur must be in [0, 64]")
         if self.outpaint is not None:
             _check(
-                len(self.outpaint) == 4 and all(isinstance(v, int) and v >= 0 for v in self.outpaint)
+                len(self.outpaint) == 4
+                and all(isinstance(v, int) and v >= 0 for v in self.outpaint)
                 and any(self.outpaint),
                 "outpaint_left",
                 "outpaint margins must be non-negative integers, at least one above 0",

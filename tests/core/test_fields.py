@@ -39,8 +39,16 @@ def test_a1111_fields_map_onto_the_request():
     body = {k.a1111: SAMPLE[k.name] for k in KNOBS if k.a1111}
     assert set(body) <= set(schema.model_fields), "every A1111 name is a field of the A1111 schema"
     assert from_a1111(schema(**body, init_images=["x"])) == {k: SAMPLE[k] for k in body}
-    assert from_a1111(Txt2ImgRequest()) == {"negative_prompt": "", "steps": 50, "cfg_scale": 7.0, "seed": -1,
-                                            "subseed": -1, "subseed_strength": 0.0, "batch_size": 1, "n_iter": 1}
+    assert from_a1111(Txt2ImgRequest()) == {
+        "negative_prompt": "",
+        "steps": 50,
+        "cfg_scale": 7.0,
+        "seed": -1,
+        "subseed": -1,
+        "subseed_strength": 0.0,
+        "batch_size": 1,
+        "n_iter": 1,
+    }
 
 
 def test_cli_flags_map_onto_the_request():
@@ -72,7 +80,9 @@ def test_noise_multiplier_changes_img2img_and_is_recorded(tiny_sd1):
     from sdstudio.pipelines import img2img
 
     init = Image.new("RGB", (32, 32), (200, 80, 40))
-    base = GenerationRequest(prompt="a red square", width=32, height=32, steps=3, seed=3, denoising_strength=0.6)
+    base = GenerationRequest(
+        prompt="a red square", width=32, height=32, steps=3, seed=3, denoising_strength=0.6
+    )
     plain = img2img(tiny_sd1, base, [init])[0]
     quiet = img2img(tiny_sd1, base.replace(initial_noise_multiplier=0.5), [init])[0]
     assert "Noise multiplier" not in plain.infotext and "Noise multiplier: 0.5" in quiet.infotext

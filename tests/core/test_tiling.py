@@ -7,8 +7,8 @@ import torch
 
 from sdstudio import GenerationRequest, txt2img
 from sdstudio.pipelines.components import ModelDenoiser
-from sdstudio.pipelines.tiling import seamless_tiling
 from sdstudio.pipelines.plan import encode_for_batch
+from sdstudio.pipelines.tiling import seamless_tiling
 from sdstudio.sampling import DiscreteSchedule
 
 

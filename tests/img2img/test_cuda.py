@@ -51,9 +51,7 @@ def _models(dtype):
 
 def _runs(models):
     """Every mode once; returns {name: PIL image}."""
-    from sdstudio.pipelines import txt2img
-    from sdstudio.pipelines import img2img
-    from sdstudio.pipelines import outpaint
+    from sdstudio.pipelines import img2img, outpaint, txt2img
 
     img, mask = _image(), _mask()
     req = BASE.replace(denoising_strength=0.6)

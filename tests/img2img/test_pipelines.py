@@ -13,9 +13,8 @@ from PIL import Image
 from sdstudio.config import GenerationRequest, HiresSettings
 from sdstudio.errors import SDStudioError
 from sdstudio.pipelines import image_ops as ops
+from sdstudio.pipelines import img2img, outpaint
 from sdstudio.pipelines.components import decode_latents, encode_images, from_pil, to_pil
-from sdstudio.pipelines import img2img
-from sdstudio.pipelines import outpaint
 
 BASE = GenerationRequest(
     prompt="a red cube",

@@ -10,8 +10,7 @@ from PIL import Image
 from sdstudio.config import GenerationRequest
 from sdstudio.errors import SDStudioError
 from sdstudio.pipelines import image_ops as ops
-from sdstudio.pipelines import inpaint
-from sdstudio.pipelines import plan
+from sdstudio.pipelines import inpaint, plan
 from sdstudio.pipelines.plan import img2img_schedule
 
 

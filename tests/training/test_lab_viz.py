@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -69,3 +71,14 @@ def test_build_records_every_step(tiny_sd1):
     assert traj.sigmas == sorted(traj.sigmas, reverse=True) and len(traj.sigmas) == 4
     assert torch.isfinite(traj.final).all() and traj.final.shape == (1, 3, 32, 32)
     assert not torch.equal(traj.x_t[0], traj.x_t[-1])
+
+
+def test_cli_lab_writes_under_outputs_by_default(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "in.png")
+    assert main(["lab", "demolish", "in.png", "--t", "0,999"]) == 0
+    assert main(["lab", "demolish", "in.png", "--t", "0,999"]) == 0
+    printed = [line.removeprefix("wrote ") for line in capsys.readouterr().out.split("\n") if line]
+    assert [Path(p).name for p in printed] == ["00001-demolish.png", "00002-demolish.png"]
+    assert all(Path(p).parts[:2] == ("outputs", "lab-images") and (tmp_path / p).is_file() for p in printed)
+    assert not list(tmp_path.glob("*.png"))[1:]  # nothing but the input in the working folder

@@ -155,10 +155,8 @@ def size_warnings(request: GenerationRequest, native: int | None, *, explicit: b
     ]  # fmt: skip
     if not far:
         return []
-    return [
-        f"{' and '.join(far)} is far from the model's native {native}x{native} px: "
-        "expect repeated or broken compositions (and a slow job)"
-    ]
+    message = f"{' and '.join(far)} is far from the model's native {native}x{native} px"
+    return [f"{message}: expect repeated or broken compositions (and a slow job)"]
 
 
 def _img2img_fields(req: Img2ImgRequest, limits: Limits) -> dict[str, Any]:
@@ -173,7 +171,8 @@ def _img2img_fields(req: Img2ImgRequest, limits: Limits) -> dict[str, Any]:
             "init_images: at least one base64 image is required for img2img", field="init_images"
         )
     images = tuple(
-        decode_image(data, field_name=f"init_images[{i}]", limits=limits) for i, data in enumerate(req.init_images)
+        decode_image(data, field_name=f"init_images[{i}]", limits=limits)
+        for i, data in enumerate(req.init_images)
     )
     mask = decode_image(req.mask, field_name="mask", limits=limits) if req.mask else None
     sides = (req.outpaint_left, req.outpaint_right, req.outpaint_top, req.outpaint_bottom)
@@ -182,7 +181,9 @@ def _img2img_fields(req: Img2ImgRequest, limits: Limits) -> dict[str, Any]:
         if any(not isinstance(v, int) or v < 0 for v in sides):
             raise SDStudioError("outpaint margins must be non-negative integers", field="outpaint_left")
         if mask is not None:
-            raise SDStudioError("outpaint margins and a mask cannot be combined; send one or the other", field="mask")
+            raise SDStudioError(
+                "outpaint margins and a mask cannot be combined; send one or the other", field="mask"
+            )
         outpaint = sides
     return {
         "init_images": images,
@@ -386,13 +387,17 @@ def build_info(converted: ConvertedRequest, result: Any, *, version: str = "") -
         "denoising_strength": r.denoising_strength
         if converted.kind == "img2img"
         else (r.hires.denoising_strength if r.hires else None),
-        "extra_generation_params": {k: v for k, v in first.items() if k not in _STANDARD_KEYS and v is not None},
+        "extra_generation_params": {
+            k: v for k, v in first.items() if k not in _STANDARD_KEYS and v is not None
+        },
         "index_of_first_image": 0,
         "infotexts": [g.infotext for g in images],
         "styles": list(r.styles),
         "job_timestamp": datetime.datetime.now().strftime("%Y%m%d%H%M%S"),
         "clip_skip": r.clip_skip,
-        "is_using_inpainting_conditioning": bool(model and model.is_inpainting and converted.kind == "img2img"),
+        "is_using_inpainting_conditioning": bool(
+            model and model.is_inpainting and converted.kind == "img2img"
+        ),
         "version": version,
     }
     return json.dumps(info, ensure_ascii=False, default=str)

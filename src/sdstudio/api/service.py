@@ -86,7 +86,7 @@ class Studio:
     def _generate(self, ctx: JobContext, converted: ConvertedRequest) -> JobResult:
         """Worker side of a job: acquire the model, then run -> save -> record through the image service."""
         model = self.manager.acquire(converted.model_name)
-        ctx.job.meta["model"] = model.name
+        ctx.job.meta["model"] = self.manager.loaded_title()  # as the model list names it
         result = JobResult(converted.request)
         ctx.job.result = result  # images appear here one by one (kept if the job is interrupted)
         return self.images.run(

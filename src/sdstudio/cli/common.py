@@ -37,7 +37,9 @@ def add_generation_args(p: argparse.ArgumentParser, default_size: int | None = N
     p.add_argument("prompt", nargs="?", default=None, help="the prompt (omit with --from-png)")
     for knob in KNOBS:  # default None: the request's (or the model's) default applies
         if knob.parse is bool or knob.name == "tiling":
-            p.add_argument(knob.cli, dest=knob.name, action="store_const", const=True, default=None, help=knob.help)
+            p.add_argument(
+                knob.cli, dest=knob.name, action="store_const", const=True, default=None, help=knob.help
+            )
         else:
             p.add_argument(knob.cli, dest=knob.name, type=knob.parse, default=None, help=knob.help)
     p.add_argument(
@@ -83,7 +85,6 @@ CLI_DEFAULTS = {"steps": 20, "sampler": "Euler a", "cfg_scale": 7.0}  # when the
 def request_from_args(args, model, **extra) -> GenerationRequest:
     """Build a GenerationRequest from parsed CLI args (or from ``--from-png``)."""
     from sdstudio.errors import SDStudioError
-
     from sdstudio.fields import KNOBS
 
     defaults = model.defaults

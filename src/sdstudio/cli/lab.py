@@ -16,7 +16,10 @@ def register(subparsers) -> None:
     p = sub.add_parser("demolish", help="forward process q(x_t|x_0): an image at increasing noise levels")
     p.add_argument("image", type=Path)
     p.add_argument("--t", default="0,50,100,200,300,500,700,999", help="comma-separated timesteps in [0, T)")
-    p.add_argument("--out", type=Path, default=Path("demolish.png"), help=".png strip or .gif animation")
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help=".png strip or .gif animation (default outputs/lab-images/<date>/NNNNN-demolish.png)",
+    )  # fmt: skip
     p.add_argument(
         "--schedule",
         choices=("linear", "cosine", "scaled_linear"),
@@ -43,9 +46,21 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
-    p.add_argument("--out", type=Path, default=Path("build.png"), help=".png (two rows) or .gif")
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help=".png (two rows) or .gif (default outputs/lab-images/<date>/NNNNN-build-<seed>.png)",
+    )  # fmt: skip
     p.add_argument("--scale", type=int, default=2)
     p.set_defaults(func=_build)
+
+
+def default_out(name: str) -> Path:
+    """``outputs/lab-images/<date>/NNNNN-<name>.png``, numbered like every other output (A1111 layout)."""
+    from sdstudio.runtime.outputs import images_dir, next_number
+
+    folder = images_dir("outputs", "lab")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{next_number(folder):05d}-{name}.png"
 
 
 def _load(path):
@@ -79,6 +94,7 @@ def _demolish(args: argparse.Namespace) -> int:
         if x0.shape[-1] % f or x0.shape[-2] % f:
             raise SDStudioError(f"--latent needs image sides divisible by {f}; use --size", field="size")
     frames = viz.demolish(x0, ts, config, args.seed, model.vae if args.latent else None)
+    args.out = args.out or default_out("demolish")
     out = viz.save_frames(viz.tensor_to_pil(frames), [f"t={t}" for t in ts], args.out, args.scale)
     print(f"wrote {out}")
     return 0
@@ -102,6 +118,7 @@ def _build(args: argparse.Namespace) -> int:
         height=args.height or size,
     )
     traj = viz.build(model, request)
+    args.out = args.out or default_out(f"build-{args.seed}")
     xt, x0 = viz.tensor_to_pil(traj.x_t), viz.tensor_to_pil(traj.x0_pred)
     labels = [f"s={s:.2g}" for s in traj.sigmas]
     if args.out.suffix.lower() == ".gif":

@@ -126,5 +126,5 @@ def _build(studio, body: BuildRequest) -> LabPicture:
     traj = viz.build(model, request)
     labels = [f"s={s:.2g}" for s in traj.sigmas]
     picture = viz.trajectory_picture(traj, scale=2 if size <= 128 else 1)
-    info = {"seed": request.seed, "model": getattr(model, "name", ""), "sampler_name": body.sampler_name}
+    info = {"seed": request.seed, "model": studio.manager.loaded_title(), "sampler_name": body.sampler_name}
     return LabPicture(image=encode_png(picture), labels=labels, info=info)

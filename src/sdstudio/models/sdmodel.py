@@ -18,7 +18,6 @@ import torch
 
 from sdstudio.models.architectures import FAMILIES, LatentFormat
 
-
 DEFAULTS_FILE = "sdstudio.json"  # in a model folder: {"default_steps": 20, "default_sampler": "...", ...}
 
 
@@ -94,7 +93,7 @@ class StableDiffusionModel:
 
     @property
     def family(self) -> str:
-        """"sd1" | "sd2" | "sdxl" (``arch`` without the prediction-type suffix)."""
+        """ "sd1" | "sd2" | "sdxl" (``arch`` without the prediction-type suffix)."""
         return self.arch.removesuffix("-v")
 
     @cached_property
@@ -126,7 +125,9 @@ class StableDiffusionModel:
         self.vae, self.vae_name, self.vae_hash = vae, name, vae_hash
         self.__dict__.pop("latent_format", None)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> StableDiffusionModel:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> StableDiffusionModel:
         """Move all modules in place and return self."""
         self.device = torch.device(device) if device is not None else self.device
         self.dtype = dtype or self.dtype

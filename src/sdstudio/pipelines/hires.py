@@ -144,7 +144,9 @@ def hires_pass(
         total, start = img2img_schedule(hr.steps, strength, fix_steps=True)
         plan = SamplingPlan.build(model, hr.sampler_name, hr.scheduler, total, start)
         conditioning = encode_for_batch(model, hr, latents.shape[0], hr.width, hr.height)
-        cond_at, uncond_at = conditioning.with_concat(txt2img_concat(model, latents.shape[0], hr.height, hr.width))
+        cond_at, uncond_at = conditioning.with_concat(
+            txt2img_concat(model, latents.shape[0], hr.height, hr.width)
+        )
         upscaled = sample_batch(
             model,
             plan,

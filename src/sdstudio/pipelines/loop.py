@@ -120,7 +120,13 @@ def sample_batch(
     if init_latent is not None:
         x = init_latent.to(x.device, torch.float32) + x
     denoiser = CFGDenoiser(
-        ModelDenoiser(model, plan.schedule), cond_at, uncond_at, cfg_scale, sigmas, Conditioning.cat, post_denoise
+        ModelDenoiser(model, plan.schedule),
+        cond_at,
+        uncond_at,
+        cfg_scale,
+        sigmas,
+        Conditioning.cat,
+        post_denoise,
     )
     steps = plan.steps
 

@@ -40,7 +40,9 @@ def plan_outpaint(request: GenerationRequest) -> tuple[GenerationRequest, tuple[
         height=ceil8(canvas.height),
         inpaint_full_res=False,
         inpainting_mask_invert=False,
-        denoising_strength=DEFAULT_STRENGTH if request.denoising_strength is None else request.denoising_strength,
+        denoising_strength=DEFAULT_STRENGTH
+        if request.denoising_strength is None
+        else request.denoising_strength,
         extra={**request.extra, "Outpaint": sides, "Init image hash": ops.image_hash(original)},
         init_images=(canvas,),
         mask=mask,

@@ -164,7 +164,8 @@ def encode_for_batch(
     """
     steps = steps or request.steps
     parts = [
-        (prompt_schedule(text, steps), w) for text, w in split_and(request.prompt if prompt is None else prompt)
+        (prompt_schedule(text, steps), w)
+        for text, w in split_and(request.prompt if prompt is None else prompt)
     ]
     negative_sched = prompt_schedule(request.negative_prompt if negative is None else negative, steps)
     texts = {text for schedule, _ in parts for _, text in schedule} | {text for _, text in negative_sched}
@@ -172,7 +173,9 @@ def encode_for_batch(
     encoded = {}
     for text in texts:
         cond = encode_prompts(model, [text], request.clip_skip, chunks)
-        if model.is_sdxl:  # SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)
+        if (
+            model.is_sdxl
+        ):  # SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)
             cond.extra["time_ids"] = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
         encoded[text] = cond.repeat(batch_size)
     return PromptConditioning(
@@ -275,7 +278,12 @@ def finished_image(
     """Wrap image ``index`` of the job with its seeds, A1111 parameters and the infotext written from them."""
     seed, subseed = request.seed + index, request.subseed + index
     params = generation_params(
-        request, seed=seed, subseed=subseed, model=model, extra=extra, schedule_type=schedule_label(spec, request)
+        request,
+        seed=seed,
+        subseed=subseed,
+        model=model,
+        extra=extra,
+        schedule_type=schedule_label(spec, request),
     )
     text = format_infotext(request.prompt, request.negative_prompt, params)
     return GeneratedImage(image, seed, subseed, text, index, request, params, ModelIdentity.of(model))

@@ -49,7 +49,9 @@ def run_txt2img(
         )  # fmt: skip
         extra: dict = {}
         if request.hires is not None and not (cancel is not None and cancel.stop_batch):
-            latents, images, extra = hires_pass(model, request, latents, noise["seeds"], noise["subseeds"], job)
+            latents, images, extra = hires_pass(
+                model, request, latents, noise["seeds"], noise["subseeds"], job
+            )
         else:
             images = to_pil(decode_latents(model, latents))
         extra = {**extra, **job.interrupted_params()}

@@ -228,6 +228,12 @@ class ModelManager:
         entries = self.entries()
         return entries[0] if entries else None
 
+    def loaded_title(self) -> str:
+        """The loaded model's title as the model list shows it (``name [hash]``), '' when none."""
+        name = self.loaded_name
+        entry = next((e for e in self.entries() if e.model_name == name), None)
+        return entry.title if entry is not None else (name or "")
+
     # -- loading (worker thread only) ------------------------------------------------------
     def acquire(self, name: str | None = None) -> Any:
         """The loaded model for ``name`` (or the current one), loading/switching if needed."""

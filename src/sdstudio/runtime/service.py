@@ -20,6 +20,7 @@ from sdstudio.runtime.history import HistoryStore, ImageRecord
 from sdstudio.runtime.outputs import save_image
 from sdstudio.sampling.control import CancelToken, ProgressCallback
 
+
 @dataclass
 class SavedImage:
     """One image a job wrote: where it lies, its seeds, A1111 parameters and infotext (no pixels)."""
@@ -117,7 +118,11 @@ class ImageService:
 
     @staticmethod
     def _record(
-        saved: SavedImage, request: GenerationRequest, job_id: str | None, model_title: str, item: GeneratedImage
+        saved: SavedImage,
+        request: GenerationRequest,
+        job_id: str | None,
+        model_title: str,
+        item: GeneratedImage,
     ) -> ImageRecord:
         import json
 

@@ -685,6 +685,7 @@ async function loadModels() {
     btn.disabled = m.selected;
     btn.addEventListener("click", () => selectModel(m.title));
     table.append(el("tr", {}, [el("td", { text: m.title }), el("td", { class: "mono", text: m.hash || "—" }), badges, el("td", {}, [btn])]));
+    if (m.embedded) table.append(el("tr", { class: "model-note" }, [el("td", { colspan: 4, class: "muted", text: EMBEDDED_NOTE })]));
   }
   if (!data.models.length) table.append(el("tr", {}, [el("td", { colspan: 4, class: "muted", text: "No checkpoints found; the embedded default model is used." })]));
   const list = (id, items) => {
@@ -713,6 +714,11 @@ function applyNativeSize(size) {
   }
 }
 
+const EMBEDDED_NOTE = "The embedded model draws 64×64 emoji-style pictures. It was trained from scratch on ~3,600 " +
+  "Noto emoji and has largely memorised them: for a caption it knows (\"cat face\", \"red heart\", \"grinning face\") " +
+  "different seeds give almost the same picture, and unseen captions give loose mixtures. It is for learning and " +
+  "testing; put a real checkpoint in models/Stable-diffusion/ for variety.";
+
 async function selectModel(title) {
   try { await api("POST", "/api/models/select", { name: title }); } catch (e) { alert(e.message); }
   loadModels();
@@ -730,8 +736,11 @@ async function loadLab() {
   }
   body.innerHTML = "";
   body.dataset.ready = "1";
+  // Build and Demolish each have their own output area, under their own controls.
   const out = el("div", { class: "lab-out", id: "lab-out" });
-  const status = el("p", { class: "muted", id: "lab-status", text: "" });
+  const status = el("p", { class: "muted lab-status", id: "lab-status", text: "" });
+  const demolishOut = el("div", { class: "lab-out", id: "lab-demolish-out" });
+  const demolishStatus = el("p", { class: "muted lab-status", id: "lab-demolish-status", text: "" });
   // Build: the reverse process x_T -> x_0 with the model's predicted x_0 at every step.
   const prompt = el("input", { type: "text", id: "lab-prompt", value: "cat face", "aria-label": "Lab prompt" });
   const steps = el("input", { type: "number", id: "lab-steps", min: 1, max: 50, value: 10, "aria-label": "Steps" });
@@ -740,35 +749,44 @@ async function loadLab() {
   sampler.value = "Euler";
   const seed = el("input", { type: "number", id: "lab-seed", value: 1, "aria-label": "Seed" });
   const buildBtn = el("button", { type: "button", class: "primary", id: "lab-build", text: "Build" });
-  // Demolish: the forward process q(x_t|x_0) of an uploaded image.
-  const file = el("input", { type: "file", accept: "image/*", id: "lab-image", "aria-label": "Image to demolish" });
+  // Demolish: the forward process q(x_t|x_0) of an uploaded image (a styled file picker).
+  const file = el("input", { type: "file", accept: "image/*", id: "lab-image", class: "visually-hidden", "aria-label": "Image to demolish" });
+  const fileName = el("span", { class: "muted file-name", id: "lab-image-name", text: "no image chosen" });
+  const picker = el("label", { class: "button file-pick", for: "lab-image" }, [el("span", { text: "Choose image…" }), file]);
+  file.addEventListener("change", () => { fileName.textContent = file.files.length ? file.files[0].name : "no image chosen"; });
   const ts = el("input", { type: "text", id: "lab-timesteps", value: "0,50,100,200,300,500,700,999", "aria-label": "Timesteps" });
   const demolishBtn = el("button", { type: "button", id: "lab-demolish", text: "Demolish" });
   body.append(
-    el("h3", { text: "Build: the reverse process" }),
-    el("p", { class: "muted", text: "Start from pure noise x_T and denoise step by step; the bottom row is the model's guess of the final image x_0 at each step." }),
-    el("div", { class: "row wrap" }, [prompt, el("span", { text: "steps" }), steps, sampler, el("span", { text: "seed" }), seed, buildBtn]),
-    el("h3", { text: "Demolish: the forward process" }),
-    el("p", { class: "muted", text: "Add Gaussian noise to an image at increasing timesteps t, as DDPM training does (one noise draw for every t)." }),
-    el("div", { class: "row wrap" }, [file, ts, demolishBtn]),
-    status,
-    out,
+    el("section", { class: "lab-section", id: "lab-build-section" }, [
+      el("h3", { text: "Build: the reverse process" }),
+      el("p", { class: "muted", text: "Start from pure noise x_T and denoise step by step; the bottom row is the model's guess of the final image x_0 at each step." }),
+      el("div", { class: "row wrap" }, [prompt, el("span", { text: "steps" }), steps, sampler, el("span", { text: "seed" }), seed, buildBtn]),
+      status,
+      out,
+    ]),
+    el("section", { class: "lab-section", id: "lab-demolish-section" }, [
+      el("h3", { text: "Demolish: the forward process" }),
+      el("p", { class: "muted", text: "Add Gaussian noise to an image at increasing timesteps t, as DDPM training does (one noise draw for every t)." }),
+      el("div", { class: "row wrap" }, [picker, fileName, ts, demolishBtn]),
+      demolishStatus,
+      demolishOut,
+    ]),
   );
-  const show = (data) => {
-    out.innerHTML = "";
-    out.append(el("img", { src: `data:image/png;base64,${data.image}`, alt: "lab result", class: "lab-picture" }));
-    status.textContent = data.info && data.info.seed !== undefined ? `seed ${data.info.seed}, ${data.info.model || ""}` : "";
+  const show = (target, label, data) => {
+    target.innerHTML = "";
+    target.append(el("img", { src: `data:image/png;base64,${data.image}`, alt: "lab result", class: "lab-picture" }));
+    label.textContent = data.info && data.info.seed !== undefined ? `seed ${data.info.seed}, ${data.info.model || ""}` : "";
   };
-  const run = async (button, path, payload) => {
+  const run = async (button, target, label, path, payload) => {
     button.disabled = true;
-    status.textContent = "working…";
-    try { show(await api("POST", path, await payload())); } catch (e) { status.textContent = e.message; }
+    label.textContent = "working…";
+    try { show(target, label, await api("POST", path, await payload())); } catch (e) { label.textContent = e.message; }
     finally { button.disabled = false; }
   };
-  buildBtn.addEventListener("click", () => run(buildBtn, "/api/lab/build", async () => ({
+  buildBtn.addEventListener("click", () => run(buildBtn, out, status, "/api/lab/build", async () => ({
     prompt: prompt.value, steps: Number(steps.value), sampler_name: sampler.value, seed: Number(seed.value),
   })));
-  demolishBtn.addEventListener("click", () => run(demolishBtn, "/api/lab/demolish", async () => {
+  demolishBtn.addEventListener("click", () => run(demolishBtn, demolishOut, demolishStatus, "/api/lab/demolish", async () => {
     if (!file.files.length) throw new Error("choose an image first");
     return { image: await blobToDataURL(file.files[0]), timesteps: ts.value };
   }));
