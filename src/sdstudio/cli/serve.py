@@ -91,11 +91,10 @@ def build_settings(args: argparse.Namespace):
 
 
 def _extra_routers() -> list:
-    """Routers from layers above the API: the lab's ``sdstudio.lab.routes.router`` when installed."""
-    try:
-        from sdstudio.lab.routes import router
-    except ImportError:
-        return []
+    """Routers from layers above the API: the lab's ``sdstudio.lab.routes.router`` (a broken import
+    fails the start loudly, never a silently missing lab)."""
+    from sdstudio.lab.routes import router
+
     return [router]
 
 
