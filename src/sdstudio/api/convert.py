@@ -51,6 +51,7 @@ class ConvertedRequest:
     model_name: str | None = None
     warnings: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)  # the request echoed (A1111 "parameters")
+    vae: str | None = None  # A1111 sd_vae override (Automatic, None, a VAE name); None = the server option
 
     @property
     def kind(self) -> str:
@@ -114,6 +115,7 @@ def convert(
     warnings = _unknown_field_warnings(req)
     _refuse_unsupported(req)
     overrides = dict(req.override_settings or {})
+    vae = overrides.pop("sd_vae", None) or None  # checked against models/VAE when the job runs
     model_name, clip_skip = _apply_overrides(overrides, warnings)
     sent = req.model_fields_set
     sampler = req.sampler_name or (req.sampler_index if "sampler_index" in sent else None)
@@ -121,7 +123,7 @@ def convert(
         warnings.append(f"styles {req.styles} ignored: sdstudio has no prompt-styles database")
     fields = {
         **from_a1111(req),  # the plain knobs (sdstudio.fields.KNOBS)
-        "prompt": req.prompt or "",
+        "prompt": _extra_network_prompt(req),
         "width": req.width if "width" in sent else defaults.size or req.width,
         "height": req.height if "height" in sent else defaults.size or req.height,
         "steps": req.steps if "steps" in sent else defaults.steps or req.steps,
@@ -142,7 +144,7 @@ def convert(
 
     request = prepare(GenerationRequest(**fields), limits)
     warnings += size_warnings(request, defaults.size, explicit="width" in sent or "height" in sent)
-    return ConvertedRequest(request, model_name, warnings, _echo(req))
+    return ConvertedRequest(request, model_name, warnings, _echo(req), vae=vae)
 
 
 def size_warnings(request: GenerationRequest, native: int | None, *, explicit: bool = True) -> list[str]:
@@ -314,15 +316,19 @@ def _script_active(value: Any) -> bool:
     return bool(value)
 
 
+def _extra_network_prompt(req: _A1111Base) -> str:
+    """The prompt; with A1111's ``disable_extra_networks`` its <lora:...> tags are dropped, not applied."""
+    if not req.disable_extra_networks:
+        return req.prompt or ""
+    from sdstudio.networks import strip_network_tags
+
+    return strip_network_tags(req.prompt or "")
+
+
 def _apply_overrides(overrides: dict[str, Any], warnings: list[str]) -> tuple[str | None, int | None]:
     """Handle A1111 ``override_settings``: model, clip skip; refuse result-changing unknowns."""
     model = overrides.pop("sd_model_checkpoint", None) or None
     clip_skip = overrides.pop("CLIP_stop_at_last_layers", None)
-    vae = overrides.pop("sd_vae", None)
-    if vae not in (None, "", "Automatic", "None"):
-        raise SDStudioError(
-            f"override_settings.sd_vae: separate VAE files are not supported ({vae!r})", field="sd_vae"
-        )
     if overrides.pop("eta_noise_seed_delta", 0) not in (0, None):
         raise SDStudioError(
             "override_settings.eta_noise_seed_delta: only 0 is supported", field="eta_noise_seed_delta"

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
-import os
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -143,53 +140,66 @@ async def skip(request: Request) -> dict:
 
 
 def _options(request: Request) -> dict[str, Any]:
+    """Every A1111 v1.10 option key (``api/a1111_options.py``) with the value sdstudio works with."""
+    from sdstudio.api.a1111_options import reported_defaults
+
     st = studio(request)
     entry = st.manager.current_entry()
     out = Path(st.settings.outdir)
-    opts = {
-        "sd_model_checkpoint": entry.title if entry else None,
-        "sd_checkpoint_hash": entry.sha256 if entry else None,
-        "sd_vae": "Automatic",
-        "CLIP_stop_at_last_layers": 1,
-        "samples_save": True,
-        "samples_format": st.settings.save_format,
-        "outdir_samples": "",
-        "outdir_txt2img_samples": str(out / "txt2img-images"),
-        "outdir_img2img_samples": str(out / "img2img-images"),
-        "enable_pnginfo": True,
-        "eta_ancestral": 1.0,
-        "eta_ddim": 0.0,
-        "eta_noise_seed_delta": 0,
-        "randn_source": "CPU",
-        "live_previews_enable": True,
-        "show_progress_every_n_steps": 1,
-    }
+    opts = reported_defaults()
+    opts.update(
+        {
+            "sd_model_checkpoint": entry.title if entry else None,
+            "sd_checkpoint_hash": (entry.sha256 if entry else None) or "",
+            "samples_format": st.settings.save_format,
+            "outdir_txt2img_samples": str(out / "txt2img-images"),
+            "outdir_img2img_samples": str(out / "img2img-images"),
+        }
+    )
     opts.update({k: v for k, v in st.options.items() if k != "sd_model_checkpoint"})
     return opts
 
 
-SETTABLE_OPTIONS = {"CLIP_stop_at_last_layers"}
-
-
 @router.get("/options", response_model=s.OptionsResponse)
 async def get_options(request: Request) -> dict[str, Any]:
-    """Current options (A1111 keys that sdstudio honours or reports)."""
+    """Current options: every A1111 v1.10 key (see ``api/a1111_options.py``)."""
     return _options(request)
 
 
 @router.post("/options", response_model=s.WarningsResponse)
 async def set_options(body: dict[str, Any], request: Request) -> dict[str, Any]:
-    """Set options; ``sd_model_checkpoint`` selects the model for the next jobs (unknown -> 422)."""
+    """Set options. ``sd_model_checkpoint`` selects the model for the next jobs, ``sd_vae`` the VAE,
+    ``CLIP_stop_at_last_layers`` the clip skip; keys that decide results accept only the value sdstudio
+    implements (else 422 naming it); UI-only keys are stored and echoed; unknown keys are warned about.
+    Everything is checked before anything changes."""
+    from sdstudio.api.a1111_options import A1111_DEFAULTS, FIXED
+
     st = studio(request)
+    current = _options(request)
+    for key, value in body.items():
+        if key == "sd_model_checkpoint":
+            st.manager.find(str(value))
+        elif key == "sd_vae":
+            from sdstudio.networks.vae import resolve_vae
+
+            resolve_vae(str(value), None, st.manager.networks)
+        elif key == "CLIP_stop_at_last_layers":
+            if not isinstance(value, (int, float)) or int(value) != value or not 1 <= value <= 12:
+                raise SDStudioError("CLIP_stop_at_last_layers must be an integer in [1, 12]", field=key)
+        elif key in FIXED and value != current.get(key):
+            raise SDStudioError(
+                f"option {key}: sdstudio cannot honour {value!r}; it always works with {current.get(key)!r}",
+                field=key,
+            )
     ignored = []
     for key, value in body.items():
         if key == "sd_model_checkpoint":
             st.manager.select(str(value))
         elif key == "CLIP_stop_at_last_layers":
-            if not isinstance(value, int) or not 1 <= value <= 12:
-                raise SDStudioError("CLIP_stop_at_last_layers must be an integer in [1, 12]", field=key)
-            st.options[key] = value
-        else:
+            st.options[key] = int(value)
+        elif key == "sd_vae" or (key in A1111_DEFAULTS and key not in FIXED):
+            st.options[key] = value if key != "sd_vae" else str(value)
+        elif key not in A1111_DEFAULTS:
             ignored.append(key)
     return {"warnings": [f"options ignored: {', '.join(sorted(ignored))}"] if ignored else []}
 
@@ -271,36 +281,75 @@ async def refresh_checkpoints(request: Request) -> None:
 
 @router.post("/refresh-vae")
 async def refresh_vae() -> None:
-    """VAE files are listed fresh on every call; nothing to do."""
+    """VAE files are listed fresh on every call (files are re-read when their mtime changes)."""
 
 
 @router.post("/refresh-loras")
 async def refresh_loras() -> None:
-    """LoRA files are listed fresh on every call; nothing to do."""
+    """LoRA files are listed fresh on every call (files are re-read when their mtime changes)."""
+
+
+@router.post("/refresh-embeddings")
+async def refresh_embeddings() -> None:
+    """Embedding files are listed fresh on every call (files are re-read when their mtime changes)."""
 
 
 @router.get("/sd-vae", response_model=list[s.SDVaeItem])
 async def sd_vae(request: Request) -> list[s.SDVaeItem]:
-    return [s.SDVaeItem(model_name=f.name, filename=f.path) for f in studio(request).manager.aux_files("vae")]
+    """VAE files in models/VAE (A1111 ``sd_vae`` values besides Automatic and None)."""
+    return [s.SDVaeItem(model_name=f.name, filename=f.path) for f in studio(request).manager.networks.files("vae")]
 
 
 @router.get("/loras", response_model=list[s.LoraItem])
 async def loras(request: Request) -> list[s.LoraItem]:
     """LoRA files in models/Lora with their safetensors metadata (A1111 Lora extension shape)."""
     return [
-        s.LoraItem(name=f.name, alias=f.name, path=f.path, metadata=safetensors_metadata(f.path))
-        for f in studio(request).manager.aux_files("lora")
+        s.LoraItem(name=f.name, alias=f.alias, path=f.path, metadata=f.metadata)
+        for f in studio(request).manager.networks.files("lora")
     ]
+
+
+@router.get("/hypernetworks", response_model=list[s.HypernetworkItem])
+async def hypernetworks(request: Request) -> list[s.HypernetworkItem]:
+    """Hypernetwork files in models/hypernetworks (listed; ``<hypernet:...>`` is refused with a message)."""
+    return [s.HypernetworkItem(name=f.name, path=f.path) for f in studio(request).manager.networks.files("hypernetworks")]
+
+
+@router.get("/face-restorers", response_model=list[s.FaceRestorerItem])
+async def face_restorers() -> list[s.FaceRestorerItem]:
+    """No face restorer (CodeFormer, GFPGAN) is installed in sdstudio: always empty."""
+    return []
+
+
+@router.get("/realesrgan-models", response_model=list[s.RealesrganItem])
+async def realesrgan_models() -> list[s.RealesrganItem]:
+    """No Real-ESRGAN model is installed in sdstudio: always empty."""
+    return []
 
 
 @router.get("/embeddings", response_model=s.EmbeddingsResponse)
 async def embeddings(request: Request) -> s.EmbeddingsResponse:
-    """Textual-inversion files; all listed as skipped (sdstudio does not apply embeddings yet)."""
-    skipped = {}
-    for f in studio(request).manager.aux_files("embeddings"):
-        vectors, shape = embedding_shape(f.path)
-        skipped[f.name] = s.EmbeddingItem(shape=shape, vectors=vectors)
-    return s.EmbeddingsResponse(loaded={}, skipped=skipped)
+    """Textual-inversion files: ``loaded`` = usable with the loaded model, ``skipped`` = another width
+    or unreadable (A1111 shape; with no model loaded yet every readable file counts as loaded)."""
+    return await run_in_threadpool(_embeddings, studio(request).manager)
+
+
+def _embeddings(manager: Any) -> s.EmbeddingsResponse:
+    from sdstudio.networks.embeddings import read_embedding
+
+    library, model = manager.networks, manager.loaded
+    loaded, skipped = {}, {}
+    for f in library.files("embeddings"):
+        name = Path(f.name).name
+        try:
+            emb = library.cached(f.path, read_embedding)
+        except SDStudioError:
+            skipped[name] = s.EmbeddingItem(shape=0, vectors=0)
+            continue
+        item = s.EmbeddingItem(shape=emb.shape, vectors=emb.n_vectors)
+        fits = model is None or emb.for_model(model) is not None
+        (loaded if fits else skipped)[name] = item
+    return s.EmbeddingsResponse(loaded=loaded, skipped=skipped)
 
 
 @router.get("/upscalers", response_model=list[s.UpscalerItem])
@@ -380,30 +429,3 @@ def _cuda() -> dict[str, Any]:
         return {"error": "unavailable"}
     free, total = torch.cuda.mem_get_info()
     return {"system": {"free": free, "used": total - free, "total": total}}
-
-
-def _safetensors_header(path: str) -> dict[str, Any]:
-    """The JSON header of a .safetensors file (size-checked, no tensor data read)."""
-    if not path.endswith(".safetensors"):
-        return {}
-    try:
-        with open(path, "rb") as f:
-            n = struct.unpack("<Q", f.read(8))[0]
-            if n > min(100 * 1024 * 1024, os.path.getsize(path)):
-                return {}
-            return json.loads(f.read(n))
-    except (OSError, ValueError, struct.error):
-        return {}
-
-
-def safetensors_metadata(path: str) -> dict[str, Any]:
-    meta = _safetensors_header(path).get("__metadata__", {})
-    return meta if isinstance(meta, dict) else {}
-
-
-def embedding_shape(path: str) -> tuple[int, int]:
-    """(vectors, width) of a textual-inversion safetensors file; (0, 0) when unknown."""
-    for key, value in _safetensors_header(path).items():
-        if key != "__metadata__" and isinstance(value, dict) and len(value.get("shape", [])) == 2:
-            return int(value["shape"][0]), int(value["shape"][1])
-    return 0, 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -141,9 +142,10 @@ async def models(request: Request) -> s.ModelsResponse:
             )
             for e in m.entries()
         ],
-        loras=[s.LoraItem(name=f.name, alias=f.name, path=f.path) for f in m.aux_files("lora")],
-        vaes=[s.SDVaeItem(model_name=f.name, filename=f.path) for f in m.aux_files("vae")],
-        embeddings=[f.name for f in m.aux_files("embeddings")],
+        loras=[s.LoraItem(name=f.name, alias=f.alias, path=f.path) for f in m.networks.files("lora")],
+        vaes=[s.SDVaeItem(model_name=f.name, filename=f.path) for f in m.networks.files("vae")],
+        embeddings=[Path(f.name).name for f in m.networks.files("embeddings")],
+        sd_vae=str(studio(request).options.get("sd_vae", "Automatic")),
         models_dir=str(m.models_dir) if m.models_dir else None,
         last_error=m.last_error,
     )

@@ -188,6 +188,22 @@ class LoraItem(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class HypernetworkItem(BaseModel):
+    name: str
+    path: str | None = None
+
+
+class FaceRestorerItem(BaseModel):
+    name: str
+    cmd_dir: str | None = None
+
+
+class RealesrganItem(BaseModel):
+    name: str
+    path: str | None = None
+    scale: int | None = None
+
+
 class UpscalerItem(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -327,6 +343,7 @@ class ModelsResponse(BaseModel):
     embeddings: list[str]
     models_dir: str | None = None
     last_error: str | None = None
+    sd_vae: str = "Automatic"  # the A1111 sd_vae option in effect (Automatic, None or a models/VAE name)
 
 
 class SelectModelRequest(BaseModel):

@@ -42,7 +42,11 @@ class Studio:
         self.history = HistoryStore(settings.history_db, self.outdir)
         self.reconcile_report: ReconcileReport = self.history.reconcile()
         self.images = ImageService(
-            self.outdir, self.history, save_format=settings.save_format, limits=settings.limits
+            self.outdir,
+            self.history,
+            save_format=settings.save_format,
+            limits=settings.limits,
+            networks=self.manager.networks,
         )
         self.queue = JobQueue(preview_interval=settings.preview_interval)
         self.options: dict[str, Any] = {}
@@ -74,6 +78,7 @@ class Studio:
         """Queue a generation; model names are checked now so a typo fails before queueing."""
         if converted.model_name:
             self.manager.find(converted.model_name)
+        self._check_networks(converted)
         meta = {
             "warnings": list(converted.warnings),
             "prompt": converted.request.prompt,
@@ -86,6 +91,7 @@ class Studio:
     def _generate(self, ctx: JobContext, converted: ConvertedRequest) -> JobResult:
         """Worker side of a job: acquire the model, then run -> save -> record through the image service."""
         model = self.manager.acquire(converted.model_name)
+        self.manager.apply_vae(model, converted.vae or self.options.get("sd_vae"))
         ctx.job.meta["model"] = self.manager.loaded_title()  # as the model list names it
         result = JobResult(converted.request)
         ctx.job.result = result  # images appear here one by one (kept if the job is interrupted)
@@ -99,3 +105,12 @@ class Studio:
             on_saved=lambda saved: ctx.touch(),
             prepared=True,
         )
+
+    def _check_networks(self, converted: ConvertedRequest) -> None:
+        """A VAE name that does not exist and every missing LoRA of the prompt fail before queueing."""
+        from sdstudio.networks.reuse import resolve_prompt_networks
+        from sdstudio.networks.vae import resolve_vae
+
+        if converted.vae:
+            resolve_vae(converted.vae, None, self.manager.networks)
+        resolve_prompt_networks(converted.request.prompt, self.manager.networks)

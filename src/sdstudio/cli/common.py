@@ -28,6 +28,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         choices=["epsilon", "v_prediction"],
         help="override the detected prediction type (SD 2.x 768 models use v_prediction)",
     )
+    from sdstudio.cli.networks import add_network_args
+
+    add_network_args(p)
 
 
 def add_generation_args(p: argparse.ArgumentParser, default_size: int | None = None) -> None:
@@ -71,11 +74,15 @@ def add_generation_args(p: argparse.ArgumentParser, default_size: int | None = N
 
 
 def load_model_from_args(args):
+    from sdstudio.cli.networks import use_vae, vae_for
     from sdstudio.models.loader import load_model
 
-    return load_model(
+    vae = vae_for(args)  # a missing VAE fails before loading
+    model = load_model(
         args.model, device=args.device, precision=args.precision, prediction_type=args.prediction_type
     )
+    use_vae(model, vae)
+    return model
 
 
 OUTPUTS = "outputs"  # the CLI's outputs folder, as the server's default --outdir
@@ -114,6 +121,9 @@ def request_from_args(args, model, **extra) -> GenerationRequest:
                 f"{args.from_png} carries no generation parameters (no 'parameters' text chunk)"
             )
         request = request_from_infotext(text, request.replace(n_iter=1, batch_size=1))
+        from sdstudio.cli.networks import prompt_from_infotext
+
+        request = request.replace(prompt=prompt_from_infotext(text, request.prompt, args))
     elif not args.prompt and args.prompt != "":
         raise SDStudioError("give a prompt, or --from-png FILE")
     from sdstudio.sampling import get_sampler
@@ -140,7 +150,9 @@ def run_and_save(model, request, args) -> int:
     from sdstudio.runtime.service import ImageService
 
     history = None if args.no_history else HistoryStore(f"{OUTPUTS}/history.sqlite3", OUTPUTS)
-    service = ImageService(OUTPUTS, history, save_format=args.format)
+    from sdstudio.cli.networks import networks_from_args
+
+    service = ImageService(OUTPUTS, history, save_format=args.format, networks=networks_from_args(args))
     bar = tqdm(total=None, unit="step", desc=request.kind, dynamic_ncols=True, file=sys.stderr, leave=False)
 
     def progress(info) -> None:

@@ -122,6 +122,26 @@ def register(subparsers) -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.set_defaults(func=_ldm)
 
+    p = sub.add_parser(
+        "lora", help="LoRA fine-tuning (peft) of any checkpoint; saves a kohya/A1111 LoRA file"
+    )
+    _loop_args(p, 500, 4, 1e-4)
+    p.add_argument("--model", default=None, help="checkpoint to adapt (default: the embedded model)")
+    p.add_argument("--rank", type=int, default=4, help="LoRA rank r")
+    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank, scale 1)")
+    p.add_argument(
+        "--targets",
+        choices=("attention", "attention+ff", "all"),
+        default="attention",
+        help="attention projections; + transformer feed-forward/proj; all = + resnet convolutions (LoCon)",
+    )
+    p.add_argument("--name", default=None, help="LoRA file name (default: the --out folder's name)")
+    p.add_argument("--size", type=int, default=0, help="training size in pixels (default: the model's)")
+    p.add_argument("--caption-dropout", type=float, default=0.0)
+    p.add_argument("--preview", action="append", default=None, help="prompt for the sample grids (repeat)")
+    p.add_argument("--preview-steps", type=int, default=15)
+    p.set_defaults(func=_lora)
+
     p = sub.add_parser("default", help="the default model's recipe: vae -> clip -> ldm -> fp16 SD folder")
     p.add_argument("data", type=Path, help="the emoji set (sdstudio data emoji OUT)")
     p.add_argument("--out", type=Path, required=True, help="run folder: vae/, clip/, ldm/, model/")
@@ -287,4 +307,34 @@ def _eval(args: argparse.Namespace) -> int:
         args.model, args.data, args.out, args.steps, args.guidance, args.n, judge=args.judge
     )
     print(json.dumps(asdict(report), indent=2))
+    return 0
+
+
+def _lora(args: argparse.Namespace) -> int:
+    import torch
+
+    from sdstudio.models.loader import load_model
+    from sdstudio.training.lora import ATTENTION, CONVS, EXTRA, LoraConfig, train_lora
+
+    model = load_model(args.model, dtype=torch.float32)
+    size = args.size or int(model.unet.config.sample_size) * model.vae_scale_factor
+    data = _data(args, size)
+    name = args.name or args.out.name
+    cfg = LoraConfig(
+        rank=args.rank,
+        alpha=float(args.alpha if args.alpha is not None else args.rank),
+        targets=ATTENTION
+        + (EXTRA if args.targets != "attention" else ())
+        + (CONVS if args.targets == "all" else ()),
+        caption_dropout=args.caption_dropout,
+        name=name,
+        preview_prompts=tuple(args.preview or [c[0] for c in data.captions[:4]]),
+        preview_steps=args.preview_steps,
+        size=size,
+    )
+    result = train_lora(model, data, _loop_config(args), cfg)
+    print(
+        f"{result.steps} steps in {result.seconds:.0f} s; LoRA: {args.out / 'final' / (name + '.safetensors')}"
+    )
+    print(f"copy it to models/Lora/ and use <lora:{name}:1> in a prompt")
     return 0

@@ -69,6 +69,9 @@ class StableDiffusionModel:
     path: str = ""
     vae_name: str = ""
     vae_hash: str = ""
+    textual_inversion: Any = None  # per-encoder embedding lookups during one job (sdstudio.networks)
+    vae_file: str = ""  # the separate VAE file in use ("" = the checkpoint's own)
+    checkpoint_vae: Any = None  # the checkpoint's own VAE while a separate one is in use (networks.vae)
 
     @property
     def prediction_type(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from sdstudio.config import GenerationRequest, Limits
+from sdstudio.networks import NetworkLibrary, activate_networks
 from sdstudio.pipelines import image_ops as ops
 from sdstudio.pipelines.img2img import DEFAULT_STRENGTH, run_img2img
 from sdstudio.pipelines.outpaint import outpaint_size, plan_outpaint
@@ -50,14 +51,17 @@ def generate(
     on_image: OnImage | None = None,
     limits: Limits | None = None,
     prepared: bool = False,
+    networks: NetworkLibrary | None = None,
 ) -> list[GeneratedImage]:
     """Run one request in its mode; image i of the job uses seed+i (A1111 batch-major order).
 
     ``prepared=True`` skips :func:`prepare` for a request that already went through it.
+    ``networks`` is the LoRA/embedding library that ``<lora:...>`` tags and embedding names use;
+    the weights are patched for this call only and restored exactly afterwards.
     """
     if not prepared:
         request = prepare(request, limits)
-    with seamless_tiling(model, request.tiling):
+    with seamless_tiling(model, request.tiling), activate_networks(model, networks, request) as request:
         if request.mode == "txt2img":
             return run_txt2img(model, request, progress, cancel, on_image)
         if request.mode == "outpaint":

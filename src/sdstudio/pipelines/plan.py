@@ -18,7 +18,8 @@ import torch
 from sdstudio.config import GenerationRequest
 from sdstudio.errors import SDStudioError
 from sdstudio.infotext import format_infotext, generation_params
-from sdstudio.prompts.encode import Conditioning, count_chunks, encode_prompts
+from sdstudio.networks import strip_network_tags
+from sdstudio.prompts.encode import Conditioning, count_chunks, encode_prompts, text_embeddings
 from sdstudio.prompts.schedule import prompt_schedule, split_and
 from sdstudio.sampling.guidance import Composite
 from sdstudio.sampling.registry import SamplerSpec, get_sampler, sigmas_for
@@ -165,11 +166,11 @@ def encode_for_batch(
     steps = steps or request.steps
     parts = [
         (prompt_schedule(text, steps), w)
-        for text, w in split_and(request.prompt if prompt is None else prompt)
-    ]
+        for text, w in split_and(strip_network_tags(request.prompt if prompt is None else prompt))
+    ]  # <lora:...> tags are applied as weights (sdstudio.networks), not encoded (A1111 extra networks)
     negative_sched = prompt_schedule(request.negative_prompt if negative is None else negative, steps)
     texts = {text for schedule, _ in parts for _, text in schedule} | {text for _, text in negative_sched}
-    chunks = max(count_chunks(model.tokenizers[0], text) for text in texts)
+    chunks = max(count_chunks(model.tokenizers[0], text, text_embeddings(model)[0]) for text in texts)
     encoded = {}
     for text in texts:
         cond = encode_prompts(model, [text], request.clip_skip, chunks)

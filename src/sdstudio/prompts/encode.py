@@ -6,6 +6,12 @@ hidden state N-1 layers before the last, then the final layer norm. SDXL concate
 penultimate states of both encoders (768 + 1280 -> 2048 for the real model) and takes the pooled,
 projected embedding of the second encoder from the first chunk. Per-token weights are carried so
 emphasis can be applied ("Original" A1111 emphasis: scale, then restore the chunk mean).
+
+Textual inversion (A1111 ``sd_hijack_clip.tokenize_line`` / ``EmbeddingsWithFixes``): when
+``model.textual_inversion`` holds one embedding lookup per encoder, an embedding name's tokens
+become ``n`` placeholder positions (moved whole to the next chunk if they do not fit), and the
+encoder's token-embedding output at those positions is replaced by the vectors (a forward hook for
+that one call).
 """
 
 from __future__ import annotations
@@ -57,16 +63,19 @@ class PromptChunk:
 
     tokens: list[int]
     multipliers: list[float]
+    fixes: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (offset after BOS, (n, D))
 
 
 def tokenize_chunks(
-    tokenizer, text: str, min_chunks: int = 1, comma_backtrack: int = 20
+    tokenizer, text: str, min_chunks: int = 1, comma_backtrack: int = 20, embeddings=None
 ) -> list[PromptChunk]:
     """A1111 ``tokenize_line``: emphasis-weighted tokens cut into 75-token chunks.
 
     ``BREAK`` forces a new chunk; when a chunk fills up, tokens after the last comma within
     ``comma_backtrack`` tokens move to the next chunk. Chunks are padded (EOS for OpenAI CLIP, the
     tokenizer's pad id after the first EOS for OpenCLIP) and at least ``min_chunks`` are returned.
+    ``embeddings`` (an ``EncoderEmbeddings``-like ``match(tokens, pos)``) turns embedding names into
+    placeholder positions recorded in each chunk's ``fixes``.
     """
     from sdstudio.prompts.attention import parse_prompt_attention
 
@@ -77,15 +86,18 @@ def tokenize_chunks(
     chunks: list[PromptChunk] = []
     tokens: list[int] = []
     mults: list[float] = []
+    fixes: list[tuple[int, torch.Tensor]] = []
     last_comma = -1
 
     def close_chunk() -> None:
-        nonlocal tokens, mults, last_comma
+        nonlocal tokens, mults, fixes, last_comma
         body = [bos, *tokens, eos]
         chunks.append(
-            PromptChunk(body + [pad] * (77 - len(body)), [1.0, *mults, 1.0] + [1.0] * (77 - len(body)))
+            PromptChunk(
+                body + [pad] * (77 - len(body)), [1.0, *mults, 1.0] + [1.0] * (77 - len(body)), fixes
+            )
         )
-        tokens, mults, last_comma = [], [], -1
+        tokens, mults, fixes, last_comma = [], [], [], -1
 
     texts = [t for t, _ in parsed]
     ids_per_part = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] if texts else []
@@ -93,15 +105,29 @@ def tokenize_chunks(
         if fragment == "BREAK" and weight == -1:
             close_chunk()
             continue
-        for token in ids:
+        pos = 0
+        while pos < len(ids):
+            token = ids[pos]
+            found = embeddings.match(ids, pos) if embeddings is not None else None
+            if found is not None:
+                _, vectors, consumed = found
+                if len(tokens) + len(vectors) > CHUNK:
+                    close_chunk()
+                fixes.append((len(tokens), vectors))
+                tokens.extend([0] * len(vectors))
+                mults.extend([weight] * len(vectors))
+                pos += consumed
+                continue
+            pos += 1
             if token == comma:
                 last_comma = len(tokens)
             elif len(tokens) == CHUNK and last_comma != -1 and len(tokens) - last_comma <= comma_backtrack:
                 cut = last_comma + 1
                 moved_t, moved_m = tokens[cut:], mults[cut:]
-                tokens, mults = tokens[:cut], mults[:cut]
+                moved_f = [(o - cut, v) for o, v in fixes if o >= cut]
+                tokens, mults, fixes = tokens[:cut], mults[:cut], [(o, v) for o, v in fixes if o < cut]
                 close_chunk()
-                tokens, mults = moved_t, moved_m
+                tokens, mults, fixes = moved_t, moved_m, moved_f
             if len(tokens) == CHUNK:
                 close_chunk()
             tokens.append(token)
@@ -113,8 +139,36 @@ def tokenize_chunks(
     return chunks
 
 
-def count_chunks(tokenizer, text: str) -> int:
-    return len(tokenize_chunks(tokenizer, text))
+def count_chunks(tokenizer, text: str, embeddings=None) -> int:
+    return len(tokenize_chunks(tokenizer, text, embeddings=embeddings))
+
+
+def text_embeddings(model) -> list:
+    """One textual-inversion lookup (or None) per text encoder of ``model`` (set by ``sdstudio.networks``)."""
+    lookups = getattr(model, "textual_inversion", None)
+    return list(lookups) if lookups else [None] * len(model.tokenizers)
+
+
+def _embedding_hook(fixes: list[tuple[int, torch.Tensor]]):
+    """Forward hook for a token-embedding module: put each fix's vectors at its positions (batch of 1)."""
+
+    def hook(module, args, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        for offset, vectors in fixes:
+            output[:, 1 + offset : 1 + offset + len(vectors)] = vectors.to(output)
+        return output
+
+    return hook
+
+
+def _encode_chunk(encoder, ids: torch.Tensor, fixes, layer_from_end: int, final_norm: bool):
+    if not fixes:
+        return _hidden(encoder, ids, layer_from_end, final_norm)
+    handle = encoder.get_input_embeddings().register_forward_hook(_embedding_hook(fixes))
+    try:
+        return _hidden(encoder, ids, layer_from_end, final_norm)
+    finally:
+        handle.remove()
 
 
 def _hidden(
@@ -147,22 +201,26 @@ def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def encode_prompts(model, prompts: Sequence[str], clip_skip: int = 1, min_chunks: int = 1) -> Conditioning:
     """Encode one prompt per batch row; returns (B, 77*chunks, D) context (and pooled for SDXL)."""
-    chunks_needed = max([min_chunks] + [count_chunks(model.tokenizers[0], p) for p in prompts])
+    lookups = text_embeddings(model)
+    chunks_needed = max([min_chunks] + [count_chunks(model.tokenizers[0], p, lookups[0]) for p in prompts])
     rows, pooled_rows = [], []
     for prompt in prompts:
         per_chunk, pooled = [], None
-        chunk_lists = [tokenize_chunks(tok, prompt, chunks_needed) for tok in model.tokenizers]
+        chunk_lists = [
+            tokenize_chunks(tok, prompt, chunks_needed, embeddings=lookup)
+            for tok, lookup in zip(model.tokenizers, lookups)
+        ]
         for ci in range(chunks_needed):
             parts = []
             for idx, enc in enumerate(model.text_encoders):
                 chunk = chunk_lists[idx][ci]
                 ids = torch.tensor([chunk.tokens], device=model.device)
                 if model.is_sdxl:  # SDXL: penultimate layer, no final LN (clip_skip adds more)
-                    hidden, p = _hidden(enc, ids, clip_skip, final_norm=False)
+                    hidden, p = _encode_chunk(enc, ids, chunk.fixes, clip_skip, final_norm=False)
                     if idx == 1 and ci == 0:
                         pooled = p
                 else:
-                    hidden, _ = _hidden(enc, ids, clip_skip - 1, final_norm=True)
+                    hidden, _ = _encode_chunk(enc, ids, chunk.fixes, clip_skip - 1, final_norm=True)
                 parts.append(apply_emphasis(hidden.float(), torch.tensor([chunk.multipliers])))
             per_chunk.append(torch.cat(parts, dim=-1))
         rows.append(torch.cat(per_chunk, dim=1))

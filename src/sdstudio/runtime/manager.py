@@ -107,6 +107,9 @@ class ModelManager:
         self.loaded_name: str | None = None
         self.loaded: Any = None
         self.last_error: str | None = None
+        from sdstudio.networks import NetworkLibrary
+
+        self.networks = NetworkLibrary.from_models_dir(self.models_dir)  # LoRA/embeddings/VAE/hypernetworks
         self.refresh()
 
     # -- listing ---------------------------------------------------------------------------
@@ -267,6 +270,14 @@ class ModelManager:
             if not getattr(model, "model_hash", ""):
                 model.model_hash = entry.hash
         return model
+
+    def apply_vae(self, model: Any, choice: str | None) -> None:
+        """Switch ``model``'s VAE to the A1111 ``sd_vae`` choice (Automatic, None, a VAE name or path);
+        the checkpoint is not reloaded (worker thread, between jobs)."""
+        from sdstudio.networks.vae import resolve_vae, use_vae
+
+        if hasattr(model, "vae_file"):
+            use_vae(model, resolve_vae(choice, getattr(model, "path", "") or None, self.networks))
 
     def _unload_locked(self) -> None:
         self.loaded, self.loaded_name = None, None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sdstudio.config import GenerationRequest, Limits
+from sdstudio.networks import NetworkLibrary
 from sdstudio.pipelines import GeneratedImage, ModelIdentity, generate
 from sdstudio.runtime.history import HistoryStore, ImageRecord
 from sdstudio.runtime.outputs import save_image
@@ -61,11 +62,13 @@ class ImageService:
         *,
         save_format: str = "png",
         limits: Limits | None = None,
+        networks: NetworkLibrary | None = None,
     ) -> None:
         self.outdir = Path(outdir)
         self.history = history
         self.save_format = save_format
         self.limits = limits or Limits()
+        self.networks = networks  # LoRA/embedding library for <lora:...> tags and embedding names
 
     def run(
         self,
@@ -97,7 +100,7 @@ class ImageService:
 
         generate(
             model, request, progress=progress, cancel=cancel, on_image=on_image, limits=self.limits,
-            prepared=prepared,
+            prepared=prepared, networks=self.networks,
         )  # fmt: skip
         return result
 

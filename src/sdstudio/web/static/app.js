@@ -201,6 +201,7 @@ function showTab(name) {
   for (const p of $$(".tab-panel")) p.classList.toggle("active", p.id === `tab-${name}`);
   if (name === "gallery") loadGallery();
   if (name === "models") loadModels();
+  if (name === "txt2img" || name === "img2img") promptTarget = name;
   if (name === "lab") loadLab();
   location.hash = name;
 }
@@ -688,20 +689,47 @@ async function loadModels() {
     if (m.embedded) table.append(el("tr", { class: "model-note" }, [el("td", { colspan: 4, class: "muted", text: EMBEDDED_NOTE })]));
   }
   if (!data.models.length) table.append(el("tr", {}, [el("td", { colspan: 4, class: "muted", text: "No checkpoints found; the embedded default model is used." })]));
-  const list = (id, items) => {
-    const ul = $(id);
-    ul.innerHTML = "";
-    for (const it of items) ul.append(el("li", { text: it }));
-    if (!items.length) ul.append(el("li", { class: "muted", text: "none" }));
-  };
-  list("#lora-list", data.loras.map((l) => l.name));
-  list("#vae-list", data.vaes.map((v) => v.model_name));
-  list("#emb-list", data.embeddings);
+  networkCards(data);
   const sel = $("#model-select");
   const selected = data.models.find((m) => m.selected) || {};
   fillSelect(sel, data.models.map((m) => [m.title, m.title]), selected.title);
   if (!data.models.length) fillSelect(sel, [["", "no model"]], "");
   if (selected.native_size) applyNativeSize(selected.native_size);
+}
+
+/* Extra-network cards (A1111's extra networks page): a click puts the LoRA tag or the embedding's
+   name into the prompt of the last generation tab used; a VAE card sets the sd_vae option. */
+let promptTarget = "txt2img";
+
+function insertIntoPrompt(text) {
+  const area = $(`#${promptTarget}-prompt`);
+  const sep = area.value && !/\s$/.test(area.value) ? " " : "";
+  area.value = area.value + sep + text;
+  area.dispatchEvent(new Event("input", { bubbles: true }));
+}
+
+function networkCards(data) {
+  const cards = (id, items, onClick) => {
+    const box = $(id);
+    box.innerHTML = "";
+    for (const it of items) {
+      const card = el("button", { type: "button", class: "net-card" + (it.on ? " on" : ""), title: it.title, "data-name": it.name, text: it.label });
+      card.addEventListener("click", () => onClick(it));
+      box.append(card);
+    }
+    if (!items.length) box.append(el("span", { class: "muted", text: "none" }));
+  };
+  cards("#lora-list", data.loras.map((l) => ({ name: l.name, label: l.alias !== l.name ? `${l.name} (${l.alias})` : l.name, title: `insert <lora:${l.name}:1> into the ${promptTarget} prompt` })),
+    (it) => insertIntoPrompt(`<lora:${it.name}:1>`));
+  cards("#emb-list", data.embeddings.map((e) => ({ name: e, label: e, title: `insert ${e} into the ${promptTarget} prompt` })),
+    (it) => insertIntoPrompt(it.name));
+  const current = data.sd_vae || "Automatic";
+  const vaes = [["Automatic", "Automatic (NAME.vae.* beside the checkpoint)"], ["None", "None (the checkpoint's own)"], ...data.vaes.map((v) => [v.model_name, v.model_name])];
+  cards("#vae-list", vaes.map(([name, label]) => ({ name, label, on: name === current, title: `use ${name} as the VAE for the next jobs` })),
+    async (it) => {
+      try { await api("POST", "/sdapi/v1/options", { sd_vae: it.name }); } catch (e) { alert(e.message); }
+      loadModels();
+    });
 }
 
 function applyNativeSize(size) {
