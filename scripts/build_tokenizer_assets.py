@@ -70,7 +70,8 @@ def default_bpe_path() -> Path:
 
 def main() -> None:
     bpe_path = Path(sys.argv[1]) if len(sys.argv) > 1 else default_bpe_path()
-    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_path) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
     vocab = list(bytes_to_unicode().values())
     vocab += [v + "</w>" for v in vocab]
