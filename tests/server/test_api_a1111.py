@@ -136,7 +136,7 @@ def test_unknown_fields_warn_and_unsupported_fields_422(client):
     assert any("foo" in w and "my_extension_flag" in w for w in r.json()["warnings"])
     for body, field in (
         ({"restore_faces": True}, "restore_faces"),
-        ({"script_name": "x/y/z plot"}, "script_name"),
+        ({"script_name": "loopback"}, "script_name"),
         ({"alwayson_scripts": {"ControlNet": {"args": [{"enabled": True}]}}}, "alwayson_scripts"),
         ({"s_churn": 0.5}, "s_churn"),
         ({"override_settings": {"sd_vae": "other.vae.pt"}}, "sd_vae"),
@@ -305,7 +305,10 @@ def test_listing_routes_shapes(client, studio_app, tmp_path):
     } in scheds
     mem = client.get("/sdapi/v1/memory").json()
     assert set(mem) == {"ram", "cuda"} and mem["ram"]["total"] > mem["ram"]["free"] > 0
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    assert client.get("/sdapi/v1/scripts").json() == {
+        "txt2img": ["x/y/z plot", "prompt matrix"],
+        "img2img": ["x/y/z plot", "prompt matrix", "sd upscale"],
+    }
     assert client.get("/sdapi/v1/prompt-styles").json() == []
     names = {u["name"] for u in client.get("/sdapi/v1/upscalers").json()}
     assert {"None", "Lanczos"} <= names and not any(n.startswith("Latent") for n in names)

@@ -60,7 +60,7 @@ def test_webuiapi_listing_options_and_model_switch(api):
     progress = api.get_progress()
     assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
     api.util_wait_for_ready(check_interval=0.1)
-    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    assert api.get_scripts()["txt2img"] == ["x/y/z plot", "prompt matrix"]
     assert isinstance(api.get_upscalers(), list) and api.get_prompt_styles() == []
     assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
     api.interrupt()

@@ -372,8 +372,10 @@ async def prompt_styles() -> list[s.PromptStyleItem]:
 
 @router.get("/scripts", response_model=s.ScriptsList)
 async def scripts() -> s.ScriptsList:
-    """No A1111 scripts or extensions run here."""
-    return s.ScriptsList(txt2img=[], img2img=[])
+    """The A1111 scripts sdstudio runs through ``script_name`` (lower-case titles, as A1111 lists them)."""
+    from sdstudio.pipelines.scripts import script_names
+
+    return s.ScriptsList(txt2img=script_names("txt2img"), img2img=script_names("img2img"))
 
 
 @router.get("/script-info")

@@ -1,0 +1,116 @@
+"""SD upscale (A1111 ``scripts/sd_upscale.py``): upscale an image, re-run img2img over overlapping
+tiles of the request's width x height, and blend the tiles back with linear ramps.
+
+Batch ``i`` of tiles (``batch_size`` tiles each) uses seed ``seed + i`` for its first tile, as A1111
+does (``p.seed = processed.seed + 1`` after each batch); each of ``n_iter`` upscales starts at
+``seed + n``. The upscaler list is A1111's built-in image upscalers in its order: None (keep the
+size: only the tiles are re-drawn), Lanczos, Nearest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from sdstudio.config import GenerationRequest
+from sdstudio.errors import SDStudioError
+from sdstudio.pipelines.scripts.grid import (
+    Runner,
+    ScriptImage,
+    ScriptResult,
+    combine_grid,
+    split_grid,
+    with_params,
+)
+
+TITLE = "SD upscale"
+UPSCALERS = {"None": None, "Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
+
+
+@dataclass
+class UpscaleOptions:
+    """A1111 ``script_args``: [info (ignored), overlap, upscaler_index, scale_factor]."""
+
+    overlap: int = 64
+    upscaler: str = "None"
+    scale_factor: float = 2.0
+
+
+def upscale(image: Image.Image, upscaler: str, scale: float) -> Image.Image:
+    """A1111 ``Upscaler.upscale`` for the built-ins: resize to ``int(side * scale) // 8 * 8``."""
+    if UPSCALERS[upscaler] is None:
+        return image
+    w, h = int(image.width * scale) // 8 * 8, int(image.height * scale) // 8 * 8
+    return image.resize((max(8, w), max(8, h)), resample=UPSCALERS[upscaler])
+
+
+def run_sd_upscale(
+    base: GenerationRequest, init_image: Image.Image, options: UpscaleOptions, runner: Runner
+) -> ScriptResult:
+    """Upscale ``init_image`` and redraw it tile by tile; one result image per ``n_iter``."""
+    base = base.with_resolved_seeds()
+    if options.overlap >= min(base.width, base.height):
+        raise SDStudioError(
+            "SD upscale: the tile overlap must be smaller than width and height", field="script_args"
+        )
+    big = upscale(init_image.convert("RGB"), options.upscaler, options.scale_factor)
+    if big.width < base.width or big.height < base.height:
+        raise SDStudioError(
+            f"SD upscale: the upscaled image ({big.width}x{big.height}) is smaller than one tile "
+            f"({base.width}x{base.height}); lower width/height or raise the scale factor",
+            field="script_args",
+        )
+    extra = {"SD upscale overlap": options.overlap, "SD upscale upscaler": options.upscaler}
+    results, calls, first_info = [], 0, ""
+    for n in range(base.n_iter):
+        tiles = split_grid(big, base.width, base.height, options.overlap)
+        work = [t for _, _, row in tiles.rows for t in row]
+        done: list[Any] = []
+        for i in range(math.ceil(len(work) / base.batch_size)):
+            chunk = work[i * base.batch_size : (i + 1) * base.batch_size]
+            request = base.replace(seed=base.seed + n + i, batch_size=len(chunk), n_iter=1)
+            generated = runner(request, init_images=[t[2] for t in chunk])
+            calls += 1
+            first_info = first_info or (generated[0].infotext if generated else "")
+            done += [g.image for g in generated]
+        for k, tile in enumerate(work):
+            tile[2] = done[k] if k < len(done) else Image.new("RGB", (base.width, base.height))
+        info = with_params(first_info, extra) if first_info else ""
+        results.append(
+            ScriptImage(combine_grid(tiles), info, base.seed + n, base.subseed, prompt=base.prompt)
+        )
+    return ScriptResult(images=results, cells=[], runner_calls=calls)
+
+
+def options_from_args(script_args: list) -> UpscaleOptions:
+    """:class:`UpscaleOptions` from A1111 ``script_args`` (upscaler by index or by name)."""
+    defaults: list[Any] = [None, 64, 0, 2.0]
+    if not isinstance(script_args, list) or len(script_args) > len(defaults):
+        raise SDStudioError(
+            "script_args for SD upscale must be a list of at most 4 values", field="script_args"
+        )
+    a = list(script_args) + defaults[len(script_args) :]
+    names = list(UPSCALERS)
+    up = a[2]
+    if isinstance(up, int) and not isinstance(up, bool) and 0 <= up < len(names):
+        name = names[up]
+    elif isinstance(up, str) and up.strip().lower() in {n.lower(): n for n in names}:
+        name = {n.lower(): n for n in names}[up.strip().lower()]
+    else:
+        raise SDStudioError(
+            f"SD upscale: unknown upscaler {up!r}; choose one of {names} (or 0..2)", field="script_args"
+        )
+    try:
+        overlap, scale = int(a[1]), float(a[3])
+    except (TypeError, ValueError):
+        raise SDStudioError(
+            "SD upscale: overlap must be an integer and scale_factor a number", field="script_args"
+        ) from None
+    if not 0 <= overlap <= 256 or not 0 < scale <= 4:
+        raise SDStudioError(
+            "SD upscale: overlap must be in [0, 256] and scale_factor in (0, 4]", field="script_args"
+        )
+    return UpscaleOptions(overlap, name, scale)
