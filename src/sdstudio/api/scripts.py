@@ -37,7 +37,9 @@ def run_script_job(studio, model: Any, converted, request, ctx, on_image) -> lis
         return studio._run_pipeline(m, job, req, ctx, cell_saved if save_cells else None)
 
     studio_model = model
-    outcome = script.run(request, runner, init_images=converted.init_images or None, model=converted.model_name)
+    outcome = script.run(
+        request, runner, init_images=converted.init_images or None, model=converted.model_name
+    )
     result = ctx.job.result
     ordered: list[SavedImage] = []
     for item in outcome.images:
@@ -51,7 +53,9 @@ def _save_extra(studio, item: ScriptImage, ctx, converted, result) -> Any:
     """Save a grid (or an SD-upscale result) and return its record."""
     from sdstudio.api.service import SavedImage
 
-    saved = SavedImage(index=0, seed=item.seed, subseed=item.subseed, infotext=item.infotext, image=item.image)
+    saved = SavedImage(
+        index=0, seed=item.seed, subseed=item.subseed, infotext=item.infotext, image=item.image
+    )
     folder = grids_dir(studio.outdir, converted.kind) if item.is_grid else None
     studio._save(saved, ctx.job.id, converted, result, folder=folder)
     saved.image = None

@@ -51,8 +51,14 @@ class ScriptCall:
         return sd_upscale.run_sd_upscale(base, init_images[0], self.options, runner)
 
 
-def parse_script(name: str, script_args: list | None, kind: str) -> ScriptCall:
-    """Validate ``script_name``/``script_args``; unknown names list the known ones (422)."""
+def parse_script(
+    name: str, script_args: list | None, kind: str, base: GenerationRequest | None = None
+) -> ScriptCall:
+    """Validate ``script_name``/``script_args``; unknown names list the known ones (422).
+
+    With ``base`` the X/Y/Z plan is built once as a dry run, so every axis value (unknown sampler,
+    Prompt S/R word missing from the prompt, ...) fails here rather than inside a queued job.
+    """
     key = (name or "").strip().lower()
     if key not in SCRIPTS or kind not in SCRIPTS[key]:
         raise SDStudioError(
@@ -62,6 +68,8 @@ def parse_script(name: str, script_args: list | None, kind: str) -> ScriptCall:
     args = list(script_args or [])
     if key == "x/y/z plot":
         options: Any = xyz_grid.options_from_args(args, kind)
+        if base is not None:
+            xyz_grid.plan_xyz(base, options)
     elif key == "prompt matrix":
         options = prompt_matrix.options_from_args(args)
     else:
