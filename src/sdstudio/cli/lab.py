@@ -10,7 +10,7 @@ from sdstudio.errors import SDStudioError
 
 def register(subparsers) -> None:
     """Add ``lab demolish`` and ``lab build`` to the CLI."""
-    parser = subparsers.add_parser("lab", help="diffusion lab: visualise the forward and reverse processes")
+    parser = subparsers.add_parser("lab", help="diffusion lab: forward/reverse processes, X/Y/Z plots, prompt matrix, attention maps, prompt studies")
     sub = parser.add_subparsers(dest="lab_command", metavar="EXPERIMENT", required=True)
 
     p = sub.add_parser("demolish", help="forward process q(x_t|x_0): an image at increasing noise levels")
@@ -52,6 +52,10 @@ def register(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--scale", type=int, default=2)
     p.set_defaults(func=_build)
+
+    from sdstudio.cli import lab_scripts
+
+    lab_scripts.register(sub)
 
 
 def default_out(name: str) -> Path:
