@@ -359,7 +359,7 @@ async function generate(kind) {
     ...readKnobs($(`[data-knobs="${kind}"]`)),
   };
   try {
-    if (kind === "txt2img") Object.assign(payload, readKnobs($('[data-knobs="hires"]')));
+    if (kind === "txt2img") Object.assign(payload, readKnobs($('[data-knobs="hires"]')), scriptPayload());
     else Object.assign(payload, img2imgPayload());
   } catch (e) {
     out.message(e.message, "error");
@@ -375,6 +375,48 @@ async function generate(kind) {
     out.q(".progress").hidden = true;
     out.message(e.field ? `${e.message}` : e.message, "error");
   }
+}
+
+/* ---------------------------------------------------------------- Scripts panel (A1111 script_name / script_args) */
+// Axis labels the server's X/Y/Z plot applies (A1111 names; sent as labels, which the API accepts).
+const XYZ_AXES = ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Prompt S/R",
+  "Prompt order", "Sampler", "Hires sampler", "Checkpoint name", "Sigma noise", "Schedule type", "Eta", "Clip skip",
+  "Denoising", "Hires upscaler", "Size"];
+
+function setupScripts() {
+  const body = $("#scripts-body");
+  const pick = el("select", { id: "script-name", "aria-label": "Script" });
+  for (const [value, text] of [["", "None"], ["x/y/z plot", "X/Y/Z plot"], ["prompt matrix", "Prompt matrix"]]) pick.append(el("option", { value, text }));
+  const xyz = el("div", { id: "script-xyz", hidden: true });
+  const defaults = { x: ["Seed", "1-3"], y: ["CFG Scale", "3,5,7"], z: ["Nothing", ""] };
+  for (const axis of ["x", "y", "z"]) {
+    const type = el("select", { id: `xyz-${axis}-type`, "aria-label": `${axis.toUpperCase()} type` });
+    for (const label of XYZ_AXES) type.append(el("option", { value: label, text: label }));
+    type.value = defaults[axis][0];
+    const values = el("input", { type: "text", id: `xyz-${axis}-values`, value: defaults[axis][1], placeholder: "1-5, 1-5 (+2), 1-10 [5], a,b", "aria-label": `${axis.toUpperCase()} values` });
+    xyz.append(el("div", { class: "row" }, [el("span", { text: `${axis.toUpperCase()} type` }), type, values]));
+  }
+  const check = (id, text, on) => el("label", { class: "check" }, [el("input", { type: "checkbox", id, ...(on ? { checked: "" } : {}) }), el("span", { text })]);
+  xyz.append(el("div", { class: "row wrap" }, [check("xyz-legend", "Draw legend", true), check("xyz-lone", "Include sub images", false), check("xyz-subgrids", "Include sub grids", false)]));
+  const matrix = el("div", { id: "script-matrix", hidden: true }, [
+    el("p", { class: "muted", text: "Separate the parts with | in the prompt: a cat|in a hat|with a scarf gives every combination." }),
+    el("div", { class: "row wrap" }, [check("matrix-start", "Set at prompt start", false), check("matrix-seeds", "Random seeds", false)]),
+  ]);
+  pick.addEventListener("change", () => { xyz.hidden = pick.value !== "x/y/z plot"; matrix.hidden = pick.value !== "prompt matrix"; });
+  body.append(el("div", { class: "row" }, [el("span", { text: "Script" }), pick]), xyz, matrix);
+}
+
+function scriptPayload() {
+  const name = $("#script-name").value;
+  const on = (id) => $(`#${id}`).checked;
+  if (name === "x/y/z plot") {
+    const a = (axis) => [$(`#xyz-${axis}-type`).value, $(`#xyz-${axis}-values`).value, []];
+    // A1111 v1.10 order: 3 axes, draw_legend, include_lone_images, include_sub_grids, no_fixed_seeds,
+    // vary_seeds_x/y/z, margin_size, csv_mode (values are typed, so csv_mode is on)
+    return { script_name: name, script_args: [...a("x"), ...a("y"), ...a("z"), on("xyz-legend"), on("xyz-lone"), on("xyz-subgrids"), false, false, false, false, 0, true] };
+  }
+  if (name === "prompt matrix") return { script_name: name, script_args: [on("matrix-start"), on("matrix-seeds"), "positive", "comma", 0] };
+  return {};
 }
 
 /* ---------------------------------------------------------------- img2img input + mask painting */
@@ -852,6 +894,7 @@ async function init() {
   $("#model-select").addEventListener("change", (e) => e.target.value && selectModel(e.target.value));
   $("#models-refresh").addEventListener("click", async () => { await api("POST", "/api/models/refresh"); loadModels(); });
   setupImg2img();
+  setupScripts();
   setupGallery();
   setupPngInfo();
   document.addEventListener("keydown", (e) => {
