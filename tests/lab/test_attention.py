@@ -72,3 +72,12 @@ def test_cli_attention_writes_maps_and_json(tiny_dir, tmp_path, capsys):
     masses = {w["word"]: w["mass"] for w in data["requested_words"]}
     assert masses["cat"] > 0 and masses["dog"] == 0
     assert (tmp_path / "word-00-cat.png").is_file() and (tmp_path / "attention.png").is_file()
+
+
+def test_a_batch_records_each_image_apart(tiny_sd1, result):
+    batch = att.attention_batch(tiny_sd1, REQ.replace(seed=1, batch_size=2))
+    assert len(batch) == 2
+    second = batch[1]  # seed 2 in a batch of two == the single seed-2 run, up to batched float error
+    assert_same_composition(second.image, result.image)
+    for (_, _, m1), (_, _, m2) in zip(second.tokens, result.tokens):
+        assert m1 == pytest.approx(m2, rel=1e-3, abs=1e-6)

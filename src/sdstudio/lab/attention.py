@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -66,31 +66,35 @@ class RecordingAttnProcessor:
 
 @dataclass
 class AttentionRecorder:
-    """Running sums of cross-attention over layers and steps at the latent resolution."""
+    """Running sums of cross-attention over layers and steps at the latent resolution, per image.
+
+    ``rows`` images are recorded: the last ``rows`` rows of each UNet batch (the prompt's rows; the
+    guidance batch is ``[uncond x rows, cond x rows]``).
+    """
 
     latent_hw: tuple[int, int]
-    maps: torch.Tensor | None = None  # (h*w, T) sum of per-call mean-over-heads maps
-    mass: torch.Tensor | None = None  # (T,) sum of per-call mean attention per token
+    rows: int = 1
+    maps: torch.Tensor | None = None  # (rows, h*w, T) sum of per-call mean-over-heads maps
+    mass: torch.Tensor | None = None  # (rows, T) sum of per-call mean attention per token
     calls: int = 0
-    layers: set = field(default_factory=set)
 
     def add(self, probs: torch.Tensor) -> None:
-        """probs: (B, heads, N, T); the prompt's row is the last one of the batch."""
-        p = probs[-1].float().mean(0)  # (N, T)
+        """probs: (B, heads, N, T)."""
+        p = probs[-self.rows :].float().mean(1)  # (rows, N, T)
         lh, lw = self.latent_hw
-        h = round(math.sqrt(p.shape[0] * lh / lw))
-        w = p.shape[0] // h
-        grid = p.T.reshape(1, -1, h, w)  # (1, T, h, w)
+        h = round(math.sqrt(p.shape[1] * lh / lw))
+        w = p.shape[1] // h
+        grid = p.transpose(1, 2).reshape(p.shape[0], -1, h, w)  # (rows, T, h, w)
         up = keep_mean(grid, F.interpolate(grid, size=(lh, lw), mode="bilinear", align_corners=False))
-        flat = up[0].reshape(up.shape[1], -1).T  # (lh*lw, T)
+        flat = up.reshape(up.shape[0], up.shape[1], -1).transpose(1, 2)  # (rows, lh*lw, T)
         self.maps = flat if self.maps is None else self.maps + flat
-        m = p.mean(0)  # (T,) independent of the upsampling: the test compares the two
+        m = p.mean(1)  # (rows, T): from the raw probabilities, independent of the upsampling
         self.mass = m if self.mass is None else self.mass + m
         self.calls += 1
 
 
 def keep_mean(source: torch.Tensor, resized: torch.Tensor) -> torch.Tensor:
-    """``resized`` (1, T, H, W) clamped >= 0 and rescaled so each channel's mean equals ``source``'s."""
+    """``resized`` (B, T, H, W) clamped >= 0 and rescaled so each channel's mean equals ``source``'s."""
     resized = resized.clamp(min=0)
     want = source.mean(dim=(2, 3), keepdim=True)
     have = resized.mean(dim=(2, 3), keepdim=True)
@@ -182,29 +186,36 @@ def prompt_words(tokenizer, prompt: str) -> tuple[list[tuple[int, str]], list[tu
 
 def attention_maps(model, request, *, progress=None) -> AttentionResult:
     """Generate ``request`` (one image) while recording cross-attention; return maps and masses."""
+    if request.n_images != 1:
+        raise SDStudioError("attention maps are recorded for one image: use batch size 1 and batch count 1")
+    return attention_batch(model, request, progress=progress)[0]
+
+
+def attention_batch(model, request, *, progress=None) -> list[AttentionResult]:
+    """Generate one batch (``n_iter`` 1) while recording cross-attention; one result per image."""
     from sdstudio.pipelines import txt2img
     from sdstudio.prompts.schedule import split_and
 
-    if request.n_images != 1:
-        raise SDStudioError("attention maps are recorded for one image: use batch size 1 and batch count 1")
+    if request.n_iter != 1:
+        raise SDStudioError("attention maps are recorded batch by batch: use batch count 1")
     if len(split_and(request.prompt)) != 1:
         raise SDStudioError("attention maps need a single prompt (no AND)", field="prompt")
     f = model.vae_scale_factor
-    recorder = AttentionRecorder((request.height // f, request.width // f))
+    recorder = AttentionRecorder((request.height // f, request.width // f), rows=request.batch_size)
     with record_cross_attention(model.unet, recorder):
-        (item,) = txt2img(model, request, progress=progress)
-    return _result(model, request, item, recorder)
+        items = txt2img(model, request, progress=progress)
+    token_list, word_list = prompt_words(model.tokenizers[0], request.prompt)
+    return [_result(request, item, recorder, k, token_list, word_list) for k, item in enumerate(items)]
 
 
-def _result(model, request, item, recorder: AttentionRecorder) -> AttentionResult:
-    mass = recorder.mass / recorder.calls  # (T,)
+def _result(request, item, recorder: AttentionRecorder, k: int, token_list, word_list) -> AttentionResult:
+    mass = recorder.mass[k] / recorder.calls  # (T,)
     lh, lw = recorder.latent_hw
-    latent = (recorder.maps / recorder.calls).T.reshape(1, -1, lh, lw)  # (1, T, lh, lw)
+    latent = (recorder.maps[k] / recorder.calls).T.reshape(1, -1, lh, lw)  # (1, T, lh, lw)
     image_maps = F.interpolate(
         latent, size=(request.height, request.width), mode="bicubic", align_corners=False
     )
     maps = keep_mean(latent, image_maps)[0]  # (T, H, W)
-    token_list, word_list = prompt_words(model.tokenizers[0], request.prompt)
     eos = (token_list[-1][0] + 1) if token_list else 1
     named = [(0, "<|startoftext|>"), *token_list, (eos, "<|endoftext|>")]
     tokens = [(p, t, float(mass[p])) for p, t in named if p < mass.shape[0]]
