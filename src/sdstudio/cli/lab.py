@@ -53,10 +53,11 @@ def register(subparsers) -> None:
     p.add_argument("--scale", type=int, default=2)
     p.set_defaults(func=_build)
 
-    from sdstudio.cli import lab_attention, lab_scripts
+    from sdstudio.cli import lab_attention, lab_scripts, lab_study
 
     lab_scripts.register(sub)
     lab_attention.register(sub)
+    lab_study.register(sub)
 
 
 def default_out(name: str) -> Path:

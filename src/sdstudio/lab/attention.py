@@ -139,6 +139,7 @@ class AttentionResult:
     token_maps: torch.Tensor  # (T, H, W)
     total_mass: float  # sum over every context token (== 1 up to float error)
     calls: int
+    seed: int = -1
 
     def word(self, text: str) -> Word:
         """The word ``text`` (every occurrence summed); a word not in the prompt has mass 0 and an empty map."""
@@ -220,7 +221,9 @@ def _result(request, item, recorder: AttentionRecorder, k: int, token_list, word
     named = [(0, "<|startoftext|>"), *token_list, (eos, "<|endoftext|>")]
     tokens = [(p, t, float(mass[p])) for p, t in named if p < mass.shape[0]]
     words = [Word(w, pos, float(mass[pos].sum()), maps[pos].sum(0)) for w, pos in word_list]
-    return AttentionResult(item.image, item.infotext, tokens, words, maps, float(mass.sum()), recorder.calls)
+    return AttentionResult(
+        item.image, item.infotext, tokens, words, maps, float(mass.sum()), recorder.calls, item.seed
+    )
 
 
 def overlay(image, heatmap: torch.Tensor, alpha: float = 0.55):
