@@ -26,7 +26,7 @@ def lab_client(tmp_path_factory, tiny_sd1):
 
 def test_index_lists_experiments(lab_client):
     names = [e["name"] for e in lab_client.get("/api/lab").json()["experiments"]]
-    assert names == ["demolish", "build"]
+    assert names == ["demolish", "build", "study"]
 
 
 def test_demolish_strip_goes_from_image_to_noise(lab_client):

@@ -2,14 +2,21 @@
 
 ``demolish`` (forward process) needs no model and runs in a thread; ``build`` (reverse process)
 needs the model, so it runs as a job in the studio's queue: the one worker that owns the model.
+Prompt studies are queue jobs too (``POST /api/lab/study`` returns at once; progress at
+``/api/jobs/{id}``); their images, JSON and HTML report live in ``<outdir>/.lab/studies/<id>/``
+(a hidden folder, so the gallery's reconcile does not index study images).
 """
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdstudio.errors import SDStudioError
@@ -45,6 +52,23 @@ class LabPicture(BaseModel):
     info: dict[str, Any] = Field(default_factory=dict)
 
 
+class StudyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(pattern="^(word-order|separators|punctuation|custom)$")
+    a: str = Field("girl", max_length=100, description="first concept")
+    b: str = Field("boy", max_length=100, description="second concept")
+    variants: list[str] | None = Field(
+        None, max_length=8, description="custom: prompts, the first is the base"
+    )
+    concepts: bool = Field(False, description="custom: measure dominance of a vs b")
+    seeds: int = Field(32, ge=2, le=256)
+    first_seed: int = Field(1, ge=0)
+    steps: int = Field(10, ge=1, le=50)
+    sampler_name: str = "DPM++ 2M"
+    cfg_scale: float = Field(7.0, ge=0, le=30)
+    model: str | None = Field(None, description="checkpoint title; default: the current model")
+
+
 @router.get("")
 def lab_index() -> dict[str, Any]:
     """The experiments this server offers and their parameters."""
@@ -61,6 +85,12 @@ def lab_index() -> dict[str, Any]:
                 "route": "/api/lab/build",
                 "about": "reverse process: x_t and the predicted x_0 at every sampler step",
                 "parameters": BuildRequest.model_json_schema()["properties"],
+            },
+            {
+                "name": "study",
+                "route": "/api/lab/study",
+                "about": "prompt study: variants x shared seeds, paired-bootstrap CIs, HTML report (queue job)",
+                "parameters": StudyRequest.model_json_schema()["properties"],
             },
         ]
     }
@@ -128,3 +158,113 @@ def _build(studio, body: BuildRequest) -> LabPicture:
     picture = viz.trajectory_picture(traj, scale=2 if size <= 128 else 1)
     info = {"seed": request.seed, "model": studio.manager.loaded_title(), "sampler_name": body.sampler_name}
     return LabPicture(image=encode_png(picture), labels=labels, info=info)
+
+
+# --- prompt studies ------------------------------------------------------------------------------
+_STUDY_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class _Stopped(Exception):
+    """Raised from the progress callback when the study's job is cancelled."""
+
+
+def studies_dir(studio) -> Path:
+    return Path(studio.outdir) / ".lab" / "studies"
+
+
+@router.post("/study", status_code=202)
+def lab_study(body: StudyRequest, request: Request) -> dict[str, Any]:
+    """Queue a prompt study; poll ``job`` for progress, then read ``result`` and ``report``."""
+    from sdstudio.lab.study import make_spec
+    from sdstudio.sampling import get_sampler
+
+    studio = request.app.state.studio
+    if body.model:
+        studio.manager.find(body.model)
+    get_sampler(body.sampler_name)
+    spec = make_spec(
+        body.kind, body.a, body.b, body.variants, seeds=body.seeds, first_seed=body.first_seed,
+        steps=body.steps, sampler=body.sampler_name, cfg_scale=body.cfg_scale,
+        **({"with_concepts": body.concepts} if body.kind == "custom" else {}),
+    )  # fmt: skip
+    holder: dict[str, str] = {}
+    job = studio.queue.submit(
+        lambda ctx: _run_study(studio, body, spec, holder["id"], ctx),
+        client="lab", kind="lab-study", meta={"prompt": spec.variants[0], "study": body.kind},
+    )  # fmt: skip
+    holder["id"] = job.id
+    return _study_links(job.id) | {"state": job.state}
+
+
+def _study_links(study_id: str) -> dict[str, str]:
+    return {
+        "id": study_id,
+        "job": f"/api/jobs/{study_id}",
+        "result": f"/api/lab/studies/{study_id}",
+        "report": f"/api/lab/studies/{study_id}/report",
+    }
+
+
+def _run_study(studio, body: StudyRequest, spec, study_id: str, ctx) -> dict | None:
+    from sdstudio.lab.judge import load_judge
+    from sdstudio.lab.study import run_study
+    from sdstudio.sampling.control import StepInfo
+
+    model = studio.manager.acquire(body.model)
+    spec.command = "POST /api/lab/study " + body.model_dump_json(exclude_none=True)
+
+    def progress(done: int, total: int, what: str) -> None:
+        if ctx.cancel.interrupted:
+            raise _Stopped
+        ctx.progress(StepInfo(done, total, 0, 1, done, total))
+
+    try:
+        data = run_study(model, spec, studies_dir(studio) / study_id, load_judge(), progress)
+    except _Stopped:
+        return None
+    return {"study": data["study"], "timing": data["timing"], **_study_links(study_id)}
+
+
+@router.get("/studies")
+def lab_studies(request: Request) -> dict[str, Any]:
+    """Finished studies on disk (newest first) and studies still queued or running."""
+    studio = request.app.state.studio
+    found = []
+    root = studies_dir(studio)
+    for path in sorted(root.glob("*/study.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        variants = [v["prompt"] for v in data.get("variants", [])]
+        found.append({**_study_links(path.parent.name), "kind": data.get("study"), "state": "done",
+                      "variants": variants, "seeds": len(data.get("seeds", []))})  # fmt: skip
+    done = {s["id"] for s in found}
+    for job in studio.queue.jobs():
+        if job.kind == "lab-study" and job.id not in done:
+            found.insert(0, {**_study_links(job.id), "kind": job.meta.get("study"), "state": job.state,
+                             "progress": job.progress.fraction, "error": job.error})  # fmt: skip
+    return {"studies": found}
+
+
+def _study_path(request: Request, study_id: str, name: str) -> Path:
+    if not _STUDY_ID.match(study_id):
+        raise SDStudioError("unknown study id", field="id", status=404)
+    path = studies_dir(request.app.state.studio) / study_id / name
+    if not path.is_file():
+        raise SDStudioError(
+            "this study has no result (yet): see its job for its state", field="id", status=404
+        )
+    return path
+
+
+@router.get("/studies/{study_id}")
+def lab_study_result(study_id: str, request: Request) -> Response:
+    """The study's JSON: every number, per-seed values, token ids, the reproducing command."""
+    return Response(_study_path(request, study_id, "study.json").read_bytes(), media_type="application/json")
+
+
+@router.get("/studies/{study_id}/report", response_class=HTMLResponse)
+def lab_study_report(study_id: str, request: Request) -> HTMLResponse:
+    """The self-contained HTML report (images and plots embedded; works offline)."""
+    return HTMLResponse(_study_path(request, study_id, "report.html").read_text(encoding="utf-8"))
