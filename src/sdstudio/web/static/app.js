@@ -318,6 +318,14 @@ class Output {
     dl.setAttribute("download", img.url.split("/").pop());
   }
 
+  showInJobOrder(images) {
+    // scripts (X/Y/Z plot, prompt matrix) finish with the grid first: put the thumbnails in the job's order
+    const thumbs = this.q(".thumbs");
+    const byUrl = new Map($$(".thumbs img", this.root).map((t) => [t.getAttribute("src"), t]));
+    for (const img of [...images].reverse()) if (byUrl.has(img.url)) thumbs.prepend(byUrl.get(img.url));
+    if (this.selected && this.selected.url !== images[0].url && byUrl.has(images[0].url)) this.select(images[0], byUrl.get(images[0].url));
+  }
+
   showMain(url, preview) {
     const main = this.q(".main-image");
     main.hidden = false;
@@ -332,6 +340,7 @@ class Output {
     this.closeStream();
     this.busy(false);
     const n = job.images.length;
+    if (job.state === "done" && n) this.showInJobOrder(job.images);
     if (job.state === "done") this.setProgress(1, `Done — ${n} image${n === 1 ? "" : "s"}`);
     else if (job.state === "cancelled") this.setProgress(job.progress, `Interrupted — ${n} image${n === 1 ? "" : "s"} kept`);
     else this.setProgress(job.progress, "Failed");
@@ -860,6 +869,52 @@ async function loadLab() {
     if (!file.files.length) throw new Error("choose an image first");
     return { image: await blobToDataURL(file.files[0]), timesteps: ts.value };
   }));
+  setupStudies(body);
+}
+
+/* Prompt studies: queue a study job, follow its progress, list finished reports. */
+function setupStudies(body) {
+  const kind = el("select", { id: "study-kind", "aria-label": "Study" });
+  for (const k of ["word-order", "separators", "punctuation", "custom"]) kind.append(el("option", { value: k, text: k }));
+  const a = el("input", { type: "text", id: "study-a", value: "girl", "aria-label": "Concept a" });
+  const b = el("input", { type: "text", id: "study-b", value: "boy", "aria-label": "Concept b" });
+  const seeds = el("input", { type: "number", id: "study-seeds", min: 2, max: 256, value: 32, "aria-label": "Seeds" });
+  const steps = el("input", { type: "number", id: "study-steps", min: 1, max: 50, value: 10, "aria-label": "Study steps" });
+  const variants = el("textarea", { id: "study-variants", rows: 3, placeholder: "custom: one prompt per line (the first is the base)", "aria-label": "Variants" });
+  const start = el("button", { type: "button", class: "primary", id: "study-start", text: "Run study" });
+  const status = el("p", { class: "muted", id: "study-status", text: "" });
+  const list = el("ul", { id: "study-list" });
+  body.append(
+    el("h3", { text: "Prompt study" }),
+    el("p", { class: "muted", text: "Every variant at the same seeds; image change vs the seed-to-seed noise floor, concept dominance and attention, with 95% bootstrap CIs. The report opens offline." }),
+    el("div", { class: "row wrap" }, [kind, el("span", { text: "a" }), a, el("span", { text: "b" }), b, el("span", { text: "seeds" }), seeds, el("span", { text: "steps" }), steps, start]),
+    variants, status, list,
+  );
+  const refresh = async () => {
+    const data = await api("GET", "/api/lab/studies");
+    list.innerHTML = "";
+    for (const st of data.studies) {
+      const label = `${st.kind} · ${st.state}${st.variants ? " · " + st.variants.join(" | ") : ""}`;
+      list.append(el("li", {}, st.state === "done" ? [el("a", { href: st.report, target: "_blank", text: label })] : [el("span", { text: label })]));
+    }
+  };
+  start.addEventListener("click", async () => {
+    const payload = { kind: kind.value, a: a.value, b: b.value, seeds: Number(seeds.value), steps: Number(steps.value) };
+    if (kind.value === "custom") { payload.variants = variants.value.split("\n").map((v) => v.trim()).filter(Boolean); payload.concepts = Boolean(a.value && b.value); }
+    start.disabled = true;
+    try {
+      const links = await api("POST", "/api/lab/study", payload);
+      for (;;) {
+        const job = await api("GET", links.job);
+        status.textContent = `${job.state} ${Math.round((job.progress || 0) * 100)}%`;
+        if (["done", "failed", "cancelled"].includes(job.state)) { if (job.error) status.textContent += `: ${job.error}`; break; }
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+      await refresh();
+    } catch (e) { status.textContent = e.message; }
+    finally { start.disabled = false; }
+  });
+  refresh().catch(() => {});
 }
 
 async function refreshQueue() {
