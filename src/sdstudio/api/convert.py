@@ -52,6 +52,7 @@ class ConvertedRequest:
     warnings: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)  # the request echoed (A1111 "parameters")
     vae: str | None = None  # A1111 sd_vae override (Automatic, None, a VAE name); None = the server option
+    script: Any = None  # a parsed A1111 script (sdstudio.pipelines.scripts.registry.ScriptCall) or None
 
     @property
     def kind(self) -> str:
@@ -144,7 +145,12 @@ def convert(
 
     request = prepare(GenerationRequest(**fields), limits)
     warnings += size_warnings(request, defaults.size, explicit="width" in sent or "height" in sent)
-    return ConvertedRequest(request, model_name, warnings, _echo(req), vae=vae)
+    script = None
+    if req.script_name:  # A1111 scripts: X/Y/Z plot, prompt matrix, SD upscale (unknown -> 422)
+        from sdstudio.pipelines.scripts.registry import parse_script
+
+        script = parse_script(req.script_name, req.script_args, kind, request)
+    return ConvertedRequest(request, model_name, warnings, _echo(req), vae=vae, script=script)
 
 
 def size_warnings(request: GenerationRequest, native: int | None, *, explicit: bool = True) -> list[str]:
@@ -268,11 +274,6 @@ def _refuse_unsupported(req: _A1111Base) -> None:
     """422 for fields that would change the result in A1111 but are not implemented here."""
     checks = [
         ("restore_faces", bool(req.restore_faces), "face restoration is not supported"),
-        (
-            "script_name",
-            bool(req.script_name),
-            f"scripts are not supported (script_name={req.script_name!r})",
-        ),
         (
             "alwayson_scripts",
             any(_script_active(v) for v in (req.alwayson_scripts or {}).values()),

@@ -1,10 +1,10 @@
-"""Server side of A1111 scripts (``script_name``): run a parsed script in a studio job.
+"""Server side of A1111 scripts (``script_name``): run a parsed script inside a studio job.
 
-The job's runner generates through the studio's own pipeline path (same model manager, limits,
-cancel token and progress); X/Y/Z and prompt-matrix cells are saved and recorded like any image,
-grids go to ``outputs/<kind>-grids/YYYY-MM-DD/``, SD-upscale tiles are not saved (A1111 sets
-``do_not_save_samples``), only the combined image. The job's images end in A1111's response order:
-grids first, then the cells A1111 would return (X/Y/Z: only with "Include Sub Images").
+The runner hands each cell to the studio's image service (run -> save -> record), so X/Y/Z and
+prompt-matrix cells are saved and in the gallery like any image; grids are saved under
+``outputs/<kind>-grids/YYYY-MM-DD/``; SD-upscale tiles are generated without saving (A1111 sets
+``do_not_save_samples``), only the combined image is. The job's images end in A1111's response
+order: grids first, then the cells A1111 returns (X/Y/Z: only with "Include Sub Images").
 """
 
 from __future__ import annotations
@@ -14,52 +14,88 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from sdstudio.pipelines.scripts.grid import ScriptImage
 
 
-def run_script_job(studio, model: Any, converted, request, ctx, on_image) -> list:
-    """Run ``converted.script`` with a runner over ``studio._run_pipeline``; save grids; order images."""
-    from sdstudio.api.service import SavedImage
+@dataclasses.dataclass
+class _Cell:
+    """What the script core reads of a generated image (pixels read back from the saved file)."""
+
+    image: Any
+    infotext: str
+    seed: int
+    subseed: int
+
+
+def run_script_job(studio, ctx, converted, model, result):
+    """Run ``converted.script`` over the studio's image service; save grids; order the job's images."""
+    from sdstudio.pipelines import generate
 
     script = converted.script
-    save_cells = script.name != "sd upscale"
-    cells: dict[int, SavedImage] = {}  # id(GeneratedImage) -> its saved record
+    saved_for: dict[int, Any] = {}  # id(cell image) -> its SavedImage
+    made: list[Any] = []  # GeneratedImage of unsaved outputs (SD-upscale tiles), for identity/params
 
-    def cell_saved(gi: Any) -> None:
-        on_image(gi)
-        cells[id(gi.image)] = ctx.job.result.images[-1]
-
-    def runner(req, *, init_images=None, model=None):
+    def runner(request, *, init_images=None, model=None):
         if ctx.cancel.interrupted:
             return []
-        m = studio.manager.acquire(model) if model else studio_model
-        job = dataclasses.replace(converted, script=None, init_images=init_images or converted.init_images)
-        return studio._run_pipeline(m, job, req, ctx, cell_saved if save_cells else None)
+        m = studio.manager.acquire(model) if model else base_model
+        if init_images is not None:
+            request = request.replace(init_images=tuple(init_images))
+        kw = {"progress": ctx.progress, "cancel": ctx.cancel}
+        if script.name == "sd upscale":
+            tiles = generate(m, request, limits=studio.settings.limits, **kw)
+            made.extend(tiles[:1])
+            return tiles
+        before = len(result.images)
+        studio.images.run(m, request, job_id=ctx.job.id, result=result, on_saved=lambda s: ctx.touch(), **kw)
+        cells = []
+        for saved in result.images[before:]:
+            with Image.open(saved.path) as im:
+                cell = _Cell(im.convert("RGB"), saved.infotext, saved.seed, saved.subseed)
+            saved_for[id(cell.image)] = saved
+            cells.append(cell)
+        return cells
 
-    studio_model = model
-    outcome = script.run(
-        request, runner, init_images=converted.init_images or None, model=converted.model_name
-    )
-    result = ctx.job.result
-    ordered: list[SavedImage] = []
+    base_model = model
+    outcome = script.run(converted.request, runner, model=converted.model_name)
+    template = _template(result, made)
+    ordered = []
     for item in outcome.images:
-        saved = cells.get(id(item.image))
-        ordered.append(saved if saved is not None else _save_extra(studio, item, ctx, converted, result))
+        saved = saved_for.get(id(item.image))
+        ordered.append(
+            saved if saved is not None else _save_extra(studio, ctx, converted, result, item, template)
+        )
     result.images[:] = ordered
-    return ordered
+    ctx.touch()
+    return result
 
 
-def _save_extra(studio, item: ScriptImage, ctx, converted, result) -> Any:
-    """Save a grid (or an SD-upscale result) and return its record."""
-    from sdstudio.api.service import SavedImage
+def _template(result, made: list) -> tuple[dict, Any]:
+    """(params, model identity) to describe extra images with: the first cell's."""
+    if made:
+        return dict(made[0].params), made[0].model
+    first = result.images[0] if result.images else None
+    return (dict(first.params) if first else {}), result.model
 
-    saved = SavedImage(
-        index=0, seed=item.seed, subseed=item.subseed, infotext=item.infotext, image=item.image
+
+def _save_extra(studio, ctx, converted, result, item: ScriptImage, template) -> Any:
+    """Save and record a grid (or an SD-upscale result) through the image service."""
+    from sdstudio.infotext import parse_infotext
+    from sdstudio.pipelines import GeneratedImage
+
+    params, identity = template
+    parsed = parse_infotext(item.infotext) if item.infotext else {}
+    params.update(
+        {k: v for k, v in parsed.items() if k not in ("Prompt", "Negative prompt") and k not in params}
+    )
+    request = converted.request
+    generated = GeneratedImage(
+        item.image, item.seed, item.subseed, item.infotext, 0, request, params, identity
     )
     folder = grids_dir(studio.outdir, converted.kind) if item.is_grid else None
-    studio._save(saved, ctx.job.id, converted, result, folder=folder)
-    saved.image = None
-    return saved
+    return studio.images.save(generated, job_id=ctx.job.id, model_title=result.model_title, folder=folder)
 
 
 def grids_dir(outdir: str | Path, kind: str, date: dt.date | None = None) -> Path:

@@ -95,6 +95,10 @@ class Studio:
         ctx.job.meta["model"] = self.manager.loaded_title()  # as the model list names it
         result = JobResult(converted.request)
         ctx.job.result = result  # images appear here one by one (kept if the job is interrupted)
+        if converted.script is not None:  # A1111 script_name: the script calls the image service per cell
+            from sdstudio.api.scripts import run_script_job
+
+            return run_script_job(self, ctx, converted, model, result)
         return self.images.run(
             model,
             converted.request,

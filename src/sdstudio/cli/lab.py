@@ -10,7 +10,10 @@ from sdstudio.errors import SDStudioError
 
 def register(subparsers) -> None:
     """Add ``lab demolish`` and ``lab build`` to the CLI."""
-    parser = subparsers.add_parser("lab", help="diffusion lab: forward/reverse processes, X/Y/Z plots, prompt matrix, attention maps, prompt studies")
+    parser = subparsers.add_parser(
+        "lab",
+        help="diffusion lab: forward/reverse processes, X/Y/Z plots, prompt matrix, attention maps, prompt studies",
+    )
     sub = parser.add_subparsers(dest="lab_command", metavar="EXPERIMENT", required=True)
 
     p = sub.add_parser("demolish", help="forward process q(x_t|x_0): an image at increasing noise levels")

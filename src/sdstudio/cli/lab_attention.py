@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from sdstudio.cli.generate import add_model_args, load_model_from_args, native_size
+from sdstudio.cli.common import add_model_args, load_model_from_args
 
 
 def register(sub) -> None:
@@ -35,7 +35,7 @@ def _attention(args: argparse.Namespace) -> int:
     from sdstudio.lab.attention import attention_maps, attention_picture, overlay
 
     model = load_model_from_args(args)
-    size = native_size(model)
+    size = model.defaults.size or model.native_size
     request = GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, sampler_name=args.sampler,
         scheduler=args.scheduler, cfg_scale=args.cfg_scale, seed=args.seed,

@@ -11,8 +11,15 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
-from sdstudio.cli.edit import add_hires_args, hires_from_args
-from sdstudio.cli.generate import add_generation_args, add_model_args, load_model_from_args, request_from_args
+from sdstudio.cli.common import (
+    OUTPUTS,
+    add_generation_args,
+    add_hires_args,
+    add_model_args,
+    hires_from_args,
+    load_model_from_args,
+    request_from_args,
+)
 
 
 def register(sub) -> None:
@@ -81,7 +88,7 @@ def save_result(result, args: argparse.Namespace, kind: str = "txt2img") -> list
         print(f"cell {path}")
         paths.append(path)
     for grid in result.grids:
-        path = save_image(grid.image, grid.infotext, "outputs", grid.seed, ext=args.format, folder=grids)
+        path = save_image(grid.image, grid.infotext, OUTPUTS, grid.seed, ext=args.format, folder=grids)
         print(f"grid {path}")
         paths.append(path)
     return paths

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from sdstudio.cli.generate import add_model_args, load_model_from_args
+from sdstudio.cli.common import add_model_args, load_model_from_args
 
 
 def register(sub) -> None:

@@ -104,6 +104,12 @@ class ImageService:
         )  # fmt: skip
         return result
 
+    def save(
+        self, item: GeneratedImage, *, job_id: str | None = None, model_title: str = "", folder=None
+    ) -> SavedImage:
+        """Save and record one image made elsewhere (e.g. a script's grid); ``folder`` as in :meth:`run`."""
+        return self._save(item, job_id, model_title, folder)
+
     def _save(self, item: GeneratedImage, job_id: str | None, model_title: str, folder) -> SavedImage:
         request = item.request
         path = save_image(

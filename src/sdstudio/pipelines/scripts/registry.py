@@ -41,14 +41,18 @@ class ScriptCall:
         init_images: list | None = None,
         model: str | None = None,
     ) -> ScriptResult:
-        """Run the script: the runner is called once per (batched) cell or tile batch."""
+        """Run the script: the runner is called once per (batched) cell or tile batch.
+
+        Image-to-image inputs travel in ``base.init_images``; ``init_images`` overrides them.
+        """
         if self.name == "x/y/z plot":
             return xyz_grid.run_xyz(base, self.options, runner, model=model, init_images=init_images)
         if self.name == "prompt matrix":
             return prompt_matrix.run_prompt_matrix(base, self.options, runner, init_images=init_images)
-        if not init_images:
+        init = list(init_images or base.init_images)
+        if not init:
             raise SDStudioError("SD upscale needs an init image", field="init_images")
-        return sd_upscale.run_sd_upscale(base, init_images[0], self.options, runner)
+        return sd_upscale.run_sd_upscale(base, init[0], self.options, runner)
 
 
 def parse_script(
