@@ -98,3 +98,18 @@ def test_bad_scripts_are_422_before_queueing(app_client, path, body, needle):
     assert r.status_code == 422, r.text
     assert needle in r.json()["detail"]
     assert len(client.get("/api/jobs").json()["jobs"]) == queued  # refused before a job was made
+
+
+def test_xyz_on_img2img_uses_the_img2img_axis_list(app_client):
+    app, client = app_client
+    init = Image.fromarray(np.full((64, 64, 3), 90, dtype=np.uint8))
+    # img2img list: index 5 is CFG Scale (no "Hires steps" there); Denoising by label
+    args = [5, "3,7", [], "Denoising", "0.2,0.6", [], 0, "", [], True, True]
+    body = {**FAST, "prompt": "a cat", "seed": 8, "init_images": [png_b64(init)], "script_name": "x/y/z plot",
+            "script_args": args}  # fmt: skip
+    r = client.post("/sdapi/v1/img2img", json=body)
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert len(r.json()["images"]) == 1 + 4 and "X Type: CFG Scale" in info["infotexts"][0]
+    assert "Denoising strength: 0.6" in info["infotexts"][4] and "CFG scale: 7" in info["infotexts"][4]
+    assert list((app.state.studio.outdir / "img2img-grids").rglob("*.png"))
