@@ -27,27 +27,23 @@ def test_lab_xyz_writes_cells_and_one_grid_per_z(tiny_dir, tmp_path, capsys, mon
     )  # no Y labels: no left band
 
 
-def test_lab_matrix(tiny_dir, tmp_path, capsys):
-    rc = main(
-        [
-            "lab",
-            "matrix",
-            "a cat|hat",
-            "--model",
-            str(tiny_dir),
-            *FAST,
-            "--seed",
-            "1",
-            "--outdir",
-            str(tmp_path),
-        ]
-    )
+def test_lab_matrix(tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["lab", "matrix", "a cat|hat", "--model", str(tiny_dir), *FAST, "--seed", "1"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert out.count("cell ") == 2 and out.count("grid ") == 1
+    assert out.count("cell outputs/txt2img-images/") == 2 and out.count("grid outputs/txt2img-grids/") == 1
+    from sdstudio.runtime.history import HistoryStore
+
+    store = HistoryStore(tmp_path / "outputs" / "history.sqlite3", tmp_path / "outputs")
+    try:  # cells and the grid are recorded like any CLI image (the image service's one path)
+        assert store.query()[1] == 3
+    finally:
+        store.close()
 
 
-def test_lab_xyz_bad_axis_is_a_clear_error(tiny_dir, capsys):
+def test_lab_xyz_bad_axis_is_a_clear_error(tiny_dir, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
     rc = main(
         ["lab", "xyz", "a cat", "--model", str(tiny_dir), *FAST, "--x-type", "Sigma Churn", "--x-values", "1"]
     )

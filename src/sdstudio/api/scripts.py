@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from PIL import Image
 
-from sdstudio.pipelines.scripts.grid import ScriptImage
+from sdstudio.pipelines.scripts.grid import ScriptImage, as_generated
 
 
 @dataclasses.dataclass
@@ -35,7 +36,7 @@ def run_script_job(studio, ctx, converted, model, result):
 
     script = converted.script
     saved_for: dict[int, Any] = {}  # id(cell image) -> its SavedImage
-    made: list[Any] = []  # GeneratedImage of unsaved outputs (SD-upscale tiles), for identity/params
+    made: list[Any] = []  # SD-upscale tiles' first GeneratedImage (describes the combined image)
 
     def runner(request, *, init_images=None, model=None):
         if ctx.cancel.interrupted:
@@ -60,41 +61,30 @@ def run_script_job(studio, ctx, converted, model, result):
 
     base_model = model
     outcome = script.run(converted.request, runner, model=converted.model_name)
-    template = _template(result, made)
+    like = made[0] if made else _described_like(converted, result)
     ordered = []
     for item in outcome.images:
         saved = saved_for.get(id(item.image))
         ordered.append(
-            saved if saved is not None else _save_extra(studio, ctx, converted, result, item, template)
+            saved if saved is not None else _save_extra(studio, ctx, converted, result, item, like)
         )
     result.images[:] = ordered
     ctx.touch()
     return result
 
 
-def _template(result, made: list) -> tuple[dict, Any]:
-    """(params, model identity) to describe extra images with: the first cell's."""
-    if made:
-        return dict(made[0].params), made[0].model
+def _described_like(converted, result) -> Any:
+    """What grids are described with: the first cell's parameters and model, the job's request."""
     first = result.images[0] if result.images else None
-    return (dict(first.params) if first else {}), result.model
+    return SimpleNamespace(
+        params=dict(first.params) if first else {}, request=converted.request, model=result.model
+    )
 
 
-def _save_extra(studio, ctx, converted, result, item: ScriptImage, template) -> Any:
+def _save_extra(studio, ctx, converted, result, item: ScriptImage, like) -> Any:
     """Save and record a grid (or an SD-upscale result) through the image service."""
-    from sdstudio.infotext import parse_infotext
-    from sdstudio.pipelines import GeneratedImage
-
-    params, identity = template
-    parsed = parse_infotext(item.infotext) if item.infotext else {}
-    params.update(
-        {k: v for k, v in parsed.items() if k not in ("Prompt", "Negative prompt") and k not in params}
-    )
-    request = converted.request
-    generated = GeneratedImage(
-        item.image, item.seed, item.subseed, item.infotext, 0, request, params, identity
-    )
     folder = grids_dir(studio.outdir, converted.kind) if item.is_grid else None
+    generated = as_generated(item, like)
     return studio.images.save(generated, job_id=ctx.job.id, model_title=result.model_title, folder=folder)
 
 

@@ -59,6 +59,7 @@ class CliRunner:
     def __init__(self, args: argparse.Namespace, model) -> None:
         self.args, self.models = args, {None: model}
         self.calls = 0
+        self.generated: dict[int, tuple] = {}  # id(image) -> (GeneratedImage, model title), saved afterwards
 
     def __call__(self, request, *, init_images=None, model=None):
         from sdstudio.models.loader import load_model
@@ -68,30 +69,47 @@ class CliRunner:
             self.models[model] = load_model(model, device=self.args.device, precision=self.args.precision)
         self.calls += 1
         m = self.models[model]
-        if init_images:
-            return img2img(m, request, init_images=init_images)
-        return txt2img(m, request)
+        items = img2img(m, request, init_images=init_images) if init_images else txt2img(m, request)
+        title = Path(m.path).stem if m.path else m.name  # as the image service names the model
+        self.generated.update({id(g.image): (g, title) for g in items})
+        return items
 
 
-def save_result(result, args: argparse.Namespace, kind: str = "txt2img") -> list[Path]:
-    """Save cells and grids (A1111 layout, or all in ``--outdir``); print and return the paths."""
-    from sdstudio.runtime.outputs import save_image
+def save_result(result, runner: CliRunner, args: argparse.Namespace, kind: str = "txt2img") -> list[Path]:
+    """Save and record cells and grids through the image service (A1111 layout, or all in
+    ``--outdir``); print and return the paths."""
+    from sdstudio.pipelines.scripts.grid import as_generated
+    from sdstudio.runtime.history import HistoryStore
+    from sdstudio.runtime.service import ImageService
 
-    paths = []
+    history = None if args.no_history else HistoryStore(f"{OUTPUTS}/history.sqlite3", OUTPUTS)
+    service = ImageService(OUTPUTS, history, save_format=args.format)
     grids = (
-        Path(args.outdir) if args.outdir else Path("outputs") / f"{kind}-grids" / dt.date.today().isoformat()
+        Path(args.outdir) if args.outdir else Path(OUTPUTS) / f"{kind}-grids" / dt.date.today().isoformat()
     )
-    for cell in result.cells:
-        path = save_image(
-            cell.image, cell.infotext, "outputs", cell.seed, kind=kind, ext=args.format, folder=args.outdir
-        )
-        print(f"cell {path}")
-        paths.append(path)
-    for grid in result.grids:
-        path = save_image(grid.image, grid.infotext, OUTPUTS, grid.seed, ext=args.format, folder=grids)
-        print(f"grid {path}")
-        paths.append(path)
-    return paths
+    paths = []
+    try:
+        for cell in result.cells:
+            g, title = runner.generated[id(cell.image)]
+            paths.append(("cell", service.save(g, model_title=title, folder=args.outdir).path))
+        first, title = runner.generated[id(result.cells[0].image)] if result.cells else (None, "")
+        for grid in result.grids if first is not None else []:
+            paths.append(
+                ("grid", service.save(as_generated(grid, first), model_title=title, folder=grids).path)
+            )
+    finally:
+        if history is not None:
+            history.close()
+    for what, path in paths:
+        print(f"{what} {_shown(path)}")
+    return [p for _, p in paths]
+
+
+def _shown(path):
+    try:
+        return Path(path).relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def _xyz(args: argparse.Namespace) -> int:
@@ -112,7 +130,7 @@ def _xyz(args: argparse.Namespace) -> int:
     )  # fmt: skip
     runner = CliRunner(args, model)
     result = xyz_grid.run_xyz(request, options, runner, max_batch=args.max_batch)
-    save_result(_main_grid_per_z(result), args)
+    save_result(_main_grid_per_z(result), runner, args)
     print(f"{len(result.cells)} cells in {result.runner_calls} runner calls")
     return 0
 
@@ -134,6 +152,7 @@ def _matrix(args: argparse.Namespace) -> int:
         args.put_at_start, args.different_seeds, "negative" if args.negative_matrix else "positive",
         args.delimiter, args.margin,
     )  # fmt: skip
-    result = prompt_matrix.run_prompt_matrix(request, options, CliRunner(args, model))
-    save_result(result, args)
+    runner = CliRunner(args, model)
+    result = prompt_matrix.run_prompt_matrix(request, options, runner)
+    save_result(result, runner, args)
     return 0

@@ -258,6 +258,23 @@ def combine_grid(tiles: Tiles) -> Image.Image:
     return out
 
 
+def as_generated(item: ScriptImage, like: Any) -> Any:
+    """A grid (or SD-upscale result) as a :class:`~sdstudio.pipelines.GeneratedImage`, described like
+    the generated image ``like`` (its request, model identity and params, plus the grid's infotext
+    keys), so the image service can save and record it as any other image."""
+    from sdstudio.infotext import parse_infotext
+    from sdstudio.pipelines.plan import GeneratedImage
+
+    params = dict(like.params)
+    parsed = parse_infotext(item.infotext) if item.infotext else {}
+    params.update(
+        {k: v for k, v in parsed.items() if k not in ("Prompt", "Negative prompt") and k not in params}
+    )
+    return GeneratedImage(
+        item.image, item.seed, item.subseed, item.infotext, 0, like.request, params, like.model
+    )
+
+
 def with_params(infotext: str, params: dict[str, Any]) -> str:
     """``infotext`` with extra ``key: value`` pairs added before ``Version`` (A1111 extra params)."""
     extra = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v not in (None, ""))
