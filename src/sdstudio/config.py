@@ -96,6 +96,9 @@ class GenerationRequest:
     init_images: tuple[Any, ...] = ()  # one for the whole batch, or batch_size of them
     mask: Any = None  # white = repaint; an RGBA mask's alpha is used
     outpaint: tuple[int, int, int, int] | None = None  # (left, right, up, down) pixels to add
+    # speed (pipelines.speed; off by default = the plain path, bit-identical)
+    s_min_uncond: float = 0.0  # A1111 "NGMS": skip the uncond pass on odd calls below this sigma
+    fast: bool = False  # opt-in fast mode: DeepCache + NGMS (BENCHMARKS.md states the quality cost)
 
     @property
     def n_images(self) -> int:
@@ -205,6 +208,7 @@ class GenerationRequest:
         _check(self.resize_mode in (0, 1, 2), "resize_mode", "resize_mode must be 0, 1 or 2")
         _check(self.inpainting_fill in (0, 1, 2, 3), "inpainting_fill", "inpainting_fill must be 0..3")
         _check(0 <= self.mask_blur <= 64, "mask_blur", "mask_blur must be in [0, 64]")
+        _check(0 <= self.s_min_uncond <= 100, "s_min_uncond", f"s_min_uncond must be in [0, 100], got {self.s_min_uncond}")
         if self.outpaint is not None:
             _check(
                 len(self.outpaint) == 4

@@ -76,6 +76,16 @@ KNOBS: tuple[Knob, ...] = (
         "tiling", "tiling", "--tiling", "Tiling", _flag,
         "seamless tiling: the image wraps around at its edges", shown=bool,
     ),
+    Knob(
+        "s_min_uncond", "s_min_uncond", "--s-min-uncond", "NGMS", float,
+        "A1111 negative guidance minimum sigma: below it the uncond pass is skipped on alternate steps (0 = off)",
+        shown=lambda v: v > 0, written=_number,
+    ),
+    Knob(
+        "fast", "fast", "--fast", "Fast", _flag,
+        "opt-in fast mode: DeepCache feature reuse + NGMS 1.0 (quality cost measured in BENCHMARKS.md)",
+        shown=bool,
+    ),
 )  # fmt: skip
 
 BY_NAME = {k.name: k for k in KNOBS}

@@ -279,11 +279,6 @@ def _refuse_unsupported(req: _A1111Base) -> None:
             any(_script_active(v) for v in (req.alwayson_scripts or {}).values()),
             f"always-on scripts are not supported ({', '.join(req.alwayson_scripts or {})})",
         ),
-        (
-            "s_min_uncond",
-            bool(req.s_min_uncond),
-            "s_min_uncond (negative guidance minimum sigma) is not supported",
-        ),
         ("s_churn", bool(req.s_churn), "s_churn is not supported (leave it 0)"),
         (
             "refiner_checkpoint",

@@ -58,24 +58,44 @@ def check_model_path(path: str | Path) -> Path:
     return p
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a single-file checkpoint into CPU tensors; unwrap ``state_dict`` nesting (A1111/LDM .ckpt)."""
+def read_checkpoint(path: str | Path, dtype: torch.dtype | None = None) -> Checkpoint:
+    """Read a single-file checkpoint into CPU tensors; unwrap ``state_dict`` nesting (A1111/LDM .ckpt).
+
+    ``dtype`` converts floating tensors as they are read (safetensors: one tensor at a time), so a
+    fp16 file loaded for bf16 never holds a second full copy in the file's dtype.
+    """
     p = check_model_path(path)
     if p.is_dir():
         raise SDStudioError(f"{p} is a diffusers folder, not a single-file checkpoint", field="model")
     if p.suffix.lower() in SAFETENSORS_SUFFIXES:
-        state_dict, metadata = _read_safetensors(p)
+        state_dict, metadata = _read_safetensors(p, dtype)
         return Checkpoint(state_dict, metadata, None, p)
-    return _read_pickle(p)
+    checkpoint = _read_pickle(p)
+    if dtype is not None:
+        sd = checkpoint.state_dict
+        for key in list(sd):
+            sd[key] = _cast(sd.pop(key), dtype)
+    return checkpoint
 
 
-def _read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+
+def _read_safetensors(
+    p: Path, dtype: torch.dtype | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
+        with safe_open(str(p), framework="pt", device="cpu") as f:  # validates header and offsets
             metadata = dict(f.metadata() or {})
-            state_dict = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+            if dtype is not None:
+                keys = list(f.keys())
+            else:
+                state_dict = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+        if dtype is not None:
+            state_dict = _stream_safetensors(p, keys, dtype)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise SDStudioError(
             f"{p} is not a valid safetensors file (truncated or corrupt: {exc})", field="model"
@@ -83,6 +103,40 @@ def _read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     if not state_dict:
         raise SDStudioError(f"{p} holds no tensors", field="model")
     return state_dict, metadata
+
+
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _stream_safetensors(p: Path, keys: list[str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Read each tensor with plain file reads into its own buffer, converting floats to ``dtype``.
+
+    safetensors' ``get_tensor`` maps the whole file; the mapped pages count as the process's
+    memory, so a 2 GB fp16 file loaded as bf16 peaked at 2 GB mapped + 2 GB converted. Reading
+    tensor by tensor (format: u64 header size, JSON header with ``data_offsets``, data) keeps one
+    tensor in the file's dtype at a time. Called after ``safe_open`` validated the header.
+    """
+    with open(p, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        base = 8 + size
+        out: dict[str, torch.Tensor] = {}
+        for key in sorted(keys, key=lambda k: header[k]["data_offsets"][0]):
+            info = header[key]
+            begin, end = info["data_offsets"]
+            buf = torch.empty(info["shape"], dtype=_ST_DTYPES[info["dtype"]])
+            raw = buf.view(-1).view(torch.uint8) if buf.numel() else buf.view(torch.uint8)
+            if raw.numel() != end - begin:
+                raise SDStudioError(f"{p}: tensor {key} has {end - begin} bytes for shape {info['shape']}")
+            f.seek(base + begin)
+            if raw.numel() and f.readinto(memoryview(raw.numpy())) != raw.numel():
+                raise SDStudioError(f"{p} is truncated (tensor {key})", field="model")
+            out[key] = _cast(buf, dtype)
+    return {k: out[k] for k in keys}
 
 
 class _InertStandIn:

@@ -39,7 +39,7 @@ def add_generation_args(p: argparse.ArgumentParser, default_size: int | None = N
 
     p.add_argument("prompt", nargs="?", default=None, help="the prompt (omit with --from-png)")
     for knob in KNOBS:  # default None: the request's (or the model's) default applies
-        if knob.parse is bool or knob.name == "tiling":
+        if knob.parse is bool or knob.name in ("tiling", "fast"):
             p.add_argument(
                 knob.cli, dest=knob.name, action="store_const", const=True, default=None, help=knob.help
             )

@@ -78,7 +78,7 @@ def load_model(
         model = _load_diffusers_folder(p, prediction_type)
         hash_file = diffusers_weights_file(p, "unet")
     else:
-        model = _load_single_file(p, prediction_type)
+        model = _load_single_file(p, prediction_type, target_dtype)
         hash_file = p
     model.model_hash = model_hash(hash_file, cache_file) if hash_file else ""
     if vae_path is not None:
@@ -338,8 +338,12 @@ def _scheduler_config(config: dict[str, Any], prediction_type: str) -> dict[str,
 # ----------------------------------------------------------------------------- single files
 
 
-def _load_single_file(path: Path, prediction_type: str | None) -> StableDiffusionModel:
-    checkpoint = read_checkpoint(path)
+def _load_single_file(
+    path: Path, prediction_type: str | None, dtype: torch.dtype | None = None
+) -> StableDiffusionModel:
+    """Build the model from one file; ``dtype`` converts each tensor as it is read (no full-size copy
+    in the file's dtype beside the target one; ``_place`` then finds the tensors already owned)."""
+    checkpoint = read_checkpoint(path, dtype)
     state_dict = normalize_original_keys(checkpoint.state_dict)
     arch = detect_architecture(
         state_dict,

@@ -18,9 +18,10 @@ from sdstudio.sampling.schedules import DiscreteSchedule
 class ModelDenoiser:
     """``D(x, sigma, cond) -> x0`` for a StableDiffusionModel's UNet (fp32 in/out, model dtype inside)."""
 
-    def __init__(self, model, schedule: DiscreteSchedule) -> None:
+    def __init__(self, model, schedule: DiscreteSchedule, unet=None) -> None:
         self.model = model
         self.schedule = schedule
+        self.unet = unet if unet is not None else model.unet  # or a caching wrapper (pipelines.deepcache)
         self.v_prediction = model.prediction_type == "v_prediction"
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
@@ -43,7 +44,7 @@ class ModelDenoiser:
                 "text_embeds": cond.pooled.to(m.device, m.dtype),
                 "time_ids": cond.extra["time_ids"].to(m.device, m.dtype),
             }
-        return m.unet(
+        return self.unet(
             x_in.to(m.device, m.dtype),
             t,
             encoder_hidden_states=cond.context.to(m.device, m.dtype),

@@ -19,6 +19,7 @@ from sdstudio.errors import SDStudioError
 from sdstudio.pipelines.components import decode_latents, encode_images, from_pil, to_pil
 from sdstudio.pipelines.image_ops import check_strength
 from sdstudio.pipelines.loop import JobProgress, sample_batch
+from sdstudio.pipelines.speed import SpeedOptions
 from sdstudio.pipelines.plan import (
     SamplingPlan,
     encode_for_batch,
@@ -163,6 +164,7 @@ def hires_pass(
             s_noise=hr.s_noise,
             batch_index=batch_index,
             progress=job,
+            speed=SpeedOptions.from_request(hr),
         )
     return upscaled, to_pil(decode_latents(model, upscaled)), hires_infotext(request)
 

@@ -15,6 +15,7 @@ from sdstudio.pipelines import image_ops as ops
 from sdstudio.pipelines import inpaint
 from sdstudio.pipelines.components import decode_latents, encode_images, from_pil, to_pil
 from sdstudio.pipelines.loop import JobProgress, job_batches, noise_kwargs, sample_batch
+from sdstudio.pipelines.speed import SpeedOptions
 from sdstudio.pipelines.plan import (
     GeneratedImage,
     SamplingPlan,
@@ -63,7 +64,8 @@ def run_img2img(
             latents = sample_batch(
                 model, plan, cond_at, uncond_at, cfg_scale=request.cfg_scale,
                 latent_shape=tuple(init.latents.shape[1:]), init_latent=start_latents,
-                noise_multiplier=request.initial_noise_multiplier, post_denoise=init.post_denoise(start_latents), batch_index=it, progress=job, **noise,
+                noise_multiplier=request.initial_noise_multiplier, post_denoise=init.post_denoise(start_latents), batch_index=it, progress=job,
+                speed=SpeedOptions.from_request(request), **noise,
             )  # fmt: skip
         images = to_pil(decode_latents(model, init.final_blend(latents, start_latents)))
         extra = {**init.infotext, **job.interrupted_params()}

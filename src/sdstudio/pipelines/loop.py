@@ -15,6 +15,7 @@ import torch
 
 from sdstudio.pipelines.components import ModelDenoiser, preview_image
 from sdstudio.pipelines.plan import SamplingPlan
+from sdstudio.pipelines.speed import SpeedOptions
 from sdstudio.prompts.encode import Conditioning
 from sdstudio.sampling.control import CancelToken, ProgressCallback, StepInfo
 from sdstudio.sampling.guidance import CFGDenoiser
@@ -108,6 +109,7 @@ def sample_batch(
     batch_index: int = 0,
     progress: JobProgress | None = None,
     on_step: Callable[[dict], None] | None = None,
+    speed: SpeedOptions | None = None,
 ) -> torch.Tensor:
     """Run one batch through the sampler; returns final latents (B, C, h, w), float32.
 
@@ -119,15 +121,11 @@ def sample_batch(
     x = noise.initial() * noise_multiplier * sigmas[0]  # (B, C, h, w) on the model's device
     if init_latent is not None:
         x = init_latent.to(x.device, torch.float32) + x
+    speed = speed or SpeedOptions()  # default: the plain path
     denoiser = CFGDenoiser(
-        ModelDenoiser(model, plan.schedule),
-        cond_at,
-        uncond_at,
-        cfg_scale,
-        sigmas,
-        Conditioning.cat,
-        post_denoise,
-    )
+        ModelDenoiser(model, plan.schedule, speed.unet_for(model.unet)), cond_at, uncond_at, cfg_scale, sigmas,
+        Conditioning.cat, post_denoise, speed.s_min_uncond, speed.uncond_every_step,
+    )  # fmt: skip
     steps = plan.steps
 
     def callback(state: dict) -> None:

@@ -8,6 +8,7 @@ from sdstudio.config import GenerationRequest
 from sdstudio.pipelines.components import decode_latents, to_pil
 from sdstudio.pipelines.hires import hires_pass, hires_steps
 from sdstudio.pipelines.loop import JobProgress, job_batches, noise_kwargs, sample_batch
+from sdstudio.pipelines.speed import SpeedOptions
 from sdstudio.pipelines.plan import (
     GeneratedImage,
     SamplingPlan,
@@ -45,7 +46,7 @@ def run_txt2img(
         noise = noise_kwargs(request, images_slice, seed_resize_from(model, request))
         latents = sample_batch(
             model, plan, cond_at, uncond_at, cfg_scale=request.cfg_scale,
-            latent_shape=shape, batch_index=it, progress=job, **noise,
+            latent_shape=shape, batch_index=it, progress=job, speed=SpeedOptions.from_request(request), **noise,
         )  # fmt: skip
         extra: dict = {}
         if request.hires is not None and not (cancel is not None and cancel.stop_batch):

@@ -82,7 +82,7 @@ def tokenize_chunks(
     parsed = parse_prompt_attention(text)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    comma = tokenizer.get_vocab().get(",</w>")
+    comma = _comma_id(tokenizer)
     chunks: list[PromptChunk] = []
     tokens: list[int] = []
     mults: list[float] = []
@@ -137,6 +137,18 @@ def tokenize_chunks(
     while len(chunks) < min_chunks:
         chunks.append(PromptChunk([bos, eos] + [pad] * 75, [1.0] * 77))
     return chunks
+
+
+def _comma_id(tokenizer) -> int | None:
+    """The id of the ``,</w>`` token, or None when the vocabulary has none.
+
+    ``convert_tokens_to_ids`` looks one token up; ``get_vocab()`` copied the whole 49k-entry
+    vocabulary on every prompt (~30 ms each, most of the embedded model's encode time).
+    """
+    found = tokenizer.convert_tokens_to_ids(",</w>")
+    if found is None or (found == tokenizer.unk_token_id and tokenizer.unk_token != ",</w>"):
+        return None
+    return found
 
 
 def count_chunks(tokenizer, text: str, embeddings=None) -> int:

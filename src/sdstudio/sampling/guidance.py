@@ -45,8 +45,13 @@ class CFGDenoiser:
         sigmas: torch.Tensor,
         concat: Callable[[Sequence[Any]], Any],
         post_denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        s_min_uncond: float = 0.0,
+        uncond_every_step: bool = False,
     ) -> None:
         self.inner = inner
+        self.s_min_uncond = s_min_uncond  # A1111 "NGMS": below this sigma the uncond pass may be skipped
+        self.uncond_every_step = uncond_every_step  # skip on every call, not only odd ones ("NGMS all steps")
+        self.calls = 0  # A1111's CFGDenoiser.step: counts denoiser calls
         self.cond_at, self.uncond_at = cond_at, uncond_at
         self.cfg_scale = cfg_scale
         self.sigmas = sigmas
@@ -59,11 +64,28 @@ class CFGDenoiser:
         below = (self.sigmas[:-1] >= s - 1e-6).nonzero()
         return int(below[-1]) if len(below) else 0
 
+    def skips_uncond(self, sigma: torch.Tensor) -> bool:
+        """A1111 negative guidance minimum sigma: skip the uncond pass on odd calls below ``s_min_uncond``.
+
+        The skipped call returns the conditional prediction (A1111 puts the cond output where the
+        uncond one would be, so guidance vanishes for that call).
+        """
+        skip = self.s_min_uncond > 0 and float(sigma.flatten()[0]) < self.s_min_uncond
+        return skip and (self.uncond_every_step or self.calls % 2 == 1)
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         step = self.step_of(sigma)
         parts = cond_parts(self.cond_at(step))
+        skip_uncond = self.skips_uncond(sigma)
+        self.calls += 1
         if self.cfg_scale == 1.0 and len(parts) == 1 and parts[0][1] == 1.0:
             denoised = self.inner(x, sigma, parts[0][0])
+        elif skip_uncond:
+            n = len(parts)
+            batch = self.concat([c for c, _ in parts]) if n > 1 else parts[0][0]
+            outs = self.inner(torch.cat([x] * n), torch.cat([sigma] * n), batch).chunk(n)
+            guidance = sum((d_c - outs[0]) * w for (_, w), d_c in zip(parts, outs))
+            denoised = outs[0] + guidance * self.cfg_scale
         else:
             n = len(parts) + 1
             batch = self.concat([self.uncond_at(step), *(c for c, _ in parts)])

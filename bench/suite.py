@@ -1,0 +1,258 @@
+"""The speed suite: sdstudio (default and --fast) vs diffusers fp32/bf16 and stable-diffusion.cpp.
+
+    python3 bench/suite.py [--sizes 256 512] [--repeats 2] [--sdcpp-sizes 256] [--out BENCHMARKS.md]
+
+Builds once, cached in ``~/.cache/sdstudio/bench/`` (``SDSTUDIO_CACHE_DIR`` overrides), a
+random-weight SD 1.5-architecture model (shipped config, fixed seed, no download) as an
+original-layout fp16 single file and as a diffusers folder of the same weights. Then, in ONE run,
+each contender runs in its own process (``bench/_worker.py``: peak RSS and load time are its
+own), contenders alternate in a rotating order, each repeated; medians are reported, as ratios to
+the baselines measured in the same run. 20 steps DPM++ 2M (Karras), CFG 7, batch 1.
+
+Also: the cold process (``sdstudio txt2img`` CLI on the single file vs a plain diffusers fp32
+script on the folder; first image of a fresh process, OS file cache warm), the embedded model
+(bench/embedded_speed.py) and, with ``--quality``, bench/quality_steps.py. Writes BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTENDERS = ("sdstudio", "sdstudio-fast", "diffusers-fp32", "diffusers-bf16", "sdcpp")
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("SDSTUDIO_CACHE_DIR") or Path.home() / ".cache" / "sdstudio")
+    return base / "bench"
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_WAIT_POLICY="PASSIVE")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def ensure_model(folder: Path) -> tuple[Path, Path]:
+    """(single file, diffusers folder) of the random SD 1.5, built once in a subprocess."""
+    single, diffusers_dir = folder / "sd15-random-fp16.safetensors", folder / "sd15-random-fp16-diffusers"
+    if single.is_file() and (diffusers_dir / "model_index.json").is_file():
+        return single, diffusers_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    code = (
+        "import sys; sys.path.insert(0, %r); from bench_txt2img import build_sd15;"
+        "from sdstudio.models.loader import save_single_file, save_diffusers;"
+        "m = build_sd15(); save_single_file(m, %r, half=True); save_diffusers(m, %r, half=True)"
+    ) % (str(ROOT / "bench"), str(single), str(diffusers_dir))
+    print(f"building the random SD 1.5 in {folder} (once) ...", flush=True)
+    subprocess.run([sys.executable, "-c", code], check=True, env=child_env())
+    return single, diffusers_dir
+
+
+def run_worker(contender: str, size: int, steps: int, single: Path, folder: Path, cold: bool = False) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / "_worker.py"), contender, "--size", str(size),
+           "--steps", str(steps), "--single", str(single), "--folder", str(folder)]  # fmt: skip
+    if cold:
+        cmd.append("--cold")
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+    wall = time.perf_counter() - t
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        print(f"  {contender} {size}px FAILED: {' | '.join(tail)}", flush=True)
+        return {"contender": contender, "size": size, "failed": " | ".join(tail)[-300:]}
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    result["wall"] = wall
+    print(f"  {contender:15s} {size}px image {result['phases']['image']:7.2f} s  load {result['phases']['load']:6.2f} s"
+          f"  peak RSS {result['peak_rss_gib']:.2f} GiB", flush=True)  # fmt: skip
+    return result
+
+
+def run_cli_cold(size: int, steps: int, single: Path) -> dict:
+    """Wall time of the real ``sdstudio txt2img`` process, measured from outside."""
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "sdstudio.cli", "txt2img", "a cute fluffy cat plays trumpet",
+               "--model", str(single), "--width", str(size), "--height", str(size), "--steps", str(steps),
+               "--sampler", "DPM++ 2M", "--cfg-scale", "7", "--seed", "1", "--outdir", out]  # fmt: skip
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+        wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        return {"contender": "sdstudio-cli", "failed": proc.stderr.strip().splitlines()[-1:]}
+    print(f"  sdstudio txt2img CLI (cold) {wall:7.2f} s", flush=True)
+    return {"contender": "sdstudio-cli", "wall": wall}
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarize(results: list[dict]) -> dict:
+    """{(contender, size): medians} over the successful repeats."""
+    table: dict = {}
+    for r in results:
+        if "failed" in r:
+            table.setdefault((r["contender"], r["size"]), {"failed": r["failed"]})
+            continue
+        table.setdefault((r["contender"], r["size"]), {"runs": []})["runs"].append(r)
+    for row in table.values():
+        runs = row.get("runs", [])
+        if not runs:
+            continue
+        row["image"] = median([r["phases"]["image"] for r in runs])
+        row["load"] = median([r["phases"]["load"] for r in runs])
+        row["rss"] = max(r["peak_rss_gib"] for r in runs)
+        row["split"] = {k: median([r["split"][k] for r in runs]) for k in runs[0]["split"]}
+        row["unet"] = (runs[0]["unet_calls"], runs[0]["unet_full_calls"], runs[0]["unet_rows"])
+        row["n"] = len(runs)
+    return table
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def fmt(x: float | None, unit: str = "s") -> str:
+    return "—" if x is None else f"{x:.2f} {unit}".strip()
+
+
+def per_image_table(table: dict, sizes: list[int]) -> list[str]:
+    lines = ["| contender | size | s/image (median) | vs diffusers fp32 | vs diffusers bf16 | vs sd.cpp "
+             "| text / UNet / VAE / save (s) | UNet calls (full) / rows | peak RSS | load |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for size in sizes:
+        base = {c: table.get((c, size), {}).get("image") for c in ("diffusers-fp32", "diffusers-bf16", "sdcpp")}
+        for c in CONTENDERS:
+            row = table.get((c, size))
+            if row is None:
+                continue
+            if "failed" in row and "image" not in row:
+                lines.append(f"| {c} | {size} | failed: {row['failed'][:80]} | | | | | | | |")
+                continue
+            ratios = [f"{b / row['image']:.2f}x" if b else "—" for b in base.values()]
+            sp = row["split"]
+            split = " / ".join(f"{sp[k]:.2f}" for k in ("text", "unet", "vae", "save")) if sp["unet"] else "n/a"
+            calls, full, rows = row["unet"]
+            unet = f"{calls} ({full}) / {rows}" if calls else "n/a"
+            lines.append(f"| {c} | {size} | {row['image']:.2f} s | {ratios[0]} | {ratios[1]} | {ratios[2]} | {split} "
+                         f"| {unet} | {row['rss']:.2f} GiB | {row['load']:.2f} s |")  # fmt: skip
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--repeats", type=int, nargs="+", default=[2, 1], help="per size (last repeats)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS))
+    parser.add_argument("--sdcpp-sizes", type=int, nargs="*", default=[256], help="sd.cpp is slow: sizes to run it at")
+    parser.add_argument("--cold-repeats", type=int, default=1)
+    parser.add_argument("--cold-size", type=int, default=256)
+    parser.add_argument("--no-embedded", action="store_true")
+    parser.add_argument("--quality", action="store_true", help="also run bench/quality_steps.py (~10 min)")
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    single, folder = ensure_model(cache_dir())
+    results: list[dict] = []
+    for i, size in enumerate(args.sizes):
+        repeats = args.repeats[min(i, len(args.repeats) - 1)]
+        names = [c for c in args.contenders if c != "sdcpp" or size in args.sdcpp_sizes]
+        for rep in range(repeats):
+            order = names[rep % len(names):] + names[: rep % len(names)]  # rotate: no contender always first
+            print(f"{size}px, round {rep + 1}/{repeats}", flush=True)
+            results += [run_worker(c, size, args.steps, single, folder) for c in order]
+    cold: list[dict] = []
+    for rep in range(args.cold_repeats):
+        print(f"cold process, {args.cold_size}px, round {rep + 1}", flush=True)
+        cold.append(run_cli_cold(args.cold_size, args.steps, single))
+        cold.append(run_worker("diffusers-fp32", args.cold_size, args.steps, single, folder, cold=True))
+        cold.append(run_worker("sdstudio", args.cold_size, args.steps, single, folder, cold=True))
+    embedded = None
+    if not args.no_embedded:
+        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "embedded_speed.py"), "--json", "-"],
+                              capture_output=True, text=True, env=child_env())  # fmt: skip
+        print(proc.stdout, proc.stderr[-500:] if proc.returncode else "", flush=True)
+        embedded = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+    quality = None
+    if args.quality:
+        with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+            subprocess.run([sys.executable, str(ROOT / "bench" / "quality_steps.py"), "--json", tmp.name],
+                           check=True, env=child_env())  # fmt: skip
+            quality = json.loads(Path(tmp.name).read_text())
+    report = {"machine": machine(), "argv": sys.argv[1:], "results": results, "cold": cold,
+              "embedded": embedded, "quality": quality}  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    text = render(report, args)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+def render(report: dict, args) -> str:
+    table = summarize(report["results"])
+    lines = ["# Benchmarks", "", f"Machine: {report['machine']}. Measured with", "",
+             f"    python3 bench/suite.py {' '.join(report['argv'])}", "",
+             "Random-weight SD 1.5 architecture (fp16 single file / diffusers folder of the same weights), "
+             f"one image, {args.steps} steps DPM++ 2M Karras, CFG 7, batch 1; each contender in its own "
+             "process, alternating, medians; ratios > 1 mean sdstudio's row is faster. Timings on a shared "
+             "machine are only comparable within this run.", "", "## Per image (warm: after a 2-step warm-up)",
+             "", *per_image_table(table, args.sizes), ""]  # fmt: skip
+    lines += render_cold(report["cold"])
+    if report["embedded"]:
+        e = report["embedded"]
+        lines += ["## Embedded model (64x64, 20 steps DPM++ 2M, CFG 7)", "",
+                  "| mode | one image | batch 8 |", "|---|---|---|"]  # fmt: skip
+        for mode, row in e["modes"].items():
+            lines.append(f"| {mode} | {row['latency']:.3f} s | {row['batch8_images_per_s']:.1f} images/s |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def render_cold(cold: list[dict]) -> list[str]:
+    ok = [c for c in cold if "failed" not in c]
+    if not ok:
+        return []
+    cli = median([c["wall"] for c in ok if c["contender"] == "sdstudio-cli"])
+    dif = [c for c in ok if c["contender"] == "diffusers-fp32"]
+    sds = [c for c in ok if c["contender"] == "sdstudio"]
+    lines = ["## Cold process, time to first image (256x256; OS file cache warm)", "",
+             "| program | whole process | import | load | first image (incl. save) | peak RSS |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for label, rows in (("plain diffusers fp32 script, diffusers folder", dif),
+                        ("sdstudio, same calls as the CLI (phases)", sds)):  # fmt: skip
+        if rows:
+            p = {k: median([r["phases"][k] for r in rows]) for k in ("process", "import", "load", "image")}
+            lines.append(f"| {label} | {p['process']:.2f} s | {p['import']:.2f} s | {p['load']:.2f} s "
+                         f"| {p['image']:.2f} s | {max(r['peak_rss_gib'] for r in rows):.2f} GiB |")  # fmt: skip
+    if cli is not None:
+        lines.append(f"| `sdstudio txt2img` CLI on the single file (timed from outside) | {cli:.2f} s | | | | |")
+    if cli is not None and dif:
+        base = median([r["wall"] for r in dif])
+        lines += ["", f"Whole process, diffusers fp32 / sdstudio CLI: {base / cli:.2f}x."]
+    return [*lines, ""]
+
+
+if __name__ == "__main__":
+    main()
