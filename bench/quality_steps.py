@@ -33,12 +33,13 @@ COS_TOL, MSE_TOL = 0.98, 0.003
 def generate(model, sampler: str, steps: int, seeds: int, **extra) -> np.ndarray:
     """(N, H, W, 3) float images in [0, 1] for every prompt x seed."""
     from sdstudio import GenerationRequest, txt2img
+    from sdstudio.config import Limits
 
     out = []
     for prompt in PROMPTS:
         req = GenerationRequest(prompt=prompt, width=64, height=64, steps=steps, sampler_name=sampler,
                                 seed=1000, batch_size=seeds, cfg_scale=7.0, **extra)  # fmt: skip
-        out += [np.asarray(item.image, dtype=np.float32) / 255 for item in txt2img(model, req)]
+        out += [np.asarray(item.image, dtype=np.float32) / 255 for item in txt2img(model, req, limits=Limits(max_steps=REFERENCE_STEPS))]
     return np.stack(out)
 
 
@@ -66,12 +67,12 @@ def within(d: dict[str, float]) -> bool:
     return d["cosine"] >= COS_TOL and d["mse"] <= MSE_TOL
 
 
-def per_step(model, scorer: Scorer, seeds: int) -> dict:
+def per_step(model, scorer: Scorer, seeds: int, samplers=SAMPLERS, steps=STEPS) -> dict:
     table = {}
-    for sampler in SAMPLERS:
+    for sampler in samplers:
         ref = generate(model, sampler, REFERENCE_STEPS, seeds)
-        rows = {n: scorer.distance(generate(model, sampler, n, seeds), ref) for n in STEPS}
-        fewest = next((n for n in STEPS if within(rows[n]) and all(within(rows[m]) for m in STEPS if m > n)), None)
+        rows = {n: scorer.distance(generate(model, sampler, n, seeds), ref) for n in steps}
+        fewest = next((n for n in steps if within(rows[n]) and all(within(rows[m]) for m in steps if m > n)), None)
         table[sampler] = {"rows": rows, "fewest_steps": fewest}
         print(f"{sampler:10s} " + " ".join(f"{n}:{r['cosine']:.3f}/{r['mse']:.4f}" for n, r in rows.items())
               + f"  -> fewest within tolerance: {fewest}", flush=True)  # fmt: skip
@@ -84,7 +85,7 @@ FAST_VARIANTS = {
 }
 
 
-def fast_cost(model, scorer: Scorer, seeds: int, sampler: str, steps: int) -> dict:
+def fast_cost(model, scorer: Scorer, seeds: int, sampler: str, steps: int, grid: bool = True) -> dict:
     """Fast-mode variants vs the default path (same seeds, sampler, steps), with seconds per batch."""
     from sdstudio.pipelines import speed
 
@@ -93,10 +94,11 @@ def fast_cost(model, scorer: Scorer, seeds: int, sampler: str, steps: int) -> di
     base_s = time.perf_counter() - t
     out = {"default": {"seconds": base_s}}
     variants = dict(FAST_VARIANTS)
-    for sigma in (0.5, 1.0, 2.0):
-        variants[f"NGMS all steps {sigma}"] = {"fast": True, "_i": 1, "_s": sigma}
-    for interval in (2, 3, 5):
-        variants[f"DeepCache {interval}"] = {"fast": True, "_i": interval, "_s": 0.0}
+    if grid:
+        for sigma in (0.5, 1.0, 2.0):
+            variants[f"NGMS all steps {sigma}"] = {"fast": True, "_i": 1, "_s": sigma}
+        for interval in (2, 3, 5):
+            variants[f"DeepCache {interval}"] = {"fast": True, "_i": interval, "_s": 0.0}
     variants["DeepCache 2 + NGMS 1.0"] = {"fast": True, "_i": 2, "_s": 1.0, "_all": False}
     for name, kw in variants.items():
         kw = dict(kw)
@@ -125,6 +127,9 @@ def main() -> None:
     parser.add_argument("--skip-steps", action="store_true", help="only the fast-mode cost")
     parser.add_argument("--sampler", default="DPM++ 2M")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
+    parser.add_argument("--steps-list", type=int, nargs="+", default=list(STEPS))
+    parser.add_argument("--no-grid", action="store_true", help="fast-mode cost: only the shipped variants")
     args = parser.parse_args()
 
     from sdstudio import load_model
@@ -132,8 +137,8 @@ def main() -> None:
     model, scorer = load_model(None), Scorer()
     result = {"tolerance": {"cosine": COS_TOL, "mse": MSE_TOL}, "prompts": PROMPTS, "seeds": args.seeds}
     if not args.skip_steps:
-        result["per_step"] = per_step(model, scorer, args.seeds)
-    result["fast"] = fast_cost(model, scorer, args.seeds, args.sampler, args.steps)
+        result["per_step"] = per_step(model, scorer, args.seeds, args.samplers, args.steps_list)
+    result["fast"] = fast_cost(model, scorer, args.seeds, args.sampler, args.steps, grid=not args.no_grid)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CLI = "import sys; from sdstudio.cli import main; sys.exit(main())"  # what the `sdstudio` script runs
 CONTENDERS = ("sdstudio", "sdstudio-fast", "diffusers-fp32", "diffusers-bf16", "sdcpp")
 
 
@@ -81,7 +82,7 @@ def run_worker(contender: str, size: int, steps: int, single: Path, folder: Path
 def run_cli_cold(size: int, steps: int, single: Path) -> dict:
     """Wall time of the real ``sdstudio txt2img`` process, measured from outside."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "sdstudio.cli", "txt2img", "a cute fluffy cat plays trumpet",
+        cmd = [sys.executable, "-c", CLI, "txt2img", "a cute fluffy cat plays trumpet",
                "--model", str(single), "--width", str(size), "--height", str(size), "--steps", str(steps),
                "--sampler", "DPM++ 2M", "--cfg-scale", "7", "--seed", "1", "--outdir", out]  # fmt: skip
         t = time.perf_counter()
@@ -166,6 +167,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS))
     parser.add_argument("--sdcpp-sizes", type=int, nargs="*", default=[256], help="sd.cpp is slow: sizes to run it at")
+    parser.add_argument("--sdcpp-repeats", type=int, default=1, help="sd.cpp runs in the first N rounds only")
     parser.add_argument("--cold-repeats", type=int, default=1)
     parser.add_argument("--cold-size", type=int, default=256)
     parser.add_argument("--no-embedded", action="store_true")
@@ -178,8 +180,8 @@ def main() -> None:
     results: list[dict] = []
     for i, size in enumerate(args.sizes):
         repeats = args.repeats[min(i, len(args.repeats) - 1)]
-        names = [c for c in args.contenders if c != "sdcpp" or size in args.sdcpp_sizes]
         for rep in range(repeats):
+            names = [c for c in args.contenders if c != "sdcpp" or (size in args.sdcpp_sizes and rep < args.sdcpp_repeats)]
             order = names[rep % len(names):] + names[: rep % len(names)]  # rotate: no contender always first
             print(f"{size}px, round {rep + 1}/{repeats}", flush=True)
             results += [run_worker(c, size, args.steps, single, folder) for c in order]

@@ -25,6 +25,8 @@ SAMPLE = {
     "eta": 0.5,
     "initial_noise_multiplier": 0.8,
     "tiling": True,
+    "s_min_uncond": 1.5,
+    "fast": True,
 }
 
 
