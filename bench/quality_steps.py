@@ -81,7 +81,8 @@ def per_step(model, scorer: Scorer, seeds: int, samplers=SAMPLERS, steps=STEPS) 
 
 FAST_VARIANTS = {
     "NGMS 1.0 (A1111, alternate calls)": {"s_min_uncond": 1.0},
-    "fast (DeepCache 3 + NGMS 1.0)": {"fast": True},
+    "fast (DeepCache 3)": {"fast": True},
+    "DeepCache 3 + NGMS 1.0 (fast + s_min_uncond 1)": {"fast": True, "s_min_uncond": 1.0},
 }
 
 

@@ -50,10 +50,11 @@ def ensure_model(folder: Path) -> tuple[Path, Path]:
         return single, diffusers_dir
     folder.mkdir(parents=True, exist_ok=True)
     code = (
-        "import sys; sys.path.insert(0, %r); from bench_txt2img import build_sd15;"
+        f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); from bench_txt2img import build_sd15;"
         "from sdstudio.models.loader import save_single_file, save_diffusers;"
-        "m = build_sd15(); save_single_file(m, %r, half=True); save_diffusers(m, %r, half=True)"
-    ) % (str(ROOT / "bench"), str(single), str(diffusers_dir))
+        f"m = build_sd15(); save_single_file(m, {str(single)!r}, half=True);"
+        f"save_diffusers(m, {str(diffusers_dir)!r}, half=True)"
+    )
     print(f"building the random SD 1.5 in {folder} (once) ...", flush=True)
     subprocess.run([sys.executable, "-c", code], check=True, env=child_env())
     return single, diffusers_dir
@@ -65,7 +66,7 @@ def run_worker(contender: str, size: int, steps: int, single: Path, folder: Path
     if cold:
         cmd.append("--cold")
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), check=False)
     wall = time.perf_counter() - t
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -86,7 +87,7 @@ def run_cli_cold(size: int, steps: int, single: Path) -> dict:
                "--model", str(single), "--width", str(size), "--height", str(size), "--steps", str(steps),
                "--sampler", "DPM++ 2M", "--cfg-scale", "7", "--seed", "1", "--outdir", out]  # fmt: skip
         t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), check=False)
         wall = time.perf_counter() - t
     if proc.returncode != 0:
         return {"contender": "sdstudio-cli", "failed": proc.stderr.strip().splitlines()[-1:]}
@@ -138,8 +139,8 @@ def fmt(x: float | None, unit: str = "s") -> str:
 
 
 def per_image_table(table: dict, sizes: list[int]) -> list[str]:
-    lines = ["| contender | size | s/image (median) | vs diffusers fp32 | vs diffusers bf16 | vs sd.cpp "
-             "| text / UNet / VAE / save (s) | UNet calls (full) / rows | peak RSS | load |",
+    lines = [("| contender | size | s/image (median) | vs diffusers fp32 | vs diffusers bf16 | vs sd.cpp "
+             "| text / UNet / VAE / save (s) | UNet calls (full) / rows | peak RSS | load |"),
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for size in sizes:
         base = {c: table.get((c, size), {}).get("image") for c in ("diffusers-fp32", "diffusers-bf16", "sdcpp")}
@@ -174,7 +175,14 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true", help="also run bench/quality_steps.py (~10 min)")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--json", default=None)
+    parser.add_argument("--render", nargs="+", metavar="JSON", help="only re-render: a suite JSON [+ quality JSON]")
     args = parser.parse_args()
+    if args.render:
+        report = json.loads(Path(args.render[0]).read_text())
+        if len(args.render) > 1:
+            report["quality"] = json.loads(Path(args.render[1]).read_text())
+        Path(args.out).write_text(render(report, args))
+        return
 
     single, folder = ensure_model(cache_dir())
     results: list[dict] = []
@@ -194,7 +202,7 @@ def main() -> None:
     embedded = None
     if not args.no_embedded:
         proc = subprocess.run([sys.executable, str(ROOT / "bench" / "embedded_speed.py"), "--json", "-"],
-                              capture_output=True, text=True, env=child_env())  # fmt: skip
+                              capture_output=True, text=True, env=child_env(), check=False)  # fmt: skip
         print(proc.stdout, proc.stderr[-500:] if proc.returncode else "", flush=True)
         embedded = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
     quality = None
@@ -216,12 +224,13 @@ def render(report: dict, args) -> str:
     table = summarize(report["results"])
     lines = ["# Benchmarks", "", f"Machine: {report['machine']}. Measured with", "",
              f"    python3 bench/suite.py {' '.join(report['argv'])}", "",
-             "Random-weight SD 1.5 architecture (fp16 single file / diffusers folder of the same weights), "
+             ("Random-weight SD 1.5 architecture (fp16 single file / diffusers folder of the same weights), "
              f"one image, {args.steps} steps DPM++ 2M Karras, CFG 7, batch 1; each contender in its own "
              "process, alternating, medians; ratios > 1 mean sdstudio's row is faster. Timings on a shared "
-             "machine are only comparable within this run.", "", "## Per image (warm: after a 2-step warm-up)",
+             "machine are only comparable within this run."), "", "## Per image (warm: after a 2-step warm-up)",
              "", *per_image_table(table, args.sizes), ""]  # fmt: skip
     lines += render_cold(report["cold"])
+    lines += render_quality(report.get("quality"))
     if report["embedded"]:
         e = report["embedded"]
         lines += ["## Embedded model (64x64, 20 steps DPM++ 2M, CFG 7)", "",
@@ -230,6 +239,33 @@ def render(report: dict, args) -> str:
             lines.append(f"| {mode} | {row['latency']:.3f} s | {row['batch8_images_per_s']:.1f} images/s |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def render_quality(q: dict | None) -> list[str]:
+    """Quality per step (vs 200 steps) and fast mode's cost (vs the default path), embedded model."""
+    if not q:
+        return []
+    tol = q["tolerance"]
+    lines = [(f"## Quality per step, embedded model (mini-CLIP cosine / pixel MSE to 200 steps, "
+             f"{len(q['prompts'])} prompts x {q['seeds']} seeds)"), "",
+             f"Tolerance: cosine >= {tol['cosine']} and MSE <= {tol['mse']}.", ""]  # fmt: skip
+    if q.get("per_step"):
+        steps = list(next(iter(q["per_step"].values()))["rows"])
+        lines += ["| sampler | " + " | ".join(f"{n} steps" for n in steps) + " | fewest within |",
+                  "|---" * (len(steps) + 2) + "|"]  # fmt: skip
+        for sampler, row in q["per_step"].items():
+            cells = [f"{r['cosine']:.3f} / {r['mse']:.4f}" for r in row["rows"].values()]
+            lines.append(f"| {sampler} | " + " | ".join(cells) + f" | {row['fewest_steps'] or '—'} |")
+        lines.append("")
+    if q.get("fast"):
+        lines += ["Fast-mode techniques vs the default path (same seeds, DPM++ 2M, 20 steps):", "",
+                  "| variant | cosine (min) | MSE | speed-up (this run) |", "|---|---|---|---|"]  # fmt: skip
+        for name, r in q["fast"].items():
+            if name != "default":
+                lines.append(f"| {name} | {r['cosine']:.4f} ({r['cosine_min']:.4f}) | {r['mse']:.5f} "
+                             f"| {r['speedup']:.2f}x |")  # fmt: skip
+        lines.append("")
+    return lines
 
 
 def render_cold(cold: list[dict]) -> list[str]:

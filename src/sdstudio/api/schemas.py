@@ -62,7 +62,7 @@ class _A1111Base(BaseModel):
     infotext: str | None = None
     # sdstudio extension (ignored by A1111 clients): clip skip without override_settings
     clip_skip: int | None = Field(None, description="sdstudio: CLIP skip (A1111: CLIP_stop_at_last_layers)")
-    fast: bool | None = Field(None, description="sdstudio: opt-in fast mode (DeepCache + NGMS; BENCHMARKS.md)")
+    fast: bool | None = Field(None, description="sdstudio: opt-in fast mode (DeepCache; BENCHMARKS.md)")
 
 
 class Txt2ImgRequest(_A1111Base):

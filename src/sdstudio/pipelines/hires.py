@@ -19,7 +19,6 @@ from sdstudio.errors import SDStudioError
 from sdstudio.pipelines.components import decode_latents, encode_images, from_pil, to_pil
 from sdstudio.pipelines.image_ops import check_strength
 from sdstudio.pipelines.loop import JobProgress, sample_batch
-from sdstudio.pipelines.speed import SpeedOptions
 from sdstudio.pipelines.plan import (
     SamplingPlan,
     encode_for_batch,
@@ -27,6 +26,7 @@ from sdstudio.pipelines.plan import (
     seed_resize_from,
     txt2img_concat,
 )
+from sdstudio.pipelines.speed import SpeedOptions
 
 # A1111 modules/shared_items.py latent_upscale_modes: name -> (interpolate mode, antialias)
 LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {

@@ -15,7 +15,6 @@ from sdstudio.pipelines import image_ops as ops
 from sdstudio.pipelines import inpaint
 from sdstudio.pipelines.components import decode_latents, encode_images, from_pil, to_pil
 from sdstudio.pipelines.loop import JobProgress, job_batches, noise_kwargs, sample_batch
-from sdstudio.pipelines.speed import SpeedOptions
 from sdstudio.pipelines.plan import (
     GeneratedImage,
     SamplingPlan,
@@ -26,6 +25,7 @@ from sdstudio.pipelines.plan import (
     img2img_schedule,
     seed_resize_from,
 )
+from sdstudio.pipelines.speed import SpeedOptions
 from sdstudio.sampling.control import CancelToken, ProgressCallback
 from sdstudio.sampling.noise import ImageNoise
 

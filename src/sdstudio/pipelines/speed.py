@@ -1,7 +1,8 @@
 """Opt-in speed techniques for the sampling loop (``--fast``, API ``fast``, A1111 ``s_min_uncond``).
 
 Off by default: a request without them samples bit-identically to the plain path. What each
-technique costs in quality and gains in time is measured by ``bench/suite.py`` (BENCHMARKS.md):
+technique costs in quality and gains in time is measured by ``bench/suite.py`` and
+``bench/quality_steps.py`` (BENCHMARKS.md). ``fast`` = DeepCache with interval 3.
 
 * negative guidance minimum sigma (A1111 ``s_min_uncond``, "NGMS"): below that sigma the
   unconditional UNet pass is skipped on alternate calls (A1111), or on every call (A1111's "NGMS
@@ -16,9 +17,9 @@ from dataclasses import dataclass
 
 from sdstudio.pipelines.deepcache import DeepCacheUNet, supports_deepcache
 
-FAST_DEEPCACHE_INTERVAL = 3  # full UNet every 3rd call (BENCHMARKS.md: quality per interval)
-FAST_MIN_UNCOND_SIGMA = 1.0  # fast mode: A1111 NGMS 1.0 (uncond skipped on alternate calls below it)
-FAST_UNCOND_EVERY_STEP = False  # True = "NGMS all steps" (measured: too lossy at 1.0, BENCHMARKS.md)
+FAST_DEEPCACHE_INTERVAL = 3  # DeepCache's own SD default (cache_interval=3, shallowest branch)
+FAST_MIN_UNCOND_SIGMA = 0.0  # NGMS in fast mode: off (measured: adds quality cost for ~10% of the rows)
+FAST_UNCOND_EVERY_STEP = False  # True = "NGMS all steps" (measured: too lossy, BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class SpeedOptions:
         if not getattr(request, "fast", False):
             return cls(s_min_uncond=s_min)
         return cls(
-            s_min_uncond=s_min or FAST_MIN_UNCOND_SIGMA,
+            s_min_uncond=s_min or FAST_MIN_UNCOND_SIGMA,  # the request's NGMS still applies
             uncond_every_step=FAST_UNCOND_EVERY_STEP,
             deepcache_interval=FAST_DEEPCACHE_INTERVAL,
         )

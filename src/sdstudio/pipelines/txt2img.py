@@ -8,7 +8,6 @@ from sdstudio.config import GenerationRequest
 from sdstudio.pipelines.components import decode_latents, to_pil
 from sdstudio.pipelines.hires import hires_pass, hires_steps
 from sdstudio.pipelines.loop import JobProgress, job_batches, noise_kwargs, sample_batch
-from sdstudio.pipelines.speed import SpeedOptions
 from sdstudio.pipelines.plan import (
     GeneratedImage,
     SamplingPlan,
@@ -19,6 +18,7 @@ from sdstudio.pipelines.plan import (
     seed_resize_from,
     txt2img_concat,
 )
+from sdstudio.pipelines.speed import SpeedOptions
 from sdstudio.sampling.control import CancelToken, ProgressCallback
 
 
