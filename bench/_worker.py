@@ -180,10 +180,11 @@ def main() -> None:
         contender.generate(2)  # warm-up: first-call kernel set-up at this size
         phases["warmup"] = time.perf_counter() - t
         split.reset()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     image, infotext = contender.generate(args.steps)
     save(image, infotext, split)
     phases["image"] = time.perf_counter() - t
+    phases["image_cpu"] = time.process_time() - cpu  # CPU seconds: steadier than wall time on a shared machine
     phases["process"] = time.perf_counter() - START
     result = {
         "contender": args.contender, "size": args.size, "steps": args.steps, "cold": args.cold,

@@ -112,6 +112,7 @@ def summarize(results: list[dict]) -> dict:
         if not runs:
             continue
         row["image"] = median([r["phases"]["image"] for r in runs])
+        row["cpu"] = median([r["phases"]["image_cpu"] for r in runs if r["phases"].get("image_cpu")])
         row["load"] = median([r["phases"]["load"] for r in runs])
         row["rss"] = max(r["peak_rss_gib"] for r in runs)
         row["split"] = {k: median([r["split"][k] for r in runs]) for k in runs[0]["split"]}
@@ -139,26 +140,37 @@ def fmt(x: float | None, unit: str = "s") -> str:
 
 
 def per_image_table(table: dict, sizes: list[int]) -> list[str]:
-    lines = [("| contender | size | s/image (median) | vs diffusers fp32 | vs diffusers bf16 | vs sd.cpp "
-             "| text / UNet / VAE / save (s) | UNet calls (full) / rows | peak RSS | load |"),
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    """Rows per contender; ratios are baseline / contender on wall time (CPU time in brackets)."""
+    lines = [("| contender | size | s/image | CPU s/image | vs diffusers fp32 | vs diffusers bf16 | vs sd.cpp "
+              "| text / UNet / VAE / save (s) | UNet calls (full) / rows | peak RSS | load |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for size in sizes:
-        base = {c: table.get((c, size), {}).get("image") for c in ("diffusers-fp32", "diffusers-bf16", "sdcpp")}
+        bases = ("diffusers-fp32", "diffusers-bf16", "sdcpp")
+        base = {c: table.get((c, size), {}) for c in bases}
         for c in CONTENDERS:
             row = table.get((c, size))
             if row is None:
                 continue
             if "failed" in row and "image" not in row:
-                lines.append(f"| {c} | {size} | failed: {row['failed'][:80]} | | | | | | | |")
+                lines.append(f"| {c} | {size} | failed: {row['failed'][:80]} | | | | | | | | |")
                 continue
-            ratios = [f"{b / row['image']:.2f}x" if b else "—" for b in base.values()]
+            ratios = [_ratio(b, row) for b in base.values()]
             sp = row["split"]
             split = " / ".join(f"{sp[k]:.2f}" for k in ("text", "unet", "vae", "save")) if sp["unet"] else "n/a"
             calls, full, rows = row["unet"]
             unet = f"{calls} ({full}) / {rows}" if calls else "n/a"
-            lines.append(f"| {c} | {size} | {row['image']:.2f} s | {ratios[0]} | {ratios[1]} | {ratios[2]} | {split} "
-                         f"| {unet} | {row['rss']:.2f} GiB | {row['load']:.2f} s |")  # fmt: skip
+            lines.append(f"| {c} | {size} | {row['image']:.2f} s | {fmt(row.get('cpu'))} | {ratios[0]} | {ratios[1]} "
+                         f"| {ratios[2]} | {split} | {unet} | {row['rss']:.2f} GiB | {row['load']:.2f} s |")  # fmt: skip
     return lines
+
+
+def _ratio(base: dict, row: dict) -> str:
+    if not base.get("image"):
+        return "—"
+    wall = f"{base['image'] / row['image']:.2f}x"
+    if base.get("cpu") and row.get("cpu"):
+        return f"{wall} ({base['cpu'] / row['cpu']:.2f}x)"
+    return wall
 
 
 def main() -> None:
