@@ -184,7 +184,9 @@ def main() -> None:
     image, infotext = contender.generate(args.steps)
     save(image, infotext, split)
     phases["image"] = time.perf_counter() - t
-    phases["image_cpu"] = time.process_time() - cpu  # CPU seconds: steadier than wall time on a shared machine
+    phases["image_cpu"] = (
+        time.process_time() - cpu
+    )  # CPU seconds: steadier than wall time on a shared machine
     phases["process"] = time.perf_counter() - START
     result = {
         "contender": args.contender, "size": args.size, "steps": args.steps, "cold": args.cold,

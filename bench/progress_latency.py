@@ -32,7 +32,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def request(port: int, method: str, path: str, body: dict | None = None, timeout: float = 600) -> tuple[int, bytes]:
+def request(
+    port: int, method: str, path: str, body: dict | None = None, timeout: float = 600
+) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     data = json.dumps(body).encode() if body is not None else None
     conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
@@ -75,7 +77,9 @@ def main() -> None:
             wait_ready(port, proc)
             body = {"prompt": "cat face", "width": 64, "height": 64, "steps": args.steps, "batch_size": 8,
                     "n_iter": 4, "sampler_name": "DPM++ 2M", "seed": 1}  # fmt: skip
-            job = threading.Thread(target=request, args=(port, "POST", "/sdapi/v1/txt2img", body), daemon=True)
+            job = threading.Thread(
+                target=request, args=(port, "POST", "/sdapi/v1/txt2img", body), daemon=True
+            )
             job.start()
             while json.loads(request(port, "GET", "/sdapi/v1/progress")[1])["state"]["sampling_step"] < 1:
                 time.sleep(0.1)  # the job is sampling
@@ -95,7 +99,9 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
-    print(f"GET /sdapi/v1/progress while a job runs ({args.polls} polls each; job still running at the end: {running})")
+    print(
+        f"GET /sdapi/v1/progress while a job runs ({args.polls} polls each; job still running at the end: {running})"
+    )
     for label, times in results.items():
         print(f"  {label:20s} p50 {statistics.median(times):6.1f} ms   p95 {percentile(times, 0.95):6.1f} ms"
               f"   max {max(times):6.1f} ms")  # fmt: skip

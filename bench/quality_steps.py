@@ -39,7 +39,10 @@ def generate(model, sampler: str, steps: int, seeds: int, **extra) -> np.ndarray
     for prompt in PROMPTS:
         req = GenerationRequest(prompt=prompt, width=64, height=64, steps=steps, sampler_name=sampler,
                                 seed=1000, batch_size=seeds, cfg_scale=7.0, **extra)  # fmt: skip
-        out += [np.asarray(item.image, dtype=np.float32) / 255 for item in txt2img(model, req, limits=Limits(max_steps=REFERENCE_STEPS))]
+        out += [
+            np.asarray(item.image, dtype=np.float32) / 255
+            for item in txt2img(model, req, limits=Limits(max_steps=REFERENCE_STEPS))
+        ]
     return np.stack(out)
 
 
@@ -72,7 +75,9 @@ def per_step(model, scorer: Scorer, seeds: int, samplers=SAMPLERS, steps=STEPS) 
     for sampler in samplers:
         ref = generate(model, sampler, REFERENCE_STEPS, seeds)
         rows = {n: scorer.distance(generate(model, sampler, n, seeds), ref) for n in steps}
-        fewest = next((n for n in steps if within(rows[n]) and all(within(rows[m]) for m in steps if m > n)), None)
+        fewest = next(
+            (n for n in steps if within(rows[n]) and all(within(rows[m]) for m in steps if m > n)), None
+        )
         table[sampler] = {"rows": rows, "fewest_steps": fewest}
         print(f"{sampler:10s} " + " ".join(f"{n}:{r['cosine']:.3f}/{r['mse']:.4f}" for n, r in rows.items())
               + f"  -> fewest within tolerance: {fewest}", flush=True)  # fmt: skip

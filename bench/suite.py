@@ -156,7 +156,9 @@ def per_image_table(table: dict, sizes: list[int]) -> list[str]:
                 continue
             ratios = [_ratio(b, row) for b in base.values()]
             sp = row["split"]
-            split = " / ".join(f"{sp[k]:.2f}" for k in ("text", "unet", "vae", "save")) if sp["unet"] else "n/a"
+            split = (
+                " / ".join(f"{sp[k]:.2f}" for k in ("text", "unet", "vae", "save")) if sp["unet"] else "n/a"
+            )
             calls, full, rows = row["unet"]
             unet = f"{calls} ({full}) / {rows}" if calls else "n/a"
             lines.append(f"| {c} | {size} | {row['image']:.2f} s | {fmt(row.get('cpu'))} | {ratios[0]} | {ratios[1]} "
@@ -179,7 +181,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, nargs="+", default=[2, 1], help="per size (last repeats)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS))
-    parser.add_argument("--sdcpp-sizes", type=int, nargs="*", default=[256], help="sd.cpp is slow: sizes to run it at")
+    parser.add_argument(
+        "--sdcpp-sizes", type=int, nargs="*", default=[256], help="sd.cpp is slow: sizes to run it at"
+    )
     parser.add_argument("--sdcpp-repeats", type=int, default=1, help="sd.cpp runs in the first N rounds only")
     parser.add_argument("--cold-repeats", type=int, default=1)
     parser.add_argument("--cold-size", type=int, default=256)
@@ -187,7 +191,9 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true", help="also run bench/quality_steps.py (~10 min)")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--json", default=None)
-    parser.add_argument("--render", nargs="+", metavar="JSON", help="only re-render: a suite JSON [+ quality JSON]")
+    parser.add_argument(
+        "--render", nargs="+", metavar="JSON", help="only re-render: a suite JSON [+ quality JSON]"
+    )
     args = parser.parse_args()
     if args.render:
         report = json.loads(Path(args.render[0]).read_text())
@@ -201,8 +207,12 @@ def main() -> None:
     for i, size in enumerate(args.sizes):
         repeats = args.repeats[min(i, len(args.repeats) - 1)]
         for rep in range(repeats):
-            names = [c for c in args.contenders if c != "sdcpp" or (size in args.sdcpp_sizes and rep < args.sdcpp_repeats)]
-            order = names[rep % len(names):] + names[: rep % len(names)]  # rotate: no contender always first
+            names = [
+                c
+                for c in args.contenders
+                if c != "sdcpp" or (size in args.sdcpp_sizes and rep < args.sdcpp_repeats)
+            ]
+            order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate: no contender always first
             print(f"{size}px, round {rep + 1}/{repeats}", flush=True)
             results += [run_worker(c, size, args.steps, single, folder) for c in order]
     cold: list[dict] = []
@@ -297,7 +307,9 @@ def render_cold(cold: list[dict]) -> list[str]:
             lines.append(f"| {label} | {p['process']:.2f} s | {p['import']:.2f} s | {p['load']:.2f} s "
                          f"| {p['image']:.2f} s | {max(r['peak_rss_gib'] for r in rows):.2f} GiB |")  # fmt: skip
     if cli is not None:
-        lines.append(f"| `sdstudio txt2img` CLI on the single file (timed from outside) | {cli:.2f} s | | | | |")
+        lines.append(
+            f"| `sdstudio txt2img` CLI on the single file (timed from outside) | {cli:.2f} s | | | | |"
+        )
     if cli is not None and dif:
         base = median([r["wall"] for r in dif])
         lines += ["", f"Whole process, diffusers fp32 / sdstudio CLI: {base / cli:.2f}x."]

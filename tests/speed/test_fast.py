@@ -53,7 +53,10 @@ def test_shallow_pass_reproduces_the_full_unet_at_the_cached_step(name, request)
     if model.is_sdxl:
         cfg = model.unet.config
         pooled = torch.randn(2, cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim)
-        kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": pooled,
+            "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2),
+        }
     cached = DeepCacheUNet(model.unet, interval=2)
     with torch.no_grad():
         full = model.unet(x, t, **kwargs)[0]
