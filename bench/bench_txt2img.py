@@ -18,7 +18,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
+import torch
 
 
 def build_sd15():
@@ -80,7 +80,7 @@ def main() -> None:
         label = "fp32" if dtype == torch.float32 else "bf16"
         for _ in range(args.repeats):
             results.setdefault(f"sdstudio {label}", []).append(time_it(lambda: txt2img(model, request)))
-            results.setdefault(f"diffusers {label}", []).append(time_it(lambda: pipe(
+            results.setdefault(f"diffusers {label}", []).append(time_it(lambda pipe=pipe: pipe(
                 request.prompt, height=args.size, width=args.size, num_inference_steps=args.steps,
                 guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(1))))
     best = {k: min(v) for k, v in results.items()}
