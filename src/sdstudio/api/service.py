@@ -16,9 +16,11 @@ from sdstudio.api.convert import ConvertedRequest
 from sdstudio.api.settings import ServerSettings
 from sdstudio.models.sdmodel import ModelDefaults
 from sdstudio.runtime.history import HistoryStore, ReconcileReport
+from sdstudio.runtime.jobstore import JobStore, StoredJob
 from sdstudio.runtime.manager import ModelManager
 from sdstudio.runtime.queue import Job, JobContext, JobQueue
 from sdstudio.runtime.service import ImageService, JobResult, SavedImage
+from sdstudio.runtime.workers import LocalWorker, ModelWorker, model_key, stored_result
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,22 @@ class Studio:
             limits=settings.limits,
             networks=self.manager.networks,
         )
-        self.queue = JobQueue(preview_interval=settings.preview_interval)
+        self.jobs = JobStore(settings.history_db)
+        self.workers: list[ModelWorker] = self._start_workers()
+        self.queue = JobQueue(
+            preview_interval=settings.preview_interval, store=self.jobs, workers=self.workers,
+            load_result=lambda job: stored_result(self.history, job),
+        )  # fmt: skip
+        self.recovered = self.queue.recover(self._rebuild)  # queued when the server last stopped
         self.options: dict[str, Any] = {}
+
+    def _start_workers(self) -> list[ModelWorker]:
+        """The model workers: this process (default), or Ray actors (``sdstudio serve --workers ray``)."""
+        if self.settings.workers != "ray":
+            return [LocalWorker(self.manager)]
+        from sdstudio.runtime.ray_workers import start_ray_workers
+
+        return start_ray_workers(self.settings, resolve=lambda name: model_key(self.manager, name))
 
     def start(self) -> None:
         self.history.ensure_open()
@@ -58,6 +74,9 @@ class Studio:
     def stop(self) -> None:
         """Stop the worker (queued jobs are cancelled) and close the history database."""
         self.queue.stop()
+        for worker in self.workers:
+            worker.close()
+        self.jobs.close()
         self.history.close()
 
     def image_bytes(self, saved: SavedImage) -> bytes | None:
@@ -83,32 +102,41 @@ class Studio:
             "warnings": list(converted.warnings),
             "prompt": converted.request.prompt,
             "model": converted.model_name,
+            "requested_model": converted.model_name,
+            "vae": converted.vae,
+            "model_key": model_key(self.manager, converted.model_name),
         }
         return self.queue.submit(
-            lambda ctx: self._generate(ctx, converted), client=client, kind=converted.kind, meta=meta
-        )
+            lambda ctx: self._generate(ctx, converted), client=client, kind=converted.kind, meta=meta,
+            request=converted.request if converted.script is None else None,  # scripts: memory only
+        )  # fmt: skip
+
+    def _rebuild(self, stored: StoredJob):
+        """The job function of a generation that was queued when the server stopped."""
+        converted = ConvertedRequest(
+            stored.request, model_name=stored.meta.get("requested_model"),
+            warnings=list(stored.meta.get("warnings", [])), vae=stored.meta.get("vae"),
+        )  # fmt: skip
+        return lambda ctx: self._generate(ctx, converted)
 
     def _generate(self, ctx: JobContext, converted: ConvertedRequest) -> JobResult:
-        """Worker side of a job: acquire the model, then run -> save -> record through the image service."""
+        """Worker side of a job: the slot's model worker runs it; the image service saves and records."""
+        vae = converted.vae or self.options.get("sd_vae")
+        if converted.script is not None:  # A1111 script_name: the script calls the image service per cell
+            return self._run_script(ctx, converted, vae)
+        worker = ctx.worker or self.workers[0]
+        return worker.generate(ctx, self.images, converted.request, converted.model_name, vae=vae)
+
+    def _run_script(self, ctx: JobContext, converted: ConvertedRequest, vae: str | None) -> JobResult:
+        """A script job (X/Y/Z plot, prompt matrix, ...) runs on this process's model manager."""
+        from sdstudio.api.scripts import run_script_job
+
         model = self.manager.acquire(converted.model_name)
-        self.manager.apply_vae(model, converted.vae or self.options.get("sd_vae"))
+        self.manager.apply_vae(model, vae)
         ctx.job.meta["model"] = self.manager.loaded_title()  # as the model list names it
         result = JobResult(converted.request)
         ctx.job.result = result  # images appear here one by one (kept if the job is interrupted)
-        if converted.script is not None:  # A1111 script_name: the script calls the image service per cell
-            from sdstudio.api.scripts import run_script_job
-
-            return run_script_job(self, ctx, converted, model, result)
-        return self.images.run(
-            model,
-            converted.request,
-            job_id=ctx.job.id,
-            result=result,
-            progress=ctx.progress,
-            cancel=ctx.cancel,
-            on_saved=lambda saved: ctx.touch(),
-            prepared=True,
-        )
+        return run_script_job(self, ctx, converted, model, result)
 
     def _check_networks(self, converted: ConvertedRequest) -> None:
         """A VAE name that does not exist and every missing LoRA of the prompt fail before queueing."""

@@ -27,6 +27,9 @@ class ServerSettings:
     save_format: str = "png"
     history_page_max: int = 200
     sync_timeout: float = 3600.0  # how long /sdapi/v1/txt2img waits for its job
+    workers: str = "local"  # "local": in-process model; "ray": Ray actors (sdstudio.runtime.ray_workers)
+    ray_address: str | None = None  # None: start a local Ray cluster; "auto" or HOST:PORT: join one
+    ray_workers: int = 0  # 0: one per GPU in the cluster, else one per CPU slot (see ray_workers)
 
     @property
     def history_db(self) -> Path:

@@ -1,26 +1,41 @@
-"""A job queue with one worker thread: ids, states, progress, cancel/skip, fair order between clients.
+"""A job queue: ids, states, progress, cancel/skip, fair order between clients, kept on disk.
 
 A1111 serializes all generation under one lock and has no job ids (A1111 issues #3786, #12529,
-#14096 ask for a real queue). Here every generation is a :class:`Job`; a single worker thread
-runs jobs one at a time (it owns the model), picking the next client round-robin so one client
-with a long backlog cannot starve another. The queue runs any callable ``fn(ctx) -> result``;
-the API layer supplies functions that load the model and run a pipeline.
+#14096 ask for a real queue). Here every generation is a :class:`Job`; the queue runs any callable
+``fn(ctx) -> result``, picking the next client round-robin so one client with a long backlog
+cannot starve another. The API layer supplies functions that load the model and run a pipeline.
+
+Workers: the queue has one thread per *worker slot*. By default there is one slot and no worker
+object (the job function uses the server's own model manager: one model, one job at a time).
+Given ``workers`` (e.g. :class:`~sdstudio.runtime.ray_workers.RayWorker` handles, each a Ray
+actor with its own models), each slot runs one job at a time and the job function reaches its
+worker as ``ctx.worker``; the next job goes to an idle worker that already holds its model
+(``meta["model_key"]``) when there is one.
+
+Persistence: with a :class:`~sdstudio.runtime.jobstore.JobStore`, every accepted job is written
+before :meth:`JobQueue.submit` returns and every state change after; :meth:`JobQueue.recover`
+re-queues what was queued when the server died (issue 13 item 7) and :meth:`JobQueue.get`
+answers for jobs it no longer holds in memory.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 import traceback
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sdstudio.errors import SDStudioError
+from sdstudio.runtime.jobstore import JobStore, StoredJob
 from sdstudio.sampling.control import CancelToken, StepInfo
+
+log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINAL_STATES = frozenset({DONE, FAILED, CANCELLED})
@@ -64,6 +79,8 @@ class Job:
     error_field: str | None = None
     error_status: int = 422
     cancel_token: CancelToken = field(default_factory=CancelToken)
+    durable: bool = False  # stored with its request: runs again after a restart
+    worker: str = ""  # name of the worker slot that ran it
     version: int = 0  # bumped on every change; streams poll it
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -92,61 +109,141 @@ class JobContext:
     cancel: CancelToken
     progress: Callable[[StepInfo], None]
     touch: Callable[[], None] = lambda: None  # tell watchers the job changed (e.g. a new image)
+    worker: Any = None  # the slot's worker object (None: the server's own in-process models)
+
+
+class Worker(Protocol):
+    """What the queue needs of a worker object: a name, and the key of the model it holds."""
+
+    name: str
+
+    @property
+    def model_key(self) -> str | None: ...
 
 
 class JobQueue:
-    """FIFO per client, round-robin between clients, one worker thread.
+    """FIFO per client, round-robin between clients, one thread per worker slot.
 
     ``submit`` returns at once; ``Job.wait`` blocks until the job is final. ``cancel`` removes a
     queued job or interrupts a running one (A1111 "Interrupt": images finished so far are kept);
-    ``skip`` abandons the running batch only (A1111 "Skip").
+    ``skip`` abandons the running batch only (A1111 "Skip"). ``store`` keeps jobs on disk;
+    ``load_result(job)`` rebuilds the result of a finished job read back from it.
     """
 
-    def __init__(self, *, preview_interval: float = 1.0, keep_finished: int = 200) -> None:
+    def __init__(
+        self,
+        *,
+        preview_interval: float = 1.0,
+        keep_finished: int = 200,
+        store: JobStore | None = None,
+        workers: Sequence[Worker] | None = None,
+        load_result: Callable[[Job], Any] | None = None,
+    ) -> None:
         self.preview_interval = preview_interval
         self.keep_finished = keep_finished
+        self.store = store
+        self.load_result = load_result
+        self.workers: list[Worker | None] = list(workers) if workers else [None]
         self._lock = threading.Condition()
         self._pending: OrderedDict[str, deque[Job]] = OrderedDict()  # client -> its queued jobs
         self._last_client: str | None = None
         self._jobs: OrderedDict[str, Job] = OrderedDict()  # every known job, oldest first
-        self._running: Job | None = None
+        self._busy: dict[int, Job] = {}  # slot index -> its running job
         self._seq = itertools.count(1)
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread | None] = [None] * len(self.workers)
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> JobQueue:
-        """Start the worker thread (idempotent) and return self."""
+        """Start one thread per worker slot (idempotent) and return self."""
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stopping = False
-                self._thread = threading.Thread(target=self._work, name="sdstudio-worker", daemon=True)
-                self._thread.start()
+            self._stopping = False
+            for slot, thread in enumerate(self._threads):
+                if thread is None or not thread.is_alive():
+                    name = f"sdstudio-worker-{slot}" if slot else "sdstudio-worker"
+                    thread = threading.Thread(target=self._work, args=(slot,), name=name, daemon=True)
+                    self._threads[slot] = thread
+                    thread.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel queued jobs, interrupt the running one and join the worker."""
+        """Cancel queued jobs, interrupt the running ones and join the workers.
+
+        Durable queued jobs stay queued on disk (they run after the next start); waiters in this
+        process see them cancelled.
+        """
         with self._lock:
             self._stopping = True
             for job in [j for q in self._pending.values() for j in q]:
-                self._finish_locked(job, CANCELLED, error="server shutting down")
+                reason = "server shutting down (queued again at the next start)" if job.durable else None
+                self._finish_locked(job, CANCELLED, error=reason or "server shutting down", persist=not job.durable)
             self._pending.clear()
-            if self._running is not None:
-                self._running.cancel_token.interrupt()
+            for job in self._busy.values():
+                job.cancel_token.interrupt()
             self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = time.time() + timeout
+        for thread in self._threads:
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.time()))
+
+    def recover(self, rebuild: Callable[[StoredJob], Callable[[JobContext], Any] | None]) -> list[Job]:
+        """Re-queue the durable jobs the store held as queued, in their order, and return them.
+
+        The store marks the job that was running (and queued jobs that cannot run again) failed;
+        :meth:`get` reads those back. ``rebuild(stored)`` returns the job function for a stored
+        request (None: it cannot run, and the job is failed).
+        """
+        if self.store is None:
+            return []
+        stored_jobs = self.store.recover()
+        with self._lock:
+            self._seq = itertools.count(max(self.store.max_seq(), next(self._seq)) + 1)
+        jobs = []
+        for stored in stored_jobs:
+            job = _job_from(stored)
+            fn = rebuild(stored) if stored.state == QUEUED and stored.request is not None else None
+            with self._lock:
+                self._jobs[job.id] = job
+                if stored.state == QUEUED and fn is not None:
+                    job.fn, job.durable = fn, True
+                    self._pending.setdefault(job.client, deque()).append(job)
+                elif stored.state == QUEUED:
+                    self._finish_locked(job, FAILED, error=stored.error or "could not re-queue after a restart")
+                else:
+                    job._done.set()
+                self._lock.notify_all()
+            jobs.append(job)
+        return jobs
 
     # -- submitting and controlling --------------------------------------------------------
     def submit(
-        self, fn: Callable[[JobContext], Any], *, client: str = "", kind: str = "", meta: dict | None = None
+        self,
+        fn: Callable[[JobContext], Any],
+        *,
+        client: str = "",
+        kind: str = "",
+        meta: dict | None = None,
+        request: Any = None,
     ) -> Job:
-        """Queue ``fn`` for the worker and return its :class:`Job` (state ``queued``)."""
+        """Queue ``fn`` for a worker and return its :class:`Job` (state ``queued``).
+
+        With a store the job is on disk before this returns; ``request`` (the prepared
+        GenerationRequest ``fn`` runs) makes it durable, so a restart runs it again.
+        """
         job = Job(id=uuid.uuid4().hex, fn=fn, client=client or "anonymous", kind=kind, meta=dict(meta or {}))
+        job.durable = request is not None and self.store is not None
+        if self._stopping:
+            raise SDStudioError("the server is shutting down", status=503)
+        job.seq = next(self._seq)
+        if self.store is not None:
+            try:
+                self.store.add(job, request)
+            except Exception as exc:  # noqa: BLE001 - disk full, read-only, locked: refuse the job clearly
+                raise SDStudioError(f"could not record the job ({type(exc).__name__}: {exc})", status=503) from exc
         with self._lock:
             if self._stopping:
+                self._finish_locked(job, CANCELLED, error="server shutting down")
                 raise SDStudioError("the server is shutting down", status=503)
-            job.seq = next(self._seq)
             self._jobs[job.id] = job
             self._pending.setdefault(job.client, deque()).append(job)
             self._trim_locked()
@@ -154,8 +251,19 @@ class JobQueue:
         return job
 
     def get(self, job_id: str) -> Job | None:
+        """A job by id: from memory, else (finished long ago, or before a restart) from the store."""
         with self._lock:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+        if job is not None or self.store is None:
+            return job
+        stored = self.store.get(job_id)
+        if stored is None:
+            return None
+        job = _job_from(stored)
+        job._done.set()
+        if self.load_result is not None:
+            job.result = self.load_result(job)
+        return job
 
     def jobs(self) -> list[Job]:
         """Every job the queue remembers, newest first."""
@@ -164,8 +272,15 @@ class JobQueue:
 
     @property
     def running(self) -> Job | None:
+        """The running job that started first (A1111 has exactly one), or None."""
         with self._lock:
-            return self._running
+            jobs = sorted(self._busy.values(), key=lambda j: j.started_at or 0.0)
+        return jobs[0] if jobs else None
+
+    def running_jobs(self) -> list[Job]:
+        """Every running job (one per busy worker slot), oldest start first."""
+        with self._lock:
+            return sorted(self._busy.values(), key=lambda j: j.started_at or 0.0)
 
     def pending(self) -> list[Job]:
         """Queued jobs in the order the worker will run them (round-robin between clients)."""
@@ -188,6 +303,8 @@ class JobQueue:
                 self._drop_empty_locked(job.client)
                 job.fn = _finished_fn
                 self._finish_locked(job, CANCELLED, error="cancelled before it started")
+                self._lock.notify_all()
+                return job
             else:
                 job.cancel_token.interrupt()
                 job.version += 1
@@ -210,26 +327,45 @@ class JobQueue:
             return job.version
 
     # -- worker ----------------------------------------------------------------------------
-    def _work(self) -> None:
+    def _work(self, slot: int) -> None:
+        worker = self.workers[slot]
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: self._stopping or any(self._pending.values()))
+                self._lock.wait_for(lambda: self._stopping or self._is_next_slot_locked(slot))
                 if self._stopping:
                     return
                 job = self._pop_next_locked()
                 job.state, job.started_at = RUNNING, time.time()
+                job.worker = worker.name if worker is not None else "local"
                 job.version += 1
-                self._running = job
+                self._busy[slot] = job
                 self._lock.notify_all()
-            self._run(job)
+            self._persist(job)
+            self._run(job, slot)
 
-    def _run(self, job: Job) -> None:
+    def _is_next_slot_locked(self, slot: int) -> bool:
+        """True when the next job in fair order should go to ``slot``: among the idle slots, one whose
+        worker holds the job's model, else one holding no model, else the first idle one."""
+        if slot in self._busy or not any(self._pending.values()):
+            return False
+        head = self._schedule_locked()[0]
+        idle = [i for i in range(len(self.workers)) if i not in self._busy]
+        want = head.meta.get("model_key")
+
+        def rank(i: int) -> int:
+            key = self.workers[i].model_key if self.workers[i] is not None else None
+            return 0 if want is not None and key == want else 1 if key is None else 2
+
+        return min(idle, key=rank) == slot
+
+    def _run(self, job: Job, slot: int = 0) -> None:
         """Run one job function and record its result, error or cancellation."""
         ctx = JobContext(
             job=job,
             cancel=job.cancel_token,
             progress=lambda info: self._on_step(job, info),
             touch=lambda: self._touch(job),
+            worker=self.workers[slot],
         )
         state, error, err_field, status, result = DONE, None, None, 422, None
         try:
@@ -246,9 +382,19 @@ class JobQueue:
         with self._lock:
             job.result, job.error_field, job.error_status = result, err_field, status
             job.fn = _finished_fn  # drop the closure (and e.g. init images it holds) once run
-            self._running = None
-            self._finish_locked(job, state, error=error)
+            self._busy.pop(slot, None)
+            self._finish_locked(job, state, error=error, persist=False)
             self._lock.notify_all()
+        self._persist(job)
+
+    def _persist(self, job: Job) -> None:
+        """Write the job's state to the store; a failing disk is logged, never kills a worker."""
+        if self.store is None:
+            return
+        try:
+            self.store.update(job)
+        except Exception:  # noqa: BLE001
+            log.exception("could not record the state of job %s", job.id)
 
     def _touch(self, job: Job) -> None:
         with self._lock:
@@ -311,16 +457,28 @@ class JobQueue:
         if client in self._pending and not self._pending[client]:
             del self._pending[client]
 
-    def _finish_locked(self, job: Job, state: str, *, error: str | None = None) -> None:
+    def _finish_locked(self, job: Job, state: str, *, error: str | None = None, persist: bool = True) -> None:
         job.state, job.error, job.finished_at = state, error, time.time()
         job.version += 1
         job._done.set()
+        if persist:
+            self._persist(job)
 
     def _trim_locked(self) -> None:
         """Forget the oldest finished jobs beyond ``keep_finished`` (their images stay in history)."""
         finished = [j for j in self._jobs.values() if j.finished]
         for job in finished[: max(0, len(finished) - self.keep_finished)]:
             del self._jobs[job.id]
+
+
+def _job_from(stored: StoredJob) -> Job:
+    """A finished or re-queued :class:`Job` from its stored row."""
+    return Job(
+        id=stored.id, fn=_finished_fn, client=stored.client, kind=stored.kind, meta=dict(stored.meta),
+        seq=stored.seq, state=stored.state, created_at=stored.created_at, started_at=stored.started_at,
+        finished_at=stored.finished_at, error=stored.error, error_field=stored.error_field,
+        error_status=stored.error_status or 422, durable=stored.durable,
+    )  # fmt: skip
 
 
 def _finished_fn(ctx: JobContext) -> None:

@@ -1,0 +1,278 @@
+"""The queue on disk: a ``jobs`` table in the history database, so a crash loses no accepted job.
+
+Every accepted job gets a row before ``submit`` returns (issue 13 item 7: kill -9 lost every
+queued job). A plain generation is *durable*: its prepared :class:`GenerationRequest` is stored as
+JSON (``GenerationRequest.to_record()``) and its init images and mask as lossless PNG bytes in
+``job_inputs``, so the job can run again after a restart. Other job functions (lab jobs) are
+stored without a request and can only be reported. At start-up :meth:`JobStore.recover` marks the
+job that was running as failed ("server stopped while this job ran"), fails queued jobs that
+cannot run again, and returns the durable queued ones in their order for the queue to re-queue.
+
+The connection is the history's pattern: SQLite WAL, ``synchronous=NORMAL`` (a committed row
+survives a killed process) and a busy timeout, so a CLI and a server can share the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdstudio.config import GenerationRequest, HiresSettings
+
+log = logging.getLogger(__name__)
+
+RAN_AT_STOP = "server stopped while this job ran"
+NOT_DURABLE = "server stopped before this job ran (only generation jobs are kept across restarts)"
+UNREADABLE = "server stopped before this job ran, and its stored request could not be read back"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,               -- submission order (re-queue order after a restart)
+    client TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,                -- queued | running | done | failed | cancelled
+    durable INTEGER NOT NULL DEFAULT 0, -- 1: request_json (+ job_inputs) can run it again
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT,
+    error_field TEXT,
+    error_status INTEGER,
+    meta_json TEXT NOT NULL DEFAULT '{}', -- model, warnings, prompt
+    request_json TEXT                   -- GenerationRequest.to_record() (NULL when not durable)
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+CREATE TABLE IF NOT EXISTS job_inputs (
+    job_id TEXT NOT NULL,
+    role TEXT NOT NULL,                 -- init | mask
+    idx INTEGER NOT NULL,
+    png BLOB NOT NULL,
+    PRIMARY KEY (job_id, role, idx)
+);
+"""
+
+
+@dataclass
+class StoredJob:
+    """One row of the ``jobs`` table (``request`` is rebuilt only for durable queued jobs)."""
+
+    id: str
+    seq: int
+    client: str
+    kind: str
+    state: str
+    durable: bool
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    error_field: str | None = None
+    error_status: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    request: GenerationRequest | None = None
+
+
+class JobStore:
+    """The ``jobs`` / ``job_inputs`` tables of one SQLite file (thread-safe, one connection)."""
+
+    def __init__(self, db_path: str | os.PathLike, *, keep_finished: int = 2000) -> None:
+        self.db_path = Path(db_path)
+        self.keep_finished = keep_finished
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.db_path, check_same_thread=False, timeout=10)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.executescript(SCHEMA)
+            self._db = conn
+        return self._db
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        return self._open()  # reopened after close(), as HistoryStore.ensure_open does
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # -- writing ---------------------------------------------------------------------------
+    def add(self, job: Any, request: GenerationRequest | None = None) -> None:
+        """Write an accepted job (a queue ``Job``); ``request`` makes it durable (it can run again)."""
+        request_json, inputs = encode_request(request) if request is not None else (None, [])
+        row = (
+            job.id, job.seq, job.client, job.kind, job.state, int(request is not None), job.created_at,
+            json.dumps(_plain_meta(job.meta)), request_json,
+        )  # fmt: skip
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT INTO jobs (id, seq, client, kind, state, durable, created_at, meta_json, request_json)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            self._conn.executemany(
+                "INSERT INTO job_inputs (job_id, role, idx, png) VALUES (?, ?, ?, ?)",
+                [(job.id, role, idx, png) for role, idx, png in inputs],
+            )
+
+    def update(self, job: Any) -> None:
+        """Write a job's state, times, error and meta; a final job's stored inputs are dropped."""
+        values = (
+            job.state, job.started_at, job.finished_at, _text(job.error), job.error_field,
+            job.error_status if job.error else None, json.dumps(_plain_meta(job.meta)), job.id,
+        )  # fmt: skip
+        with self._lock, self._conn:
+            self._conn.execute(
+                "UPDATE jobs SET state = ?, started_at = ?, finished_at = ?, error = ?, error_field = ?,"
+                " error_status = ?, meta_json = ? WHERE id = ?",
+                values,
+            )
+            if job.state in ("done", "failed", "cancelled"):
+                self._conn.execute("DELETE FROM job_inputs WHERE job_id = ?", (job.id,))
+
+    def recover(self) -> list[StoredJob]:
+        """After a restart: fail what cannot run again, return durable queued jobs in order.
+
+        The job that was running is failed with :data:`RAN_AT_STOP` (its finished images are in the
+        history already; the rest never came); queued jobs without a stored request fail with
+        :data:`NOT_DURABLE`. Old finished rows beyond ``keep_finished`` are forgotten.
+        """
+        now = time.time()
+        with self._lock, self._conn:
+            self._conn.execute(
+                "UPDATE jobs SET state = 'failed', error = ?, error_status = 500, finished_at = ?"
+                " WHERE state = 'running'",
+                (RAN_AT_STOP, now),
+            )
+            self._conn.execute(
+                "UPDATE jobs SET state = 'failed', error = ?, error_status = 500, finished_at = ?"
+                " WHERE state = 'queued' AND durable = 0",
+                (NOT_DURABLE, now),
+            )
+            self._conn.execute(
+                "DELETE FROM job_inputs WHERE job_id NOT IN (SELECT id FROM jobs WHERE state = 'queued')"
+            )
+            self._conn.execute(
+                "DELETE FROM jobs WHERE state != 'queued' AND id NOT IN"
+                " (SELECT id FROM jobs WHERE state != 'queued' ORDER BY seq DESC LIMIT ?)",
+                (self.keep_finished,),
+            )
+            rows = self._conn.execute("SELECT * FROM jobs WHERE state = 'queued' ORDER BY seq").fetchall()
+        out = []
+        for row in rows:
+            job = self._stored(row)
+            try:
+                job.request = decode_request(row["request_json"], self._inputs(job.id))
+            except (ValueError, TypeError, KeyError, OSError) as exc:
+                log.warning("job %s: stored request unreadable (%s); marking it failed", job.id, exc)
+                job.state, job.error, job.error_status, job.finished_at = "failed", UNREADABLE, 500, now
+                self.update(job)
+            out.append(job)
+        return out
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, job_id: str) -> StoredJob | None:
+        """The stored row of a job (no request rebuilt), or None."""
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._stored(row) if row else None
+
+    def max_seq(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()[0])
+
+    def _inputs(self, job_id: str) -> list[tuple[str, int, bytes]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT role, idx, png FROM job_inputs WHERE job_id = ? ORDER BY role, idx", (job_id,)
+            ).fetchall()
+        return [(r["role"], r["idx"], bytes(r["png"])) for r in rows]
+
+    @staticmethod
+    def _stored(row: sqlite3.Row) -> StoredJob:
+        return StoredJob(
+            id=row["id"], seq=row["seq"], client=row["client"], kind=row["kind"], state=row["state"],
+            durable=bool(row["durable"]), created_at=row["created_at"], started_at=row["started_at"],
+            finished_at=row["finished_at"], error=row["error"], error_field=row["error_field"],
+            error_status=row["error_status"], meta=json.loads(row["meta_json"] or "{}"),
+        )  # fmt: skip
+
+
+# -- the request as JSON + PNG bytes ---------------------------------------------------------
+def encode_request(request: GenerationRequest) -> tuple[str, list[tuple[str, int, bytes]]]:
+    """``(to_record() JSON, [(role, index, PNG bytes)])``: PNG keeps every pixel, so a re-run is exact."""
+    images = [("init", i, png_bytes(im)) for i, im in enumerate(request.init_images)]
+    if request.mask is not None:
+        images.append(("mask", 0, png_bytes(request.mask)))
+    return json.dumps(request.to_record(), default=str), images
+
+
+def decode_request(request_json: str, inputs: list[tuple[str, int, bytes]]) -> GenerationRequest:
+    """The inverse of :func:`encode_request`."""
+    data = json.loads(request_json)
+    data.pop("kind", None)  # derived from the inputs
+    names = {f.name for f in dataclasses.fields(GenerationRequest)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown request fields {sorted(unknown)}")
+    data["styles"] = tuple(data.get("styles") or ())
+    if data.get("hires") is not None:
+        data["hires"] = HiresSettings(**data["hires"])
+    if data.get("outpaint") is not None:
+        data["outpaint"] = tuple(data["outpaint"])
+    inits = sorted((idx, png) for role, idx, png in inputs if role == "init")
+    masks = [png for role, _, png in inputs if role == "mask"]
+    data["init_images"] = tuple(open_png(png) for _, png in inits)
+    data["mask"] = open_png(masks[0]) if masks else None
+    return GenerationRequest(**data)
+
+
+def png_bytes(image: Any) -> bytes:
+    """Lossless PNG of a PIL image (no metadata)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def open_png(data: bytes) -> Any:
+    """A fully loaded PIL image from PNG bytes (same mode and pixels as the saved image)."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def _text(value: str | None) -> str | None:
+    """Text SQLite can store (a lone surrogate from a client becomes U+FFFD instead of failing)."""
+    return value.encode("utf-8", "replace").decode("utf-8") if value else value
+
+
+def _plain_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-able part of a job's meta (model, warnings, prompt)."""
+    out = {}
+    for key, value in meta.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        out[key] = value
+    return out
