@@ -50,6 +50,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-image-pixels", type=int, default=4096 * 4096, help="largest uploaded image in pixels"
     )
     p.add_argument("--max-prompt-chars", type=int, default=10_000, help="longest prompt + negative prompt")
+    p.add_argument(
+        "--workers",
+        default="local",
+        choices=["local", "ray"],
+        help="where models run: local (this process, default) or ray (Ray actors, one per GPU/CPU slot)",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        help="with --workers ray: join this Ray cluster (default: start a local one)",
+    )
+    p.add_argument(
+        "--ray-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --workers ray: how many model workers (default: one per GPU, else 1 on CPU)",
+    )
     p.set_defaults(func=run)
 
 
@@ -87,7 +105,18 @@ def build_settings(args: argparse.Namespace):
         precision=args.precision,
         limits=limits,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        workers=args.workers,
+        ray_address=args.ray_address,
+        ray_workers=_ray_workers(args),
     )
+
+
+def _ray_workers(args: argparse.Namespace) -> int:
+    if args.ray_workers < 0:
+        raise SDStudioError(f"--ray-workers must be 0 (automatic) or more, got {args.ray_workers}", field="ray_workers")
+    if args.workers != "ray" and (args.ray_address or args.ray_workers):
+        raise SDStudioError("--ray-address and --ray-workers need --workers ray", field="workers")
+    return args.ray_workers
 
 
 def _extra_routers() -> list:

@@ -383,9 +383,8 @@ class JobQueue:
             job.result, job.error_field, job.error_status = result, err_field, status
             job.fn = _finished_fn  # drop the closure (and e.g. init images it holds) once run
             self._busy.pop(slot, None)
-            self._finish_locked(job, state, error=error, persist=False)
+            self._finish_locked(job, state, error=error)
             self._lock.notify_all()
-        self._persist(job)
 
     def _persist(self, job: Job) -> None:
         """Write the job's state to the store; a failing disk is logged, never kills a worker."""
@@ -460,9 +459,9 @@ class JobQueue:
     def _finish_locked(self, job: Job, state: str, *, error: str | None = None, persist: bool = True) -> None:
         job.state, job.error, job.finished_at = state, error, time.time()
         job.version += 1
-        job._done.set()
         if persist:
-            self._persist(job)
+            self._persist(job)  # on disk before any waiter wakes
+        job._done.set()
 
     def _trim_locked(self) -> None:
         """Forget the oldest finished jobs beyond ``keep_finished`` (their images stay in history)."""

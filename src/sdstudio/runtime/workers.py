@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Protocol
 
 from sdstudio.config import GenerationRequest
-from sdstudio.errors import SDStudioError
 from sdstudio.runtime.history import HistoryStore
 from sdstudio.runtime.jobstore import decode_request
 from sdstudio.runtime.manager import ModelManager
@@ -112,9 +111,3 @@ def stored_result(history: HistoryStore, job: Job) -> JobResult | None:
         )
     return result
 
-
-def check_worker_kind(kind: str) -> str:
-    """``local`` or ``ray``; anything else is a clear error."""
-    if kind not in ("local", "ray"):
-        raise SDStudioError(f"--workers must be 'local' or 'ray', got {kind!r}", field="workers")
-    return kind
