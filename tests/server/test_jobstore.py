@@ -56,7 +56,9 @@ def test_restart_requeues_in_order_and_fails_the_running_job(tmp_path):
     running = q.submit(blocking, client="a", kind="txt2img", request=_request("first"))
     assert started.wait(5)
     a2 = q.submit(lambda ctx: None, client="a", kind="txt2img", request=_request("a2"), meta={"prompt": "a2"})
-    b1 = q.submit(lambda ctx: None, client="b", kind="img2img", request=_request("b1", init_images=(_noise_image(3),)))
+    b1 = q.submit(
+        lambda ctx: None, client="b", kind="img2img", request=_request("b1", init_images=(_noise_image(3),))
+    )
     a3 = q.submit(lambda ctx: None, client="a", kind="txt2img", request=_request("a3"))
     lab = q.submit(lambda ctx: None, client="lab", kind="lab")  # no request: memory only
     gone = q.submit(lambda ctx: None, client="a", request=_request("gone"))

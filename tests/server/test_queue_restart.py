@@ -61,8 +61,11 @@ def test_sigkill_with_queued_jobs_then_restart_runs_them(tmp_path):
             init = png_b64(Image.new("RGB", (64, 64), (200, 30, 30)))
             queued = [
                 c.post("/api/jobs/txt2img", json={**FAST, "prompt": "q1"}, headers={"X-Client-Id": "c1"}),
-                c.post("/api/jobs/img2img", json={**FAST, "prompt": "q2", "init_images": [init],
-                       "denoising_strength": 0.5}, headers={"X-Client-Id": "c2"}),  # fmt: skip
+                c.post(
+                    "/api/jobs/img2img",
+                    json={**FAST, "prompt": "q2", "init_images": [init], "denoising_strength": 0.5},
+                    headers={"X-Client-Id": "c2"},
+                ),
                 c.post("/api/jobs/txt2img", json={**FAST, "prompt": "q3"}, headers={"X-Client-Id": "c1"}),
             ]
             ids = [r.json()["id"] for r in queued]
@@ -79,7 +82,9 @@ def test_sigkill_with_queued_jobs_then_restart_runs_them(tmp_path):
             done = [_wait(c, i, ("done", "failed", "cancelled")) for i in ids]
             assert [j["state"] for j in done] == ["done"] * 3, [j["error"] for j in done]
             assert [j["prompt"] for j in done] == ["q1", "q2", "q3"]
-            assert done[1]["kind"] == "img2img" and "Denoising strength: 0.5" in done[1]["images"][0]["infotext"]
+            assert (
+                done[1]["kind"] == "img2img" and "Denoising strength: 0.5" in done[1]["images"][0]["infotext"]
+            )
             starts = [j["started_at"] for j in done]
             assert starts == sorted(starts)  # c1, c2, c1: round-robin in submission order
             for job in done:

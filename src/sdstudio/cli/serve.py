@@ -113,7 +113,9 @@ def build_settings(args: argparse.Namespace):
 
 def _ray_workers(args: argparse.Namespace) -> int:
     if args.ray_workers < 0:
-        raise SDStudioError(f"--ray-workers must be 0 (automatic) or more, got {args.ray_workers}", field="ray_workers")
+        raise SDStudioError(
+            f"--ray-workers must be 0 (automatic) or more, got {args.ray_workers}", field="ray_workers"
+        )
     if args.workers != "ray" and (args.ray_address or args.ray_workers):
         raise SDStudioError("--ray-address and --ray-workers need --workers ray", field="workers")
     return args.ray_workers

@@ -176,7 +176,9 @@ class JobQueue:
             self._stopping = True
             for job in [j for q in self._pending.values() for j in q]:
                 reason = "server shutting down (queued again at the next start)" if job.durable else None
-                self._finish_locked(job, CANCELLED, error=reason or "server shutting down", persist=not job.durable)
+                self._finish_locked(
+                    job, CANCELLED, error=reason or "server shutting down", persist=not job.durable
+                )
             self._pending.clear()
             for job in self._busy.values():
                 job.cancel_token.interrupt()
@@ -208,7 +210,9 @@ class JobQueue:
                     job.fn, job.durable = fn, True
                     self._pending.setdefault(job.client, deque()).append(job)
                 elif stored.state == QUEUED:
-                    self._finish_locked(job, FAILED, error=stored.error or "could not re-queue after a restart")
+                    self._finish_locked(
+                        job, FAILED, error=stored.error or "could not re-queue after a restart"
+                    )
                 else:
                     job._done.set()
                 self._lock.notify_all()
@@ -238,8 +242,10 @@ class JobQueue:
         if self.store is not None:
             try:
                 self.store.add(job, request)
-            except Exception as exc:  # noqa: BLE001 - disk full, read-only, locked: refuse the job clearly
-                raise SDStudioError(f"could not record the job ({type(exc).__name__}: {exc})", status=503) from exc
+            except Exception as exc:  # disk full, read-only, locked: refuse the job clearly
+                raise SDStudioError(
+                    f"could not record the job ({type(exc).__name__}: {exc})", status=503
+                ) from exc
         with self._lock:
             if self._stopping:
                 self._finish_locked(job, CANCELLED, error="server shutting down")
@@ -392,7 +398,7 @@ class JobQueue:
             return
         try:
             self.store.update(job)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not record the state of job %s", job.id)
 
     def _touch(self, job: Job) -> None:

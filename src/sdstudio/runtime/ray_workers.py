@@ -22,6 +22,7 @@ inside functions, so the default install never needs it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -36,6 +37,8 @@ from sdstudio.runtime.jobstore import open_png, png_bytes
 from sdstudio.runtime.queue import JobContext
 from sdstudio.runtime.service import ImageService, JobResult
 from sdstudio.sampling.control import CancelToken, StepInfo
+
+log = logging.getLogger(__name__)
 
 POLL_S = 0.1  # seconds between progress polls of a running actor
 START_TIMEOUT_S = 300.0  # a new actor must answer ping within this (imports torch, maybe on a cold node)
@@ -161,7 +164,8 @@ class ModelActor:
         changes = {
             f.name: getattr(item.request, f.name)
             for f in dataclasses.fields(GenerationRequest)
-            if f.name not in ("init_images", "mask") and getattr(item.request, f.name) != getattr(request, f.name)
+            if f.name not in ("init_images", "mask")
+            and getattr(item.request, f.name) != getattr(request, f.name)
         }
         sent = {
             "png": png_bytes(item.image), "seed": item.seed, "subseed": item.subseed, "infotext": item.infotext,
@@ -210,8 +214,8 @@ class RayWorker:
 
         try:
             ray.kill(self.actor, no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+        except Exception as exc:  # noqa: BLE001 - already gone
+            log.debug("killing %s: %s", self.name, exc)
         self.actor, self._model_key = self._spawn(), None
         self.replaced += 1
 
@@ -239,7 +243,9 @@ class RayWorker:
             outcome = ray.get(ref)
         except (RayActorError, GetTimeoutError) as exc:
             self.replace()
-            raise SDStudioError(f"worker died: {self.name} ({_brief(exc)}); it was replaced", status=500) from exc
+            raise SDStudioError(
+                f"worker died: {self.name} ({_brief(exc)}); it was replaced", status=500
+            ) from exc
         if "error" in outcome:
             raise SDStudioError(outcome["error"], field=outcome["field"], status=outcome["status"])
         self._model_key = outcome["model_key"]
@@ -250,8 +256,8 @@ class RayWorker:
 
         try:
             ray.kill(self.actor, no_restart=True)
-        except Exception:  # noqa: BLE001 - Ray already shut down
-            pass
+        except Exception as exc:  # noqa: BLE001 - Ray already shut down
+            log.debug("closing %s: %s", self.name, exc)
 
     def _ensure_alive(self) -> None:
         """Replace an actor that died while idle, so the next job does not fail for it."""
@@ -274,7 +280,12 @@ class RayWorker:
         return interrupted
 
     def _apply(
-        self, ctx: JobContext, images: ImageService, result: JobResult, request: GenerationRequest, reply: dict
+        self,
+        ctx: JobContext,
+        images: ImageService,
+        result: JobResult,
+        request: GenerationRequest,
+        reply: dict,
     ) -> None:
         """One poll's reply into the job: model identity, progress (+ preview), saved images."""
         from sdstudio.pipelines import GeneratedImage
@@ -317,7 +328,9 @@ def start_ray_workers(settings: Any, *, resolve: Callable[[str | None], str]) ->
         ) from exc
     if not ray.is_initialized():
         ray.init(address=settings.ray_address, logging_level="WARNING", log_to_driver=False)
-    count, options, device, threads = slot_plan(ray.cluster_resources(), settings.ray_workers, settings.device)
+    count, options, device, threads = slot_plan(
+        ray.cluster_resources(), settings.ray_workers, settings.device
+    )
     spec = ActorSpec(
         models_dir=str(Path(settings.models_dir).resolve()) if settings.models_dir else None,
         default_model=str(Path(settings.model).resolve()) if settings.model else None,
@@ -331,19 +344,26 @@ def start_ray_workers(settings: Any, *, resolve: Callable[[str | None], str]) ->
     return workers
 
 
-def slot_plan(resources: dict[str, float], requested: int, device: str) -> tuple[int, dict[str, Any], str, int]:
+def slot_plan(
+    resources: dict[str, float], requested: int, device: str
+) -> tuple[int, dict[str, Any], str, int]:
     """``(workers, actor options, device, torch threads)`` for a cluster's resources.
 
     With GPUs: one worker per GPU (``num_gpus=1``; Ray sets CUDA_VISIBLE_DEVICES, so the actor
     uses ``cuda``). Without: ``requested`` workers (default 1) sharing the CPUs evenly, each with
-    that many torch threads.
+    that many torch threads (more workers than CPUs is an error: Ray would never place them).
     """
     gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
     if gpus and device != "cpu":
         count = requested or gpus
         return count, {"num_gpus": 1, "num_cpus": 1}, "cuda", 0
     count = requested or 1
-    per = max(1, cpus // count)
+    if count > cpus:
+        raise SDStudioError(
+            f"--ray-workers {count}: the Ray cluster has only {cpus} CPUs (one worker needs at least one)",
+            field="ray_workers",
+        )
+    per = cpus // count
     return count, {"num_cpus": per}, "cpu", per
 
 

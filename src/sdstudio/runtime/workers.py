@@ -105,9 +105,16 @@ def stored_result(history: HistoryStore, job: Job) -> JobResult | None:
             continue
         result.images.append(
             SavedImage(
-                index=i, seed=r.seed or 0, subseed=0, infotext=r.infotext, params={}, path=path,
-                rel_path=r.path, history_id=r.id, width=r.width or 0, height=r.height or 0,
-            )  # fmt: skip
+                index=i,
+                seed=r.seed or 0,
+                subseed=0,
+                infotext=r.infotext,
+                params={},
+                path=path,
+                rel_path=r.path,
+                history_id=r.id,
+                width=r.width or 0,
+                height=r.height or 0,
+            )
         )
     return result
-
