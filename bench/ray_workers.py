@@ -42,7 +42,7 @@ def measure(workers: str, n: int, body: dict, jobs: int) -> float:
     root = Path(tempfile.mkdtemp(prefix="sdstudio-bench-"))
     settings = ServerSettings(outdir=root / "out", models_dir=root / "models", workers=workers, ray_workers=n)
     with TestClient(create_app(settings)) as client:
-        run_jobs(client, {**body, "steps": 1}, 2 * n)  # warm-up: every worker loads the model
+        run_jobs(client, {**body, "steps": 1}, 2 * max(1, n))  # warm-up: every worker loads the model
         seconds = run_jobs(client, body, jobs)
     return jobs / seconds
 

@@ -78,6 +78,7 @@ def test_restart_requeues_in_order_and_fails_the_running_job(tmp_path):
     assert (was_running.state, was_running.error) == (FAILED, RAN_AT_STOP)
     assert (q2.get(lab.id).state, q2.get(lab.id).error) == (FAILED, NOT_DURABLE)
     assert q2.get(gone.id).state == CANCELLED and q2.get("nope") is None
+    assert q2.cancel(running.id).state == FAILED and q2.skip(lab.id).state == FAILED  # only on disk: as is
     later = q2.submit(lambda ctx: None, client="a", request=_request("later"))
     assert later.seq > a3.seq  # numbering goes on after the stored jobs
     q2.stop()

@@ -138,5 +138,11 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(settings, routers=_extra_routers())
     shown = "127.0.0.1" if settings.host == "0.0.0.0" else settings.host
     print(f"sdstudio: web UI and API on http://{shown}:{settings.port}/  (A1111 API under /sdapi/v1)")
+    studio = app.state.studio
+    if settings.workers == "ray":
+        names = ", ".join(w.name for w in studio.workers)
+        print(f"sdstudio: {len(studio.workers)} Ray model worker(s): {names}")
+    if studio.recovered:
+        print(f"sdstudio: {len(studio.recovered)} job(s) queued before the last stop are queued again")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_keep_alive=30)
     return 0

@@ -302,20 +302,16 @@ class JobQueue:
         """Cancel a queued job or interrupt a running one; return the job (None if unknown)."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.finished:
-                return job
-            if job.state == QUEUED:
+            if job is not None and job.state == QUEUED:
                 self._pending.get(job.client, deque()).remove(job)
                 self._drop_empty_locked(job.client)
                 job.fn = _finished_fn
                 self._finish_locked(job, CANCELLED, error="cancelled before it started")
-                self._lock.notify_all()
-                return job
-            else:
+            elif job is not None and job.state == RUNNING:
                 job.cancel_token.interrupt()
                 job.version += 1
             self._lock.notify_all()
-            return job
+        return job if job is not None else self.get(job_id)  # a finished one only on disk: as it is
 
     def skip(self, job_id: str) -> Job | None:
         """Skip the running batch of a job (the job goes on with its next batch)."""
@@ -324,7 +320,7 @@ class JobQueue:
             if job is not None and job.state == RUNNING:
                 job.cancel_token.skip()
                 job.version += 1
-            return job
+        return job if job is not None else self.get(job_id)
 
     def wait_for_change(self, job: Job, version: int, timeout: float) -> int:
         """Block until ``job.version`` differs from ``version`` (or timeout); return the new version."""
