@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the tests: spinning OMP threads starve the server threads
 
 
 def run_jobs(client, body: dict, jobs: int) -> float:
