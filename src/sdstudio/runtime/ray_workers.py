@@ -109,7 +109,11 @@ class ModelActor:
             model = self.manager.acquire(model_name)
             title = Path(model.path).stem if model.path else model.name
             with job.lock:
-                job.model = {"identity": ModelIdentity.of(model), "title": title}
+                job.model = {
+                    "identity": ModelIdentity.of(model),
+                    "title": title,
+                    "listed": self.manager.loaded_title(),
+                }
             generate(
                 model, request, progress=lambda info: self._on_step(job, info), cancel=job.token,
                 on_image=lambda item: self._on_image(job, request, item), limits=self.spec.limits, prepared=True,
@@ -292,7 +296,7 @@ class RayWorker:
 
         if reply.get("model"):
             result.model, result.model_title = reply["model"]["identity"], reply["model"]["title"]
-            ctx.job.meta["model"] = result.model.name
+            ctx.job.meta["model"] = reply["model"]["listed"]  # as the model list names it
         if reply.get("step"):
             png = reply.get("preview")
             preview = (lambda data=png: open_png(data)) if png else None
