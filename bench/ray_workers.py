@@ -2,7 +2,7 @@
 in-process back end, all in the same run (same machine, same requests). Prints jobs/s and ratios.
 
     pip install 'sdstudio[ray]'
-    python3 bench/ray_workers.py [--jobs 12] [--size 128] [--steps 20] [--cpus 2]
+    python3 bench/ray_workers.py [--jobs 12] [--size 128] [--steps 20] [--cpus 2] [--address auto]
 
 ``--cpus`` is the local Ray cluster's CPU count; each of N workers gets cpus // N of them (and that
 many torch threads), so 2 workers on 2 CPUs run one thread each.
@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the tests: spinning OMP threads starve the server threads
+os.environ.setdefault(
+    "OMP_WAIT_POLICY", "PASSIVE"
+)  # as the tests: spinning OMP threads starve the server threads
 
 
 def run_jobs(client, body: dict, jobs: int) -> float:
@@ -54,11 +56,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--address", help="join this Ray cluster (auto or HOST:PORT) instead of a local one")
     args = parser.parse_args()
 
     import ray
 
-    ray.init(num_cpus=args.cpus, logging_level="WARNING", log_to_driver=False, include_dashboard=False)
+    if args.address:
+        ray.init(address=args.address, logging_level="WARNING", log_to_driver=False)
+        args.cpus = int(ray.cluster_resources().get("CPU", 1))
+    else:
+        ray.init(num_cpus=args.cpus, logging_level="WARNING", log_to_driver=False, include_dashboard=False)
     body = {
         "prompt": "a cat",
         "width": args.size,
