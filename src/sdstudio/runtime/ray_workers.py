@@ -97,7 +97,9 @@ class ModelActor:
 
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
 
-    def generate(self, job_id: str, request: GenerationRequest, model_name: str | None) -> dict[str, Any]:
+    def generate(
+        self, job_id: str, request: GenerationRequest, model_name: str | None, vae: str | None = None
+    ) -> dict[str, Any]:
         """Run a prepared request; images go to the job's buffer for :meth:`poll`. Errors are returned
         as values (``{"error": ..., "field": ..., "status": ...}``), never raised through Ray."""
         from sdstudio.pipelines import ModelIdentity, generate
@@ -107,6 +109,7 @@ class ModelActor:
             self._jobs[job_id] = job
         try:
             model = self.manager.acquire(model_name)
+            self.manager.apply_vae(model, vae)
             title = Path(model.path).stem if model.path else model.name
             with job.lock:
                 job.model = {
@@ -117,6 +120,7 @@ class ModelActor:
             generate(
                 model, request, progress=lambda info: self._on_step(job, info), cancel=job.token,
                 on_image=lambda item: self._on_image(job, request, item), limits=self.spec.limits, prepared=True,
+                networks=self.manager.networks,
             )  # fmt: skip
             return {"model_key": self.manager.loaded_name}
         except SDStudioError as exc:
@@ -224,9 +228,16 @@ class RayWorker:
         self.replaced += 1
 
     def generate(
-        self, ctx: JobContext, images: ImageService, request: GenerationRequest, model_name: str | None
+        self,
+        ctx: JobContext,
+        images: ImageService,
+        request: GenerationRequest,
+        model_name: str | None,
+        *,
+        vae: str | None = None,
     ) -> JobResult:
-        """Run the job on the actor; save and record each image here as it arrives."""
+        """Run the job on the actor (which resolves LoRA, embeddings and ``vae`` in its own models
+        folder); save and record each image here as it arrives."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -236,7 +247,7 @@ class RayWorker:
         ctx.job.result = result
         try:
             self._ensure_alive()
-            ref = self.actor.generate.remote(ctx.job.id, request, name)
+            ref = self.actor.generate.remote(ctx.job.id, request, name, vae)
             interrupted = False
             while True:
                 ready, _ = ray.wait([ref], timeout=POLL_S)
