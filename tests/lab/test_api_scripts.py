@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.server.conftest import FAST, decode_png, png_b64
+from tests.server.conftest import FAST, TEST_HOSTS, decode_png, png_b64
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,9 @@ def app_client(tmp_path_factory, tiny_sd1):
     from sdstudio.api import ServerSettings, create_app
 
     root = tmp_path_factory.mktemp("scripts")
-    settings = ServerSettings(outdir=root / "outputs", models_dir=root / "models", preview_interval=0.0)
+    settings = ServerSettings(
+        allowed_hosts=TEST_HOSTS, outdir=root / "outputs", models_dir=root / "models", preview_interval=0.0
+    )
     app = create_app(settings, models={"tiny": tiny_sd1})
     with TestClient(app) as c:
         yield app, c

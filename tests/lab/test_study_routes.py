@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.server.conftest import wait_job
+from tests.server.conftest import TEST_HOSTS, wait_job
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,9 @@ def lab_client(tmp_path_factory, tiny_sd1):
     from sdstudio.lab.routes import router
 
     root = tmp_path_factory.mktemp("lab-study")
-    settings = ServerSettings(outdir=root / "outputs", models_dir=root / "models", preview_interval=0.0)
+    settings = ServerSettings(
+        allowed_hosts=TEST_HOSTS, outdir=root / "outputs", models_dir=root / "models", preview_interval=0.0
+    )
     app = create_app(settings, models={"tiny": tiny_sd1}, routers=[router])
     with TestClient(app) as c:
         yield app, c

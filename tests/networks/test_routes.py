@@ -11,7 +11,7 @@ import torch
 
 from sdstudio.models.tiny import _vae
 from tests.networks.helpers import kohya_lora, save
-from tests.server.conftest import decode_png
+from tests.server.conftest import TEST_HOSTS, decode_png
 
 FAST = {"width": 32, "height": 32, "steps": 2, "sampler_name": "Euler", "seed": 11}
 
@@ -39,7 +39,12 @@ def client(tmp_path_factory, models, tiny_sd1):
     from sdstudio.api import ServerSettings, create_app
     from sdstudio.networks.vae import use_vae
 
-    settings = ServerSettings(outdir=tmp_path_factory.mktemp("out"), models_dir=models, preview_interval=0.0)
+    settings = ServerSettings(
+        allowed_hosts=TEST_HOSTS,
+        outdir=tmp_path_factory.mktemp("out"),
+        models_dir=models,
+        preview_interval=0.0,
+    )
     app = create_app(settings, models={"tiny": tiny_sd1})
     with TestClient(app) as c:
         yield c

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.server.conftest import png_b64, wait_job
+from tests.server.conftest import TEST_HOSTS, png_b64, wait_job
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -30,7 +30,12 @@ def _app(root, workers: str, **kw):
     from sdstudio.api import ServerSettings, create_app
 
     settings = ServerSettings(
-        outdir=root / "outputs", models_dir=root / "models", preview_interval=0.0, workers=workers, **kw
+        allowed_hosts=TEST_HOSTS,
+        outdir=root / "outputs",
+        models_dir=root / "models",
+        preview_interval=0.0,
+        workers=workers,
+        **kw,
     )
     return create_app(settings)
 

@@ -9,6 +9,7 @@ import pytest
 
 from sdstudio.cli import main as cli_main
 from sdstudio.models.loader import save_single_file
+from tests.server.conftest import TEST_HOSTS
 
 REQUEST = {"prompt": "a red heart", "seed": 77, "steps": 2, "width": 32, "height": 32,
            "sampler_name": "Euler", "cfg_scale": 6.5, "negative_prompt": "blurry"}  # fmt: skip
@@ -28,7 +29,9 @@ def test_api_and_cli_write_identical_png_bytes_and_one_gallery(workspace, capsys
     from sdstudio.api import ServerSettings, create_app
 
     root, model = workspace
-    settings = ServerSettings(outdir=root / "outputs", models_dir=None, model=str(model), precision="fp32")
+    settings = ServerSettings(
+        allowed_hosts=TEST_HOSTS, outdir=root / "outputs", models_dir=None, model=str(model), precision="fp32"
+    )
     app = create_app(settings)
     with TestClient(app) as client:
         r = client.post("/sdapi/v1/txt2img", json=REQUEST)

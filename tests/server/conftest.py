@@ -11,6 +11,7 @@ import time
 import pytest
 from PIL import Image
 
+TEST_HOSTS = ("testserver",)  # the Host name of fastapi's TestClient (DNS-rebinding check)
 FAST = {"width": 64, "height": 64, "steps": 2, "sampler_name": "Euler"}
 
 
@@ -75,7 +76,9 @@ def studio_app(tmp_path_factory, tiny_sd1, tiny_sd2):
     models = root / "models"
     for sub in ("Stable-diffusion", "Lora", "VAE", "embeddings"):
         (models / sub).mkdir(parents=True)
-    settings = ServerSettings(outdir=root / "outputs", models_dir=models, preview_interval=0.0)
+    settings = ServerSettings(
+        allowed_hosts=TEST_HOSTS, outdir=root / "outputs", models_dir=models, preview_interval=0.0
+    )
     app = create_app(settings, models={"tiny": tiny_sd1, "tiny2": tiny_sd2})
     yield app
     app.state.studio.stop()

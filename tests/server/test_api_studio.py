@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sdstudio.api import ServerSettings, create_app, parse_api_auth
 from sdstudio.errors import SDStudioError
 from sdstudio.runtime.manager import ModelManager
-from tests.server.conftest import FAST, wait_job
+from tests.server.conftest import FAST, TEST_HOSTS, wait_job
 
 SLOW_JOB = {**FAST, "steps": 150, "n_iter": 3}  # long enough to cancel while running
 
@@ -156,7 +156,11 @@ def test_unknown_job_and_models_routes(client):
 @pytest.fixture
 def secured(tmp_path, tiny_sd1):
     settings = ServerSettings(
-        outdir=tmp_path / "out", models_dir=None, api_auth=parse_api_auth("ann:s3cret"), max_body_bytes=4096
+        allowed_hosts=TEST_HOSTS,
+        outdir=tmp_path / "out",
+        models_dir=None,
+        api_auth=parse_api_auth("ann:s3cret"),
+        max_body_bytes=4096,
     )
     app = create_app(settings, models={"tiny": tiny_sd1})
     with TestClient(app) as c:
@@ -212,7 +216,9 @@ def test_server_starts_without_a_model_and_reports_the_error(tmp_path):
         raise FileNotFoundError("embedded default model is not shipped yet")
 
     manager = ModelManager(None, loader=failing_loader)
-    app = create_app(ServerSettings(outdir=tmp_path / "out", models_dir=None), manager=manager)
+    app = create_app(
+        ServerSettings(allowed_hosts=TEST_HOSTS, outdir=tmp_path / "out", models_dir=None), manager=manager
+    )
     with TestClient(app) as c:
         assert c.get("/").status_code == 200
         r = c.post("/sdapi/v1/txt2img", json={**FAST, "seed": 1})
@@ -221,7 +227,7 @@ def test_server_starts_without_a_model_and_reports_the_error(tmp_path):
 
 
 def test_restart_with_missing_and_corrupt_gallery_files(tmp_path, tiny_sd1):
-    settings = ServerSettings(outdir=tmp_path / "out", models_dir=None)
+    settings = ServerSettings(allowed_hosts=TEST_HOSTS, outdir=tmp_path / "out", models_dir=None)
     with TestClient(create_app(settings, models={"tiny": tiny_sd1})) as c:
         job = wait_job(c, _submit(c, "r", seed=10, n_iter=3)["id"])
         paths = [c.get(f"/api/history/{im['history_id']}").json()["path"] for im in job["images"]]
@@ -294,7 +300,9 @@ def test_extra_routers_get_the_same_protection(tmp_path, tiny_sd1):
     async def lab_index(request: Request) -> dict:
         return {"experiments": [], "queued": len(request.app.state.studio.queue.pending())}
 
-    settings = ServerSettings(outdir=tmp_path / "out", models_dir=None, api_auth=(("a", "b"),))
+    settings = ServerSettings(
+        allowed_hosts=TEST_HOSTS, outdir=tmp_path / "out", models_dir=None, api_auth=(("a", "b"),)
+    )
     with TestClient(create_app(settings, models={"tiny": tiny_sd1}, routers=[lab])) as c:
         assert c.get("/api/lab").status_code == 401
         assert c.get("/api/lab", auth=("a", "b")).json() == {"experiments": [], "queued": 0}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.server.conftest import decode_png, png_b64
+from tests.server.conftest import TEST_HOSTS, decode_png, png_b64
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,9 @@ def lab_client(tmp_path_factory, tiny_sd1):
     from sdstudio.lab.routes import router
 
     root = tmp_path_factory.mktemp("lab")
-    settings = ServerSettings(outdir=root / "outputs", models_dir=root / "models", preview_interval=0.0)
+    settings = ServerSettings(
+        allowed_hosts=TEST_HOSTS, outdir=root / "outputs", models_dir=root / "models", preview_interval=0.0
+    )
     app = create_app(settings, models={"tiny": tiny_sd1}, routers=[router])
     with TestClient(app) as c:
         yield c

@@ -9,6 +9,7 @@ import pytest
 
 from sdstudio.errors import SDStudioError
 from sdstudio.runtime.manager import ModelManager
+from tests.server.conftest import TEST_HOSTS
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,8 @@ def models_dir(tmp_path_factory, tiny_sd1):
 
 def test_scan_follows_a1111_layout(models_dir):
     m = ModelManager(models_dir)
-    [entry] = m.entries()
+    entry, *embedded = m.entries()
+    assert all(e.embedded for e in embedded)  # the shipped model stays listed beside files
     assert (entry.model_name, entry.title, entry.hash) == (
         "anime/tinyfile",
         "anime/tinyfile.safetensors",
@@ -39,6 +41,8 @@ def test_scan_follows_a1111_layout(models_dir):
     assert [f.name for f in m.aux_files("embeddings")] == ["easyneg"]
     with pytest.raises(SDStudioError, match="not found; available: anime/tinyfile.safetensors"):
         m.find("other")
+    if embedded:  # a file in the folder is listed, never picked on its own: the embedded one is
+        assert m.current_entry() is embedded[0]
 
 
 def test_load_hash_and_switch(models_dir, tiny_sd2, monkeypatch, tmp_path):
@@ -49,7 +53,7 @@ def test_load_hash_and_switch(models_dir, tiny_sd2, monkeypatch, tmp_path):
     sha = hashlib.sha256(
         (models_dir / "Stable-diffusion/anime/tinyfile.safetensors").read_bytes()
     ).hexdigest()
-    assert model.model_hash == sha[:10] and m.loaded_name == "anime/tinyfile"
+    assert model.model_hash == sha[:10] and m.loaded_name == "anime/tinyfile.safetensors"
     entry = m.find(sha[:10])  # by short hash, as A1111 accepts
     assert entry.title == f"anime/tinyfile.safetensors [{sha[:10]}]"
     assert m.find("anime/tinyfile.safetensors [0123456789]") is entry  # stale hash in a client's title
@@ -65,8 +69,9 @@ def test_generation_from_a_checkpoint_file(models_dir, tmp_path, monkeypatch):
     from tests.server.conftest import FAST
 
     monkeypatch.setenv("SDSTUDIO_CACHE_DIR", str(tmp_path / "cache"))
-    app = create_app(ServerSettings(outdir=tmp_path / "out", models_dir=models_dir))
+    app = create_app(ServerSettings(allowed_hosts=TEST_HOSTS, outdir=tmp_path / "out", models_dir=models_dir))
     with TestClient(app) as c:
+        assert c.post("/sdapi/v1/options", json={"sd_model_checkpoint": "anime/tinyfile"}).status_code == 200
         r = c.post("/sdapi/v1/txt2img", json={**FAST, "seed": 4, "prompt": "file model"})
         assert r.status_code == 200, r.text
         info = json.loads(r.json()["info"])
@@ -75,7 +80,7 @@ def test_generation_from_a_checkpoint_file(models_dir, tmp_path, monkeypatch):
         ).hexdigest()
         assert info["sd_model_hash"] == sha[:10] and info["sd_model_name"] == "tinyfile"
         assert f"Model hash: {sha[:10]}" in info["infotexts"][0]
-        [listed] = c.get("/sdapi/v1/sd-models").json()
+        listed = c.get("/sdapi/v1/sd-models").json()[0]
         assert listed["sha256"] == sha and listed["title"].endswith(f"[{sha[:10]}]")
         assert c.get("/sdapi/v1/options").json()["sd_checkpoint_hash"] == sha
         assert c.get("/api/history").json()["items"][0]["model_hash"] == sha[:10]
@@ -103,7 +108,9 @@ def test_generation_on_the_embedded_default_model(tmp_path):
 
     from sdstudio.api import ServerSettings, create_app
 
-    app = create_app(ServerSettings(outdir=tmp_path / "out", models_dir=tmp_path / "models"))
+    app = create_app(
+        ServerSettings(allowed_hosts=TEST_HOSTS, outdir=tmp_path / "out", models_dir=tmp_path / "models")
+    )
     with TestClient(app) as c:
         r = c.post(
             "/sdapi/v1/txt2img", json={"prompt": "cat face", "width": 64, "height": 64, "steps": 4, "seed": 1}

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from tests.server.conftest import TEST_HOSTS
+
 
 @pytest.fixture(scope="module")
 def embedded_client(tmp_path_factory):
@@ -15,7 +17,9 @@ def embedded_client(tmp_path_factory):
     from sdstudio.api import ServerSettings, create_app
 
     root = tmp_path_factory.mktemp("embedded")
-    app = create_app(ServerSettings(outdir=root / "outputs", models_dir=None, precision="fp32"))
+    app = create_app(
+        ServerSettings(allowed_hosts=TEST_HOSTS, outdir=root / "outputs", models_dir=None, precision="fp32")
+    )
     with TestClient(app) as client:
         yield client
     app.state.studio.stop()

@@ -1,6 +1,6 @@
 """FastAPI app factory: ``create_app(settings)`` wires the studio, routes, errors and security.
 
-Layers: middleware (body limit -> basic auth -> same-origin) wraps everything, including the
+Layers: middleware (Host check -> body limit -> basic auth -> same-origin) wraps everything, including the
 static web UI, image files and progress streams. Errors a user can cause come back as 422
 JSON ``{"detail": ..., "field": ...}``; nothing returns a stack trace.
 """
@@ -20,9 +20,16 @@ from fastapi.staticfiles import StaticFiles
 
 from sdstudio import __version__
 from sdstudio.api import routes_a1111, routes_studio
-from sdstudio.api.security import BasicAuthMiddleware, BodyLimitMiddleware, SameOriginMiddleware
+from sdstudio.api.deps import PreviewCache
+from sdstudio.api.security import (
+    BasicAuthMiddleware,
+    BodyLimitMiddleware,
+    HostCheckMiddleware,
+    SameOriginMiddleware,
+)
 from sdstudio.api.service import Studio
 from sdstudio.api.settings import ServerSettings
+from sdstudio.api.text import safe_text
 from sdstudio.errors import SDStudioError
 
 log = logging.getLogger(__name__)
@@ -62,6 +69,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.studio = studio
+    app.state.preview_cache = PreviewCache()
     studio.start()  # also started by lifespan; idempotent (lets plain TestClient(app) work)
     _install_error_handlers(app)
     app.include_router(routes_a1111.router)
@@ -69,11 +77,12 @@ def create_app(
     for router in routers:
         app.include_router(router)
     _mount_ui(app)
-    # outermost first: size limit, then auth, then origin check
+    # outermost first: Host check, size limit, then auth, then origin check
     app.add_middleware(SameOriginMiddleware)
     if settings.api_auth:
         app.add_middleware(BasicAuthMiddleware, credentials=settings.api_auth)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HostCheckMiddleware, allowed=settings.allowed_hosts, bound_host=settings.host)
     return app
 
 
@@ -95,14 +104,20 @@ def _mount_ui(app: FastAPI) -> None:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SDStudioError)
     async def studio_error(request: Request, exc: SDStudioError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "field": exc.field}, status_code=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if getattr(exc, "retry_after", None) else None
+        body = {"detail": safe_text(str(exc)), "field": safe_text(exc.field)}
+        return JSONResponse(body, status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [_describe(e) for e in exc.errors()]
         first = errors[0] if errors else {"field": None, "message": "invalid request"}
         return JSONResponse(
-            {"detail": "; ".join(e["message"] for e in errors), "field": first["field"], "errors": errors},
+            {
+                "detail": safe_text("; ".join(e["message"] for e in errors)),
+                "field": safe_text(first["field"]),
+                "errors": [{k: safe_text(v) for k, v in e.items()} for e in errors],
+            },
             status_code=422,
         )
 
@@ -117,7 +132,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _describe(error: dict) -> dict:
     """One pydantic error as ``{"field": "steps", "message": "steps: Input should be ... (got 'x')"}``."""
     loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
-    field = ".".join(loc) or None
+    field = ".".join(loc) or (error.get("ctx") or {}).get("field")
+    if error.get("type") == "lone_surrogate":  # the message names the field already; no input echo
+        return {"field": field, "message": error.get("msg", "invalid text")}
     given = error.get("input")
     shown = (
         repr(given)[:80] if isinstance(given, (str, int, float, bool, type(None))) else type(given).__name__

@@ -6,12 +6,15 @@ import asyncio
 import base64
 import io
 import re
+import threading
 from typing import Any
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 
 from sdstudio.api.schemas import JobImage, JobInfo
 from sdstudio.api.service import Studio
+from sdstudio.api.text import safe_text
 from sdstudio.errors import SDStudioError
 from sdstudio.runtime.queue import Job
 
@@ -59,8 +62,34 @@ def png_bytes(image: Any) -> bytes:
     return buf.getvalue()
 
 
-def job_info(s: Studio, job: Job) -> JobInfo:
-    """The public view of a job (no images inline; URLs point at saved files)."""
+class PreviewCache:
+    """The latest live preview as base64 PNG, encoded once per (job, preview step) in a worker
+    thread: polling ``/sdapi/v1/progress`` never encodes a PNG on the event loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[str, int] | None = None
+        self._value: str | None = None
+
+    async def get(self, job: Job) -> str | None:
+        from sdstudio.api.convert import encode_png
+
+        image, step = job.progress.preview, job.progress.preview_step
+        if image is None:
+            return None
+        key = (job.id, step)
+        with self._lock:
+            if key == self._key:
+                return self._value
+        value = await run_in_threadpool(encode_png, image)
+        with self._lock:
+            self._key, self._value = key, value
+        return value
+
+
+def job_info(s: Studio, job: Job, positions: dict[str, int] | None = None) -> JobInfo:
+    """The public view of a job (no images inline; URLs point at saved files). Every text goes
+    through :func:`safe_text`, so no stored job can make a listing unserialisable."""
     p = job.progress
     images = []
     result = job.result
@@ -68,15 +97,21 @@ def job_info(s: Studio, job: Job) -> JobInfo:
         url = f"/api/images/{img.rel_path}" if img.rel_path else None
         images.append(
             JobImage(
-                index=img.index, seed=img.seed, url=url, history_id=img.history_id, infotext=img.infotext
+                index=img.index,
+                seed=img.seed,
+                url=safe_text(url),
+                history_id=img.history_id,
+                infotext=safe_text(img.infotext),
             )
         )
     return JobInfo(
         id=job.id,
         kind=job.kind,
-        client=job.client,
+        client=safe_text(job.client),
         state=job.state,
-        position=s.queue.position(job) if job.state == "queued" else None,
+        position=(positions.get(job.id) if positions is not None else s.queue.position(job))
+        if job.state == "queued"
+        else None,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
@@ -90,10 +125,10 @@ def job_info(s: Studio, job: Job) -> JobInfo:
         eta_seconds=job.eta_seconds(),
         preview_url=f"/api/jobs/{job.id}/preview?step={p.preview_step}" if p.preview is not None else None,
         preview_step=p.preview_step,
-        error=job.error,
-        error_field=job.error_field,
-        warnings=list(job.meta.get("warnings", [])),
-        model=job.meta.get("model"),
+        error=safe_text(job.error),
+        error_field=safe_text(job.error_field),
+        warnings=[safe_text(w) for w in job.meta.get("warnings", [])],
+        model=safe_text(job.meta.get("model")),
         images=images,
-        prompt=job.meta.get("prompt", ""),
+        prompt=safe_text(job.meta.get("prompt", "")),
     )

@@ -16,8 +16,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from sdstudio import __version__
 from sdstudio.api import schemas as s
-from sdstudio.api.convert import build_info, convert, decode_image, encode_png, hires_upscalers
+from sdstudio.api.convert import build_info, convert, decode_image, hires_upscalers
 from sdstudio.api.deps import client_id, raise_if_failed, studio, wait_finished
+from sdstudio.api.text import find_lone_surrogate, surrogate_message
 from sdstudio.errors import SDStudioError
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111 compatible"])
@@ -86,7 +87,7 @@ async def progress(request: Request, skip_current_image: bool = False) -> s.Prog
     """The running job's progress in A1111's shape (progress 0 and job_count 0 when idle)."""
     st = studio(request)
     job = st.queue.running
-    queued = len(st.queue.pending())
+    queued = st.queue.pending_count()
     if job is None:  # idle or between jobs: job_count > 0 while anything waits (webuiapi's wait_for_ready)
         state = s.ProgressState(job_count=queued)
         return s.ProgressResponse(progress=0, eta_relative=0, state=state, textinfo=_queue_text(queued))
@@ -103,9 +104,7 @@ async def progress(request: Request, skip_current_image: bool = False) -> s.Prog
         sampling_step=p.step,
         sampling_steps=p.steps,
     )
-    image = None
-    if p.preview is not None and not skip_current_image:
-        image = encode_png(p.preview)
+    image = None if skip_current_image else await request.app.state.preview_cache.get(job)
     return s.ProgressResponse(
         progress=min(1.0, p.fraction),
         eta_relative=job.eta_seconds() or 0.0,
@@ -175,6 +174,9 @@ async def set_options(body: dict[str, Any], request: Request) -> dict[str, Any]:
     from sdstudio.api.a1111_options import A1111_DEFAULTS, FIXED
 
     st = studio(request)
+    found = find_lone_surrogate(body)
+    if found:
+        raise SDStudioError(surrogate_message(*found), field=found[0])
     current = _options(request)
     for key, value in body.items():
         if key == "sd_model_checkpoint":

@@ -55,10 +55,11 @@ async def list_jobs(request: Request, limit: int = Query(50, ge=1, le=500)) -> s
     st = studio(request)
     jobs = st.queue.jobs()[:limit]
     running = st.queue.running
+    order = {j.id: i for i, j in enumerate(st.queue.pending())}  # one run order for every row
     return s.JobList(
-        jobs=[job_info(st, j) for j in jobs],
+        jobs=[job_info(st, j, order) for j in jobs],
         running=running.id if running else None,
-        queued=len(st.queue.pending()),
+        queued=len(order),
     )
 
 
@@ -136,8 +137,8 @@ async def models(request: Request) -> s.ModelsResponse:
                 filename=e.filename,
                 in_memory=e.in_memory is not None,
                 embedded=e.embedded,
-                selected=current is not None and e.model_name == current.model_name,
-                loaded=m.loaded_name == e.model_name,
+                selected=current is not None and e.key == current.key,
+                loaded=m.loaded_name == e.key,
                 native_size=m.native_size(e),
             )
             for e in m.entries()
@@ -223,24 +224,22 @@ async def history(
     """Gallery page: saved images filtered by prompt text, model, sampler and date, newest first."""
     st = studio(request)
     limit = min(limit, st.settings.history_page_max)
-    rows, total = await run_in_threadpool(
-        st.history.query,
-        text=q,
-        model=model,
-        sampler=sampler,
-        date_from=date_from,
-        date_to=date_to,
-        job_id=job_id,
-        offset=offset,
-        limit=limit,
-    )
-    return s.HistoryPage(
-        items=[_history_item(r) for r in rows],
-        total=total,
-        offset=offset,
-        limit=limit,
-        facets=st.history.facets(),
-    )
+
+    def page() -> s.HistoryPage:  # SQLite work runs in a worker thread, off the event loop
+        rows, total = st.history.query(
+            text=q,
+            model=model,
+            sampler=sampler,
+            date_from=date_from,
+            date_to=date_to,
+            job_id=job_id,
+            offset=offset,
+            limit=limit,
+        )
+        items = [_history_item(r) for r in rows]
+        return s.HistoryPage(items=items, total=total, offset=offset, limit=limit, facets=st.history.facets())
+
+    return await run_in_threadpool(page)
 
 
 @router.get("/history/{image_id}", response_model=s.HistoryItem)

@@ -10,10 +10,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from sdstudio.api.text import find_lone_surrogate, surrogate_message
 
 
-class _A1111Base(BaseModel):
+class TextSafeModel(BaseModel):
+    """Base of every request body: any text field (declared or extra, nested in lists and dicts)
+    holding a lone UTF-16 surrogate is a 422 naming the field, before anything stores it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        found = find_lone_surrogate(data)
+        if found:
+            field, index = found
+            raise PydanticCustomError("lone_surrogate", surrogate_message(field, index), {"field": field})
+        return data
+
+
+class _A1111Base(TextSafeModel):
     """Fields common to txt2img and img2img (A1111 StableDiffusionProcessing)."""
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
@@ -63,6 +80,16 @@ class _A1111Base(BaseModel):
     # sdstudio extension (ignored by A1111 clients): clip skip without override_settings
     clip_skip: int | None = Field(None, description="sdstudio: CLIP skip (A1111: CLIP_stop_at_last_layers)")
     fast: bool | None = Field(None, description="sdstudio: opt-in fast mode (DeepCache; BENCHMARKS.md)")
+
+    @field_validator("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt", check_fields=False)
+    @classmethod
+    def _bounded_nesting(cls, value: str | None, info: Any) -> str | None:
+        """Brackets nested too deep for the prompt grammar: 422 now, not a failed job later."""
+        from sdstudio.prompts.schedule import check_prompt_nesting
+
+        if value:
+            check_prompt_nesting(value, field=info.field_name)
+        return value
 
 
 class Txt2ImgRequest(_A1111Base):
@@ -120,7 +147,7 @@ class GenerationResponse(BaseModel):
     job_id: str | None = None
 
 
-class PNGInfoRequest(BaseModel):
+class PNGInfoRequest(TextSafeModel):
     image: str = Field(description="The base64 encoded image (PNG, JPEG or WebP)")
 
 
@@ -347,7 +374,7 @@ class ModelsResponse(BaseModel):
     sd_vae: str = "Automatic"  # the A1111 sd_vae option in effect (Automatic, None or a models/VAE name)
 
 
-class SelectModelRequest(BaseModel):
+class SelectModelRequest(TextSafeModel):
     name: str
 
 

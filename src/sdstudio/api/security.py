@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from hmac import compare_digest
@@ -94,6 +95,71 @@ class SameOriginMiddleware:
         if origin.rstrip("/").lower() != f"{scheme}://{host}".lower():
             return f"Origin {origin!r} is not this server"
         return None
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+class HostCheckMiddleware:
+    """Refuse requests whose ``Host`` is not this server's name: 403 (DNS-rebinding protection).
+
+    A page on ``evil.example`` whose DNS answer switches to 127.0.0.1 talks to this server from
+    the browser with ``Host: evil.example`` and an Origin that matches it, so the same-origin check
+    alone lets it through. As Jupyter (``local_hostnames``) and Vite (``server.allowedHosts``) do,
+    only these Host names are served: loopback names and ``*.localhost``, IP literals (a rebinding
+    attack needs a domain name), the bound host, and ``allowed`` (``--allowed-hosts``; ``.lan``
+    allows every subdomain of ``lan``, ``*`` allows every name). A request without ``Host``
+    (HTTP/1.0 tools, never a browser) is served.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...] = (), bound_host: str = "") -> None:
+        self.app = app
+        names = {n.strip().lower().rstrip(".") for n in (*LOOPBACK_NAMES, *allowed) if n.strip()}
+        if bound_host and bound_host not in ("0.0.0.0", "::"):
+            names.add(f"[{bound_host}]" if ":" in bound_host else bound_host.lower())
+        self.names = frozenset(names)
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = _header(scope, b"host")
+            if host is not None and not self.allows(host):
+                name = host_name(host)
+                await _send_json(
+                    send,
+                    403,
+                    {
+                        "detail": f"Host {host!r} is not allowed (DNS-rebinding protection); "
+                        f"if this is your server's name, start it with --allowed-hosts {name}",
+                        "field": "host",
+                    },
+                )
+                return
+        await self.app(scope, receive, send)
+
+    def allows(self, host: str) -> bool:
+        name = host_name(host)
+        if not name:
+            return False
+        if "*" in self.names or name in self.names or name.endswith(".localhost"):
+            return True
+        if any(n.startswith(".") and (name.endswith(n) or name == n[1:]) for n in self.names):
+            return True
+        try:
+            ipaddress.ip_address(name[1:-1] if name.startswith("[") else name)
+        except ValueError:
+            return False
+        return True
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header, lower-case: ``Example.COM:7860`` -> ``example.com``,
+    ``[::1]:7860`` -> ``[::1]``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end > 0 else ""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name.rstrip(".")
 
 
 class BodyLimitMiddleware:

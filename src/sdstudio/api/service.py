@@ -55,6 +55,7 @@ class Studio:
         self.queue = JobQueue(
             preview_interval=settings.preview_interval, store=self.jobs, workers=self.workers,
             load_result=lambda job: stored_result(self.history, job),
+            max_pending=settings.max_queue,
         )  # fmt: skip
         self.recovered = self.queue.recover(self._rebuild)  # queued when the server last stopped
         self.options: dict[str, Any] = {}

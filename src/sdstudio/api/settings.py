@@ -14,11 +14,14 @@ class ServerSettings:
 
     outdir: Path = Path("outputs")
     models_dir: Path | None = Path("models")
-    model: str | None = None  # checkpoint path; None = first in models_dir, else the embedded default
+    model: str | None = None  # checkpoint path; None = the embedded default (folder files only when selected)
     db_path: Path | None = None  # default: <outdir>/history.sqlite3
     host: str = "127.0.0.1"
     port: int = 7860
     api_auth: tuple[tuple[str, str], ...] = ()  # ((user, password), ...); empty = no auth
+    # Host names served besides loopback names, IP literals and ``host`` (DNS-rebinding check)
+    allowed_hosts: tuple[str, ...] = ()
+    max_queue: int = 100  # queued (not yet running) jobs; more -> 429 with Retry-After
     device: str = "cpu"
     precision: str = "auto"
     limits: Limits = field(default_factory=Limits)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +84,7 @@ def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 def _read_safetensors(
     p: Path, dtype: torch.dtype | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
 
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:  # validates header and offsets
@@ -96,12 +95,16 @@ def _read_safetensors(
                 state_dict = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
         if dtype is not None:
             state_dict = _stream_safetensors(p, keys, dtype)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # any failure (even a Rust panic) means a broken file
         raise SDStudioError(
-            f"{p} is not a valid safetensors file (truncated or corrupt: {exc})", field="model"
+            f"{p} is not a valid checkpoint: not a valid safetensors file (truncated or corrupt: "
+            f"{_first_line(exc)})",
+            field="model",
         ) from exc
     if not state_dict:
-        raise SDStudioError(f"{p} holds no tensors", field="model")
+        raise SDStudioError(f"{p} is not a valid checkpoint: it holds no tensors", field="model")
     return state_dict, metadata
 
 
@@ -171,25 +174,51 @@ def _read_pickle(p: Path) -> Checkpoint:
         with torch.serialization.safe_globals(_extra_safe_globals()):
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _blocked_global(exc):
+            raise _not_a_checkpoint(p, exc) from exc
         raise SDStudioError(
             f"{p} needs arbitrary code execution to load (its pickle calls something other than tensor "
             f"rebuilders: {_pickle_reason(exc)}). sdstudio never unpickles code; convert the file to "
             ".safetensors with a tool you trust, or get a .safetensors release of the model",
             field="model",
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
-        raise SDStudioError(
-            f"{p} is not a readable PyTorch checkpoint (truncated or corrupt: {_first_line(exc)})",
-            field="model",
-        ) from exc
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        raise _not_a_checkpoint(p, exc) from exc
     return _unwrap(obj, p)
+
+
+def _blocked_global(exc: BaseException) -> bool:
+    """True when torch's weights-only unpickler refused a global (a callable), not malformed bytes."""
+    return any(word in str(exc) for word in ("GLOBAL", "Unsupported global"))
+
+
+def _not_a_checkpoint(p: Path, exc: BaseException) -> SDStudioError:
+    return SDStudioError(
+        f"{p} is not a valid checkpoint: not a readable PyTorch checkpoint (truncated or corrupt: "
+        f"{type(exc).__name__}: {_weights_only_reason(exc)})",
+        field="model",
+    )
+
+
+def _weights_only_reason(exc: BaseException) -> str:
+    """The line of torch's long weights-only message that says what went wrong."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
+            return lines[i + 1][:300]
+    return _first_line(exc)
 
 
 def _unwrap(obj: Any, p: Path) -> Checkpoint:
     import numpy as np
 
     if not isinstance(obj, dict):
-        raise SDStudioError(f"{p} holds a {type(obj).__name__}, not a state dict of tensors", field="model")
+        raise SDStudioError(
+            f"{p} is not a valid checkpoint: it holds a {type(obj).__name__}, not a state dict of tensors",
+            field="model",
+        )
     step = obj.get("global_step")
     global_step = int(step) if isinstance(step, (int, np.integer)) and not isinstance(step, bool) else None
     raw_meta = obj.get(METADATA_KEY) if isinstance(obj.get(METADATA_KEY), dict) else {}
@@ -197,7 +226,9 @@ def _unwrap(obj: Any, p: Path) -> Checkpoint:
         obj = obj["state_dict"]
     state_dict = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not state_dict:
-        raise SDStudioError(f"{p} holds no tensors (keys: {_sample(obj.keys())})", field="model")
+        raise SDStudioError(
+            f"{p} is not a valid checkpoint: it holds no tensors (keys: {_sample(obj.keys())})", field="model"
+        )
     metadata = {str(k): str(v) for k, v in raw_meta.items()}
     return Checkpoint(state_dict, metadata, global_step, p)
 

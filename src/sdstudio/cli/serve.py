@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--model",
-        help="checkpoint to use by default (default: first in --models-dir, else the embedded model)",
+        help="checkpoint to use by default (default: the embedded model; files in --models-dir are used when selected)",
     )
     p.add_argument(
         "--models-dir",
@@ -35,6 +35,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (needs --api-auth or --insecure)")
     p.add_argument("--api-auth", metavar="USER:PASS[,USER:PASS]", help="HTTP basic auth for every route")
     p.add_argument("--insecure", action="store_true", help="allow --listen without --api-auth")
+    p.add_argument(
+        "--allowed-hosts",
+        default="",
+        metavar="NAME[,NAME]",
+        help="Host names to serve besides localhost, IP addresses and --host (DNS-rebinding check); "
+        "'.lan' allows every *.lan name, '*' allows any",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=100,
+        help="most queued jobs; more get 429 + Retry-After (default 100)",
+    )
     p.add_argument(
         "--precision",
         default="auto",
@@ -84,6 +97,8 @@ def build_settings(args: argparse.Namespace):
             f"refusing to listen on {host} without --api-auth user:pass (add --insecure to allow it anyway)",
             field="listen",
         )
+    if args.max_queue < 1:
+        raise SDStudioError("--max-queue must be at least 1", field="max_queue")
     if args.model and not Path(args.model).exists():
         raise SDStudioError(f"--model: no such file or folder: {args.model}", field="model")
     limits = Limits(
@@ -101,6 +116,8 @@ def build_settings(args: argparse.Namespace):
         host=host,
         port=args.port,
         api_auth=auth,
+        allowed_hosts=tuple(n.strip() for n in args.allowed_hosts.split(",") if n.strip()),
+        max_queue=args.max_queue,
         device=args.device,
         precision=args.precision,
         limits=limits,

@@ -19,13 +19,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdstudio.api.schemas import TextSafeModel
 from sdstudio.errors import SDStudioError
 
 router = APIRouter(prefix="/api/lab", tags=["lab"])
 BUILD_TIMEOUT_S = 600
 
 
-class DemolishRequest(BaseModel):
+class DemolishRequest(TextSafeModel):
     model_config = ConfigDict(extra="forbid")
     image: str = Field(description="base64 image (with or without a data: prefix)")
     timesteps: str = Field("0,50,100,200,300,500,700,999", description="comma-separated t in [0, 1000)")
@@ -34,7 +35,7 @@ class DemolishRequest(BaseModel):
     seed: int = Field(0, ge=0)
 
 
-class BuildRequest(BaseModel):
+class BuildRequest(TextSafeModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(max_length=2000)
     negative_prompt: str = Field("", max_length=2000)

@@ -74,12 +74,20 @@ def load_model(
     target_dtype = dtype or resolve_dtype(precision, target_device)
     p = check_model_path(default_model_path() if path is None else path)
     cache_file = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "hashes.json"
-    if p.is_dir():
-        model = _load_diffusers_folder(p, prediction_type)
-        hash_file = diffusers_weights_file(p, "unet")
-    else:
-        model = _load_single_file(p, prediction_type, target_dtype)
-        hash_file = p
+    try:
+        if p.is_dir():
+            model = _load_diffusers_folder(p, prediction_type)
+            hash_file = diffusers_weights_file(p, "unet")
+        else:
+            model = _load_single_file(p, prediction_type, target_dtype)
+            hash_file = p
+    except SDStudioError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError, OSError) as exc:
+        # a file that reads but whose contents are not a model (odd keys, shapes or dtypes)
+        raise SDStudioError(
+            f"{p} is not a valid checkpoint: {type(exc).__name__}: {str(exc).strip()[:300]}", field="model"
+        ) from exc
     model.model_hash = model_hash(hash_file, cache_file) if hash_file else ""
     if vae_path is not None:
         _replace_vae(model, Path(vae_path), cache_file)
@@ -122,7 +130,11 @@ def own_tensors(module: torch.nn.Module, device: torch.device, dtype: torch.dtyp
                 if t.device == device and t.dtype == want and _is_owned(t):
                     continue
                 data = torch.empty(t.shape, dtype=want, device=device).copy_(t.detach())
-                new = torch.nn.Parameter(data, requires_grad=t.requires_grad) if store is sub._parameters else data
+                new = (
+                    torch.nn.Parameter(data, requires_grad=t.requires_grad)
+                    if store is sub._parameters
+                    else data
+                )
                 fresh[id(t)] = (t, new)
                 store[name] = new
     return module
@@ -216,7 +228,8 @@ def _header(path: Path) -> tuple[dict[str, Any], dict[str, str], int | None]:
                 heads[key] = _TensorHeader(tuple(view.get_shape()), _st_dtype(view.get_dtype()))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise SDStudioError(
-            f"{path} is not a valid safetensors file (truncated or corrupt: {exc})", field="model"
+            f"{path} is not a valid checkpoint: not a valid safetensors file (truncated or corrupt: {exc})",
+            field="model",
         ) from exc
     return normalize_original_keys(heads), metadata, None
 

@@ -3,8 +3,10 @@
 The folder follows A1111's layout so a user can point sdstudio at an existing A1111 install:
 ``Stable-diffusion/`` (checkpoints), ``Lora/``, ``VAE/``, ``embeddings/``. Checkpoints are
 named as A1111 names them (``title`` = relative file name plus ``[short hash]`` once known,
-``model_name`` = relative name without extension). Models built in memory (tests, the
-embedded default) are registered by name. Only the queue's worker calls :meth:`acquire`, so
+``model_name`` = relative name without extension); the relative name with its extension is the
+unique key, so ``x.ckpt`` and ``x.safetensors`` are two models. Models built in memory (tests)
+are registered by name; the embedded default model is always listed and is the default unless
+``--model`` (or an in-memory model) is given. Only the queue's worker calls :meth:`acquire`, so
 loading and switching happen between jobs, never during one.
 """
 
@@ -56,17 +58,31 @@ class ModelEntry:
             return self.model_name
         return self.model_name + Path(self.filename).suffix
 
+    @property
+    def key(self) -> str:
+        """Unique id among the entries: the relative file name with its extension (A1111 title
+        without the hash), so ``x.ckpt`` and ``x.safetensors`` stay two models; in-memory name otherwise."""
+        return self.relname
+
+    def exact_names(self) -> set[str]:
+        """Names that pick this entry and no other: title, relative name, absolute path, hashes."""
+        names = {self.title, self.relname}
+        if self.filename:
+            names.add(self.filename)
+        if self.sha256:
+            names |= {self.hash, self.sha256}
+        elif self.short_hash:
+            names.add(self.short_hash)
+        return names
+
+    def loose_names(self) -> set[str]:
+        """Names that pick this entry only when no other entry shares them (A1111 ``model_name``)."""
+        return {self.model_name, Path(self.relname).name}
+
     def matches(self, name: str) -> bool:
         """True when ``name`` is this entry's title, file name, model name, or short/full hash."""
         name = name.strip()
-        candidates = {self.title, self.relname, self.model_name, Path(self.relname).name}
-        if self.filename:
-            candidates.add(self.filename)
-        if self.sha256:
-            candidates |= {self.hash, self.sha256}
-        elif self.short_hash:
-            candidates.add(self.short_hash)
-        return name in candidates
+        return name in self.exact_names() | self.loose_names()
 
 
 @dataclass
@@ -122,14 +138,13 @@ class ModelManager:
         for path in _files(folder, CHECKPOINT_SUFFIXES):
             if not any(e.filename == str(path.resolve()) for e in entries):
                 entries.append(self._file_entry(path, folder))
-        if not entries:
-            entries = self._embedded_entries()
+        entries += self._embedded_entries()
         with self._lock:
             self._entries = entries
         return entries
 
     def _embedded_entries(self) -> list[ModelEntry]:
-        """The shipped default model as a selectable entry (only when nothing else is available)."""
+        """The shipped default model as a selectable entry: always listed, whatever the folder holds."""
         folder = _embedded_folder()
         if folder is None:
             return []
@@ -147,12 +162,7 @@ class ModelManager:
         None for single files not loaded yet.
         """
         model = entry.in_memory if entry is not None and entry.in_memory is not None else None
-        if (
-            model is None
-            and self.loaded is not None
-            and entry is not None
-            and self.loaded_name == entry.model_name
-        ):
+        if model is None and self.loaded is not None and entry is not None and self.loaded_name == entry.key:
             model = self.loaded
         if model is not None:
             return int(model.unet.config.sample_size) * int(model.vae_scale_factor)
@@ -201,61 +211,97 @@ class ModelManager:
         self.refresh()
 
     def find(self, name: str) -> ModelEntry:
-        """The entry a client's name refers to (title, file name, model name or hash)."""
-        for entry in self.entries():
-            if entry.matches(name):
-                return entry
-        # A1111 clients may send "name [oldhash]" where the hash differs: match on the name part.
-        base = name.split(" [", 1)[0].strip()
-        for entry in self.entries():
-            if base and entry.matches(base):
-                return entry
-        known = ", ".join(e.title for e in self.entries()) or "none"
+        """The entry a client's name refers to: exact title, relative file name, path or hash first;
+        the bare model name (no extension) only when one entry has it. Ambiguous names -> 422."""
+        name = name.strip()
+        entries = self.entries()
+        hits = [e for e in entries if name in e.exact_names()]
+        if not hits:
+            hits = [e for e in entries if name in e.loose_names()]
+        if not hits and " [" in name:
+            # A1111 clients may send "name [oldhash]" where the hash differs: match on the name part.
+            base = name.split(" [", 1)[0].strip()
+            hits = [e for e in entries if base and base in e.exact_names()]
+        shas = {e.sha256 for e in hits}
+        if len({e.key for e in hits}) > 1 and (len(shas) != 1 or None in shas):  # same bytes: either
+            titles = ", ".join(e.title for e in hits)
+            raise SDStudioError(
+                f"model name {name!r} is ambiguous: {titles}; use the title with its extension or the hash",
+                field="sd_model_checkpoint",
+            )
+        if hits:
+            return hits[0]
+        known = ", ".join(e.title for e in entries) or "none"
         raise SDStudioError(f"model {name!r} not found; available: {known}", field="sd_model_checkpoint")
 
     def select(self, name: str) -> ModelEntry:
         """Choose the model for the next jobs (loaded by the worker before it runs one)."""
         entry = self.find(name)
         with self._lock:
-            self.selected = entry.model_name
+            self.selected = entry.key
         return entry
 
     def current_entry(self) -> ModelEntry | None:
-        """The entry that the next job without an explicit model will use (None = embedded default)."""
+        """The entry that the next job without an explicit model will use.
+
+        The selected or loaded model; else the default: ``--model``, else a model registered in
+        memory, else the embedded one. A file found in the folder is never picked on its own.
+        """
         name = self.selected or self.loaded_name
         if name:
             try:
                 return self.find(name)
             except SDStudioError:
                 return None
+        return self.default_entry()
+
+    def default_entry(self) -> ModelEntry | None:
+        """``--model`` if given, else the first in-memory model, else the embedded default model."""
         entries = self.entries()
-        return entries[0] if entries else None
+        if self.default_model:
+            wanted = str(Path(self.default_model).resolve())
+            for entry in entries:
+                if entry.filename == wanted:
+                    return entry
+        for pick in (lambda e: e.in_memory is not None, lambda e: e.embedded):
+            for entry in entries:
+                if pick(entry):
+                    return entry
+        return None
 
     def loaded_title(self) -> str:
         """The loaded model's title as the model list shows it (``name [hash]``), '' when none."""
         name = self.loaded_name
-        entry = next((e for e in self.entries() if e.model_name == name), None)
+        entry = next((e for e in self.entries() if e.key == name), None)
         return entry.title if entry is not None else (name or "")
 
     # -- loading (worker thread only) ------------------------------------------------------
     def acquire(self, name: str | None = None) -> Any:
         """The loaded model for ``name`` (or the current one), loading/switching if needed."""
         entry = self.find(name) if name else self.current_entry()
-        key = entry.model_name if entry else "<default>"
+        key = entry.key if entry else "<default>"
         with self._lock:
             if self.loaded is not None and self.loaded_name == key:
                 return self.loaded
+            previous = self.loaded_name
             self._unload_locked()
             try:
                 model = self._load(entry)
             except SDStudioError as exc:
-                self.last_error = str(exc)
+                self._load_failed(key, previous, str(exc))
                 raise
             except Exception as exc:
-                self.last_error = f"could not load model {key!r}: {type(exc).__name__}: {exc}"
+                self._load_failed(key, previous, f"could not load model {key!r}: {type(exc).__name__}: {exc}")
                 raise SDStudioError(self.last_error, field="sd_model_checkpoint", status=503) from exc
             self.loaded, self.loaded_name, self.last_error = model, key, None
             return model
+
+    def _load_failed(self, key: str, previous: str | None, message: str) -> None:
+        """A model that failed to load never stays selected: fall back to the one loaded before
+        (or the default), so the next job does not fail on the same broken file."""
+        self.last_error = message
+        if self.selected == key:
+            self.selected = previous if previous != key else None
 
     def _load(self, entry: ModelEntry | None) -> Any:
         if entry is not None and entry.in_memory is not None:

@@ -8,6 +8,7 @@ and renamed into place, so a crash never leaves a half-written image under a fin
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import re
 import tempfile
@@ -54,13 +55,22 @@ def save_image(
     ``folder`` overrides the dated A1111 sub-folder (e.g. the CLI's ``--outdir``).
     """
     target_dir = Path(folder) if folder is not None else images_dir(outdir, kind)
-    target_dir.mkdir(parents=True, exist_ok=True)
     ext = ext.lower().lstrip(".")
     if ext not in ("png", "jpg", "jpeg", "webp"):
         raise SDStudioError(f"unsupported image format {ext!r}; use png, jpg or webp")
-    with _lock:
-        path = target_dir / f"{next_number(target_dir):05d}-{seed}.{ext}"
-        _write_atomic(image, infotext, path, ext)
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        with _lock:
+            path = target_dir / f"{next_number(target_dir):05d}-{seed}.{ext}"
+            _write_atomic(image, infotext, path, ext)
+    except OSError as exc:  # disk full, read-only or missing outputs folder: say so, keep serving
+        full = exc.errno == errno.ENOSPC
+        raise SDStudioError(
+            f"could not save the image in {target_dir}: {exc.strerror or exc} "
+            f"({'free some disk space' if full else 'check that the outputs folder is writable'})",
+            field="outdir",
+            status=507 if full else 500,
+        ) from exc
     return path
 
 

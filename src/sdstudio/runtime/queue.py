@@ -138,9 +138,11 @@ class JobQueue:
         store: JobStore | None = None,
         workers: Sequence[Worker] | None = None,
         load_result: Callable[[Job], Any] | None = None,
+        max_pending: int | None = None,
     ) -> None:
         self.preview_interval = preview_interval
         self.keep_finished = keep_finished
+        self.max_pending = max_pending  # queued jobs beyond this are refused (QueueFullError, HTTP 429)
         self.store = store
         self.load_result = load_result
         self.workers: list[Worker | None] = list(workers) if workers else [None]
@@ -238,6 +240,9 @@ class JobQueue:
         job.durable = request is not None and self.store is not None
         if self._stopping:
             raise SDStudioError("the server is shutting down", status=503)
+        with self._lock:  # before the job is stored: a refused job leaves no row
+            if self.max_pending is not None and self._pending_count_locked() >= self.max_pending:
+                raise QueueFullError(self.max_pending, self._retry_after_locked())
         job.seq = next(self._seq)
         if self.store is not None:
             try:
@@ -292,6 +297,11 @@ class JobQueue:
         """Queued jobs in the order the worker will run them (round-robin between clients)."""
         with self._lock:
             return self._schedule_locked()
+
+    def pending_count(self) -> int:
+        """How many jobs wait (cheap: no run order computed)."""
+        with self._lock:
+            return self._pending_count_locked()
 
     def position(self, job: Job) -> int | None:
         """0-based place of a queued job in the run order; None when not queued."""
@@ -454,6 +464,15 @@ class JobQueue:
         self._last_client = job.client
         return job
 
+    def _pending_count_locked(self) -> int:
+        return sum(len(q) for q in self._pending.values())
+
+    def _retry_after_locked(self) -> int:
+        """Seconds until a slot is likely free: the mean run time of the last finished jobs (>= 1)."""
+        runs = [j.finished_at - j.started_at for j in self._jobs.values() if j.finished_at and j.started_at]
+        recent = runs[-10:]
+        return max(1, round(sum(recent) / len(recent))) if recent else 5
+
     def _drop_empty_locked(self, client: str) -> None:
         if client in self._pending and not self._pending[client]:
             del self._pending[client]
@@ -480,6 +499,18 @@ def _job_from(stored: StoredJob) -> Job:
         finished_at=stored.finished_at, error=stored.error, error_field=stored.error_field,
         error_status=stored.error_status or 422, durable=stored.durable,
     )  # fmt: skip
+
+
+class QueueFullError(SDStudioError):
+    """Too many queued jobs: HTTP 429 with ``Retry-After`` (``retry_after`` seconds)."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(
+            f"the queue is full ({limit} jobs waiting); try again in about {retry_after} s",
+            field="queue",
+            status=429,
+        )
+        self.retry_after = retry_after
 
 
 def _finished_fn(ctx: JobContext) -> None:
