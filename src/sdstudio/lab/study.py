@@ -109,7 +109,7 @@ def run_study(model, spec: StudySpec, out: Path, judge, progress: Progress | Non
     data = measure(model, spec, samples, judge)
     data["timing"] = {"generation_s": round(gen_s, 2), "total_s": round(time.perf_counter() - t0, 2),
                       "images": len(samples)}  # fmt: skip
-    data["model"] = {"name": getattr(model, "name", ""), "hash": getattr(model, "model_hash", "")}
+    data["model"] = {"name": model.name, "hash": model.model_hash}
     _write_json(out / "study.json", data)
     write_report(data, samples, out)
     return data

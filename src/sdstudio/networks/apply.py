@@ -46,7 +46,7 @@ def activate_networks(model, library: NetworkLibrary | None, request) -> Iterato
     ti_hashes = used_embedding_hashes(model, library, lookups, prompt_texts(request))
     if ti_hashes:
         extra["TI hashes"] = ", ".join(ti_hashes)
-    previous = getattr(model, "textual_inversion", None)
+    previous = model.textual_inversion
     with patched_weights(deltas):
         model.textual_inversion = lookups
         try:

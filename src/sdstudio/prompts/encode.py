@@ -157,7 +157,7 @@ def count_chunks(tokenizer, text: str, embeddings=None) -> int:
 
 def text_embeddings(model) -> list:
     """One textual-inversion lookup (or None) per text encoder of ``model`` (set by ``sdstudio.networks``)."""
-    lookups = getattr(model, "textual_inversion", None)
+    lookups = model.textual_inversion
     return list(lookups) if lookups else [None] * len(model.tokenizers)
 
 

@@ -310,10 +310,10 @@ class ModelManager:
         path = entry.filename if entry is not None and not entry.embedded else None
         model = loader(path, device=self.device, precision=self.precision)
         if entry is not None and (entry.embedded or Path(entry.filename).is_dir()):
-            entry.short_hash = getattr(model, "model_hash", "") or None
+            entry.short_hash = model.model_hash or None
         elif entry is not None and entry.filename:
             entry.sha256 = entry.sha256 or self.sha256(Path(entry.filename))
-            if not getattr(model, "model_hash", ""):
+            if not model.model_hash:
                 model.model_hash = entry.hash
         return model
 
@@ -322,8 +322,7 @@ class ModelManager:
         the checkpoint is not reloaded (worker thread, between jobs)."""
         from sdstudio.networks.vae import resolve_vae, use_vae
 
-        if hasattr(model, "vae_file"):
-            use_vae(model, resolve_vae(choice, getattr(model, "path", "") or None, self.networks))
+        use_vae(model, resolve_vae(choice, model.path or None, self.networks))
 
     def _unload_locked(self) -> None:
         self.loaded, self.loaded_name = None, None
@@ -358,11 +357,11 @@ def _default_loader(path: str | None, *, device: str, precision: str) -> Any:
 
 
 def _embedded_folder() -> Path | None:
-    try:
-        from sdstudio.models.loader import default_model_path
+    from sdstudio.models.loader import default_model_path
 
+    try:
         return default_model_path()
-    except (ImportError, SDStudioError):
+    except SDStudioError:  # a build without the embedded model
         return None
 
 
