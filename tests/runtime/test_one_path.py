@@ -62,3 +62,16 @@ def test_cli_without_history_writes_files_only(workspace, capsys):
     assert cli_main(argv) == 0
     assert (root / capsys.readouterr().out.strip()).is_file()
     assert not (root / "outputs" / "history.sqlite3").exists()
+
+
+def test_lab_xyz_cell_is_the_same_png_as_the_cli_image(workspace, capsys):
+    """A one-cell X/Y/Z plot runs the same request through the same service: the same file bytes."""
+    root, model = workspace
+    common = ["--model", str(model), "--precision", "fp32", "--seed", "77", "--steps", "2", "--width", "32",
+              "--height", "32", "--sampler", "Euler", "--cfg-scale", "6.5", "--no-history"]  # fmt: skip
+    assert cli_main(["txt2img", "a red heart", *common]) == 0
+    plain = capsys.readouterr().out.strip()
+    assert cli_main(["lab", "xyz", "a red heart", *common, "--x-type", "Seed", "--x-values", "77"]) == 0
+    cells = [line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("cell ")]
+    assert len(cells) == 1 and cells[0] != plain
+    assert (root / cells[0]).read_bytes() == (root / plain).read_bytes()
