@@ -69,10 +69,10 @@ def peak_rss_gib() -> float:
 
 
 class SDStudio:
-    def __init__(self, args, fast: bool) -> None:
+    def __init__(self, args, fast: bool, backend: str = "torch") -> None:
         from sdstudio import GenerationRequest, load_model
 
-        self.model = load_model(args.single)
+        self.model = load_model(args.single, backend=backend)  # openvino: converted once, then cached
         self.request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, width=args.size,
                                          height=args.size, steps=args.steps, sampler_name="DPM++ 2M",
                                          cfg_scale=CFG, seed=SEED, fast=fast)  # fmt: skip
@@ -130,6 +130,8 @@ def build(args):
     name = args.contender
     if name in ("sdstudio", "sdstudio-fast"):
         return SDStudio(args, fast=name == "sdstudio-fast")
+    if name == "sdstudio-openvino":  # the UNet and VAE decoder through OpenVINO (no split: no torch hooks)
+        return SDStudio(args, fast=False, backend="openvino")
     if name.startswith("diffusers-"):
         return Diffusers(args, name.removeprefix("diffusers-"))
     if name == "sdcpp":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = "import sys; from sdstudio.cli import main; sys.exit(main())"  # what the `sdstudio` script runs
-CONTENDERS = ("sdstudio", "sdstudio-fast", "diffusers-fp32", "diffusers-bf16", "sdcpp")
+CONTENDERS = ("sdstudio", "sdstudio-openvino", "sdstudio-fast", "diffusers-fp32", "diffusers-bf16", "sdcpp")
 
 
 def cache_dir() -> Path:

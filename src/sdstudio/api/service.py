@@ -39,6 +39,7 @@ class Studio:
             default_model=settings.model,
             device=settings.device,
             precision=settings.precision,
+            backend=settings.backend,
             models=models,
         )
         self.history = HistoryStore(settings.history_db, self.outdir)

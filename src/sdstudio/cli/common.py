@@ -23,6 +23,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "openvino"],
+        help="what runs the UNet: torch (default) or openvino (CPU, same weights, needs sdstudio[openvino])",
+    )
+    p.add_argument(
         "--prediction-type",
         default=None,
         choices=["epsilon", "v_prediction"],
@@ -79,7 +85,8 @@ def load_model_from_args(args):
 
     vae = vae_for(args)  # a missing VAE fails before loading
     model = load_model(
-        args.model, device=args.device, precision=args.precision, prediction_type=args.prediction_type
+        args.model, device=args.device, precision=args.precision, prediction_type=args.prediction_type,
+        backend=args.backend,
     )
     use_vae(model, vae)
     return model

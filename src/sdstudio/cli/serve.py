@@ -55,6 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="model weights precision",
     )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "openvino"],
+        help="what runs the UNet: torch (default) or openvino (CPU, same weights, needs sdstudio[openvino])",
+    )
     p.add_argument("--max-body-mb", type=float, default=64, help="largest request body in MiB (default 64)")
     p.add_argument("--max-size", type=int, default=2048, help="largest width/height (default 2048)")
     p.add_argument("--max-steps", type=int, default=150, help="most sampling steps per image (default 150)")
@@ -120,6 +126,7 @@ def build_settings(args: argparse.Namespace):
         max_queue=args.max_queue,
         device=args.device,
         precision=args.precision,
+        backend=args.backend,
         limits=limits,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         workers=args.workers,

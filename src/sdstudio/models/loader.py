@@ -45,12 +45,14 @@ from sdstudio.models.architectures import (
     component_config,
     read_json,
 )
+from sdstudio.models.openvino_backend import use_openvino
 from sdstudio.models.sdmodel import StableDiffusionModel
 from sdstudio.models.tokenizer import clip_tokenizer
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default-model"
 CONFIG_METADATA_PREFIX = "sdstudio.config."  # + component name: JSON config embedded by our converter
 ARCH_INDEX_KEY = "_sdstudio_arch"  # written into model_index.json by save_diffusers
+BACKENDS = ("torch", "openvino")  # what runs the UNet on the plain path (--backend)
 
 
 def load_model(
@@ -62,14 +64,19 @@ def load_model(
     prediction_type: str | None = None,
     vae_path: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    backend: str = "torch",
 ) -> StableDiffusionModel:
     """Return a ready (eval, no-grad) model from ``path``: a diffusers folder or single-file checkpoint.
 
     ``path=None`` loads the embedded default model. ``dtype`` overrides ``precision`` ("auto" = bf16
     on a bf16 CPU, fp16 on CUDA, else fp32). ``prediction_type`` ("epsilon" | "v_prediction")
     overrides detection. ``vae_path`` replaces the VAE. ``cache_dir`` holds ``hashes.json``
-    (default ``$SDSTUDIO_CACHE_DIR`` or ``~/.cache/sdstudio``).
+    (default ``$SDSTUDIO_CACHE_DIR`` or ``~/.cache/sdstudio``) and the OpenVINO conversions.
+    ``backend`` "openvino" also compiles the UNet (plain sampling path) and the VAE decoder with OpenVINO
+    (:mod:`sdstudio.models.openvino_backend`); "torch" (default) runs PyTorch only.
     """
+    if backend not in BACKENDS:
+        raise SDStudioError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}", field="backend")
     target_device = resolve_device(device)
     target_dtype = dtype or resolve_dtype(precision, target_device)
     p = check_model_path(default_model_path() if path is None else path)
@@ -91,7 +98,12 @@ def load_model(
     model.model_hash = model_hash(hash_file, cache_file) if hash_file else ""
     if vae_path is not None:
         _replace_vae(model, Path(vae_path), cache_file)
-    return _place(model, target_device, target_dtype).eval()
+    model = _place(model, target_device, target_dtype).eval()
+    if backend == "openvino":
+        if target_device.type != "cpu":
+            raise SDStudioError("--backend openvino runs on the CPU; use --device cpu", field="backend")
+        use_openvino(model, cache_file.parent)
+    return model
 
 
 def _place(model: StableDiffusionModel, device: torch.device, dtype: torch.dtype) -> StableDiffusionModel:

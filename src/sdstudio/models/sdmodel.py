@@ -72,6 +72,8 @@ class StableDiffusionModel:
     textual_inversion: Any = None  # per-encoder embedding lookups during one job (sdstudio.networks)
     vae_file: str = ""  # the separate VAE file in use ("" = the checkpoint's own)
     checkpoint_vae: Any = None  # the checkpoint's own VAE while a separate one is in use (networks.vae)
+    compiled_unet: Any = None  # the UNet compiled by another runtime (models.openvino_backend), plain path
+    compiled_decoder: Any = None  # the VAE decoder compiled likewise, used while it matches ``vae``
 
     @property
     def prediction_type(self) -> str:

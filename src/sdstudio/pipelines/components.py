@@ -74,7 +74,10 @@ def _decode(model, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if dtype != original:
         vae.to(dtype)
     try:
-        z = model.latent_format.to_vae(latents)
+        z = model.latent_format.to_vae(latents)  # (B, C, h, w)
+        compiled = model.compiled_decoder
+        if compiled is not None and dtype == original and compiled.matches(vae):
+            return compiled.decode(z)  # (B, 3, H, W)
         return vae.decode(z.to(model.device, dtype), return_dict=False)[0].float()
     finally:
         if dtype != original:

@@ -123,7 +123,7 @@ def sample_batch(
         x = init_latent.to(x.device, torch.float32) + x
     speed = speed or SpeedOptions()  # default: the plain path
     denoiser = CFGDenoiser(
-        ModelDenoiser(model, plan.schedule, speed.unet_for(model.unet)), cond_at, uncond_at, cfg_scale, sigmas,
+        ModelDenoiser(model, plan.schedule, speed.unet_for(model.unet, model.compiled_unet)), cond_at, uncond_at, cfg_scale, sigmas,
         Conditioning.cat, post_denoise, speed.s_min_uncond, speed.uncond_every_step,
     )  # fmt: skip
     steps = plan.steps

@@ -46,8 +46,11 @@ class SpeedOptions:
             deepcache_interval=FAST_DEEPCACHE_INTERVAL,
         )
 
-    def unet_for(self, unet):
-        """The UNet callable for one batch: ``unet`` itself, or a fresh DeepCache wrapper."""
+    def unet_for(self, unet, compiled=None):
+        """The UNet callable for one batch: a fresh DeepCache wrapper, the ``compiled`` UNet (another
+        runtime's, e.g. OpenVINO) while it still matches ``unet``'s weights, or ``unet`` itself."""
         if self.deepcache_interval > 1 and supports_deepcache(unet):
             return DeepCacheUNet(unet, self.deepcache_interval)
+        if compiled is not None and compiled.matches(unet):
+            return compiled
         return unet

@@ -107,6 +107,7 @@ class ModelManager:
         default_model: str | None = None,
         device: str = "cpu",
         precision: str = "auto",
+        backend: str = "torch",
         loader: Callable[..., Any] | None = None,
         models: dict[str, Any] | None = None,
     ) -> None:
@@ -114,6 +115,7 @@ class ModelManager:
         self.default_model = default_model
         self.device = device
         self.precision = precision
+        self.backend = backend
         self._loader = loader
         self._lock = threading.RLock()
         self._memory: dict[str, Any] = dict(models or {})
@@ -308,7 +310,8 @@ class ModelManager:
             return entry.in_memory
         loader = self._loader or _default_loader
         path = entry.filename if entry is not None and not entry.embedded else None
-        model = loader(path, device=self.device, precision=self.precision)
+        extra = {"backend": self.backend} if self.backend != "torch" else {}  # custom loaders need not know it
+        model = loader(path, device=self.device, precision=self.precision, **extra)
         if entry is not None and (entry.embedded or Path(entry.filename).is_dir()):
             entry.short_hash = model.model_hash or None
         elif entry is not None and entry.filename:
@@ -350,10 +353,10 @@ class ModelManager:
         return ModelEntry(model_name=rel.rsplit(".", 1)[0], filename=str(path.resolve()), sha256=cached)
 
 
-def _default_loader(path: str | None, *, device: str, precision: str) -> Any:
+def _default_loader(path: str | None, *, device: str, precision: str, backend: str = "torch") -> Any:
     from sdstudio.models.loader import load_model
 
-    return load_model(path, device=device, precision=precision)
+    return load_model(path, device=device, precision=precision, backend=backend)
 
 
 def _embedded_folder() -> Path | None:

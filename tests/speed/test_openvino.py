@@ -1,0 +1,151 @@
+"""``--backend openvino``: the UNet and VAE decoder compiled by OpenVINO compute what PyTorch does.
+
+Same weights and fp32 maths, other kernels: outputs agree within float round-off (measured ~5e-6
+on the embedded model's UNet), images within the cross-path bound of tests/tolerance.py. When the
+PyTorch modules change for a job (LoRA weights, tiling, another VAE) the PyTorch path runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdstudio import GenerationRequest, txt2img
+from sdstudio.errors import SDStudioError
+from sdstudio.models import openvino_backend
+from sdstudio.models.openvino_backend import CompiledGraph, OpenVINODecoder, OpenVINOUNet, use_openvino
+from sdstudio.models.tiny import tiny_sd1
+from sdstudio.networks.keys import Target
+from sdstudio.networks.patch import patched_weights
+from sdstudio.pipelines.speed import SpeedOptions
+from tests.tolerance import assert_same_composition
+
+pytest.importorskip("openvino")  # a test dependency (pyproject [test]); the skip is for bare installs
+
+ATOL = 1e-4  # fp32 round-off between oneDNN-in-PyTorch and OpenVINO kernels (measured ~5e-6)
+REQ = GenerationRequest(prompt="a cat", width=64, height=64, steps=5, sampler_name="DPM++ 2M", seed=11)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("ov-cache")
+
+
+@pytest.fixture(scope="module")
+def ov_model(cache_dir):
+    """A tiny SD 1.x model of its own (the session fixtures stay PyTorch-only) with OpenVINO parts.
+
+    Converting takes most of this file's time, so it happens once here.
+    """
+    return use_openvino(tiny_sd1(), cache_dir, threads=1)
+
+
+def unet_args(model, batch: int, h: int, w: int, tokens: int = 77, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.unet.config
+    x = torch.randn(batch, cfg.in_channels, h, w, generator=g)  # (B, C_in, h, w)
+    ctx = torch.randn(batch, tokens, cfg.cross_attention_dim, generator=g)  # (B, T, D)
+    return x, torch.tensor([700.0] * batch), ctx
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 77), (1, 12, 8, 77), (3, 8, 16, 154)])
+def test_unet_matches_pytorch_for_any_shape(ov_model, shape):
+    batch, h, w, tokens = shape
+    x, t, ctx = unet_args(ov_model, batch, h, w, tokens)
+    with torch.no_grad():
+        ref = ov_model.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
+    out = ov_model.compiled_unet(x, t, encoder_hidden_states=ctx)[0]
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=ATOL), (out - ref).abs().max()
+
+
+def test_scalar_timestep_is_broadcast(ov_model):
+    x, _, ctx = unet_args(ov_model, 2, 8, 8)
+    with torch.no_grad():
+        ref = ov_model.unet(x, torch.tensor(300.0), encoder_hidden_states=ctx, return_dict=False)[0]
+    out = ov_model.compiled_unet(x, torch.tensor(300.0), encoder_hidden_states=ctx)[0]
+    assert torch.allclose(out, ref, atol=ATOL)
+
+
+def test_decoder_matches_pytorch(ov_model):
+    z = torch.randn(2, ov_model.vae.config.latent_channels, 8, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = ov_model.vae.decode(z, return_dict=False)[0]
+    out = ov_model.compiled_decoder.decode(z)
+    assert out.shape == ref.shape == (2, 3, 8 * ov_model.vae_scale_factor, 12 * ov_model.vae_scale_factor)
+    assert torch.allclose(out, ref, atol=ATOL)
+
+
+def test_images_within_the_cross_path_bound_and_repeatable(ov_model):
+    plain = tiny_sd1()  # the same weights (fixed seed), PyTorch only
+    a = txt2img(ov_model, REQ)[0].image
+    b = txt2img(ov_model, REQ)[0].image
+    assert np.array_equal(np.asarray(a), np.asarray(b))  # same request, same machine: same pixels
+    assert_same_composition(a, txt2img(plain, REQ)[0].image)
+
+
+def test_sampling_loop_uses_the_compiled_unet_only_while_it_matches(ov_model):
+    speed = SpeedOptions()
+    assert speed.unet_for(ov_model.unet, ov_model.compiled_unet) is ov_model.compiled_unet
+    layer = ov_model.unet.down_blocks[0].resnets[0].conv1
+    delta = torch.full_like(layer.weight, 0.01)
+    with patched_weights([(Target("unet", "down_blocks.0.resnets.0.conv1", layer), delta)]):  # a LoRA-style weight patch for one job
+        assert not ov_model.compiled_unet.matches(ov_model.unet)
+        assert speed.unet_for(ov_model.unet, ov_model.compiled_unet) is ov_model.unet
+    assert ov_model.compiled_unet.matches(ov_model.unet)  # restored weights: compiled again
+    assert SpeedOptions(deepcache_interval=3).unet_for(ov_model.unet, ov_model.compiled_unet) is not (
+        ov_model.compiled_unet
+    )  # fast mode's DeepCache runs on the PyTorch UNet
+
+
+def test_tiling_request_takes_the_pytorch_path_exactly(ov_model):
+    request = REQ.replace(tiling=True)
+    with_ov = np.asarray(txt2img(ov_model, request)[0].image)
+    unet, decoder = ov_model.compiled_unet, ov_model.compiled_decoder
+    ov_model.compiled_unet = ov_model.compiled_decoder = None
+    try:
+        plain = np.asarray(txt2img(ov_model, request)[0].image)
+    finally:
+        ov_model.compiled_unet, ov_model.compiled_decoder = unet, decoder
+    assert np.array_equal(with_ov, plain)
+
+
+def test_conversion_is_cached_and_a_damaged_cache_is_rebuilt(ov_model, cache_dir, tmp_path, monkeypatch):
+    (xml,) = (cache_dir / "openvino").glob("vae-*.xml")
+    assert xml.with_suffix(".bin").stat().st_size > 0
+
+    def no_conversion(*_args, **_kwargs):
+        raise AssertionError("converted again although the cache holds this VAE")
+
+    with monkeypatch.context() as m:
+        m.setattr(CompiledGraph, "_convert", no_conversion)
+        cached = OpenVINODecoder(ov_model.vae, torch.float32, cache_dir, threads=1)
+    z = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(cached.decode(z), ov_model.vae.decode(z, return_dict=False)[0], atol=ATOL)
+    damaged = tmp_path / "openvino" / xml.name
+    damaged.parent.mkdir()
+    damaged.write_text("<not a model")
+    damaged.with_suffix(".bin").write_bytes(b"")
+    rebuilt = OpenVINODecoder(ov_model.vae, torch.float32, tmp_path, threads=1)  # reconverted, not an error
+    assert rebuilt.decode(z).shape == (1, 3, 8 * ov_model.vae_scale_factor, 8 * ov_model.vae_scale_factor)
+    assert "<not a model" not in damaged.read_text()  # the cache entry was rewritten
+
+
+def test_other_weights_get_another_cache_entry(tmp_path):
+    a, b = tiny_sd1(), tiny_sd1()
+    with torch.no_grad():
+        b.vae.decoder.conv_out.weight.mul_(1.5)
+    assert openvino_backend.weights_fingerprint(a.vae, torch.float32) != openvino_backend.weights_fingerprint(
+        b.vae, torch.float32
+    )
+
+
+def test_unsupported_models_and_backends_are_clear_errors(tiny_sdxl):
+    with pytest.raises(SDStudioError, match="SDXL"):
+        OpenVINOUNet(tiny_sdxl.unet, torch.float32, None, threads=1)
+    from sdstudio.models.loader import load_model
+
+    with pytest.raises(SDStudioError, match="backend must be one of torch, openvino"):
+        load_model(None, backend="tensorrt")
