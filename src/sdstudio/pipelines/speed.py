@@ -25,6 +25,7 @@ FAST_DEEPCACHE_INTERVAL = 3  # DeepCache's own SD default (cache_interval=3, sha
 FAST_MIN_UNCOND_SIGMA = 0.0  # NGMS in fast mode: off (measured: adds quality cost for ~10% of the rows)
 FAST_UNCOND_EVERY_STEP = False  # True = "NGMS all steps" (measured: too lossy, BENCHMARKS.md)
 FAST_TOME_RATIO = 0.0  # ToMe in fast mode: off (measured: see bench/tome_speed.py, BENCHMARKS.md)
+TOME_MAX_DOWNSAMPLE = 1  # UNet levels ToMe merges at: tomesd's and A1111's default (full resolution only)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class SpeedOptions:
     uncond_every_step: bool = False
     deepcache_interval: int = 1  # 1 = off
     tome_ratio: float = 0.0  # 0 = off
+    tome_max_downsample: int = 1  # merge at UNet levels down to 1/2**(n-1) resolution
 
     @property
     def is_default(self) -> bool:
@@ -46,12 +48,13 @@ class SpeedOptions:
         s_min = float(getattr(request, "s_min_uncond", 0.0) or 0.0)
         tome = float(getattr(request, "token_merging_ratio", 0.0) or 0.0)
         if not getattr(request, "fast", False):
-            return cls(s_min_uncond=s_min, tome_ratio=tome)
+            return cls(s_min_uncond=s_min, tome_ratio=tome, tome_max_downsample=TOME_MAX_DOWNSAMPLE)
         return cls(
             s_min_uncond=s_min or FAST_MIN_UNCOND_SIGMA,  # the request's NGMS still applies
             uncond_every_step=FAST_UNCOND_EVERY_STEP,
             deepcache_interval=FAST_DEEPCACHE_INTERVAL,
             tome_ratio=tome or FAST_TOME_RATIO,  # the request's ratio still applies
+            tome_max_downsample=TOME_MAX_DOWNSAMPLE,
         )
 
     def unet_for(self, unet, compiled=None):
@@ -65,6 +68,6 @@ class SpeedOptions:
             return compiled
         else:
             out = unet
-        if tome:
-            out = ToMeUNet(out, unet, self.tome_ratio)  # outermost: DeepCache's shallow calls merge too
+        if tome:  # outermost, so that DeepCache's shallow calls merge too
+            out = ToMeUNet(out, unet, self.tome_ratio, self.tome_max_downsample)
         return out
