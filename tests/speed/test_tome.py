@@ -121,6 +121,13 @@ def test_tome_composes_with_deepcache_shallow_calls(tiny_sd1):
     x, t, ctx = unet_inputs(tiny_sd1, size=16)
     wrapped = SpeedOptions(deepcache_interval=3, tome_ratio=0.5).unet_for(unet)
     assert isinstance(wrapped, ToMeUNet) and isinstance(wrapped.inner, DeepCacheUNet)
+
+    class Compiled:  # another runtime's UNet (OpenVINO): it has no attention processors to wrap
+        def matches(self, _unet):
+            return True
+
+    assert SpeedOptions(tome_ratio=0.5).unet_for(unet, Compiled()).inner is unet  # ToMe runs on PyTorch
+    assert isinstance(SpeedOptions().unet_for(unet, Compiled()), Compiled)
     cache = DeepCacheUNet(unet, interval=2)
     layers = self_attention_layers(unet)
     with torch.no_grad():

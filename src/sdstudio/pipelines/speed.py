@@ -44,7 +44,7 @@ class SpeedOptions:
 
     @classmethod
     def from_request(cls, request) -> SpeedOptions:
-        """The options a GenerationRequest asks for: ``fast``, A1111's ``s_min_uncond`` and ``token_merging_ratio``."""
+        """The options a request asks for: ``fast``, A1111's ``s_min_uncond`` and ``token_merging_ratio``."""
         s_min = float(getattr(request, "s_min_uncond", 0.0) or 0.0)
         tome = float(getattr(request, "token_merging_ratio", 0.0) or 0.0)
         if not getattr(request, "fast", False):
