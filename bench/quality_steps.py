@@ -89,6 +89,14 @@ FAST_VARIANTS = {
     "fast (DeepCache 3)": {"fast": True},
     "DeepCache 3 + NGMS 1.0 (fast + s_min_uncond 1)": {"fast": True, "s_min_uncond": 1.0},
 }
+# ToMe (token_merging_ratio): the embedded model has no attention at full resolution (DownBlock2D /
+# UpBlock2D there), so at tomesd's max_downsample 1 it is a no-op; "_down" 2 merges the 8x8 level.
+TOME_VARIANTS = {
+    "ToMe 0.5 (max_downsample 1: no-op here)": {"token_merging_ratio": 0.5},
+    "ToMe 0.3, max_downsample 2 (8x8 level)": {"token_merging_ratio": 0.3, "_down": 2},
+    "ToMe 0.5, max_downsample 2 (8x8 level)": {"token_merging_ratio": 0.5, "_down": 2},
+    "fast + ToMe 0.5, max_downsample 2": {"fast": True, "token_merging_ratio": 0.5, "_down": 2},
+}
 
 
 def fast_cost(model, scorer: Scorer, seeds: int, sampler: str, steps: int, grid: bool = True) -> dict:
@@ -106,19 +114,23 @@ def fast_cost(model, scorer: Scorer, seeds: int, sampler: str, steps: int, grid:
         for interval in (2, 3, 5):
             variants[f"DeepCache {interval}"] = {"fast": True, "_i": interval, "_s": 0.0}
     variants["DeepCache 2 + NGMS 1.0"] = {"fast": True, "_i": 2, "_s": 1.0, "_all": False}
+    variants.update(TOME_VARIANTS)
     for name, kw in variants.items():
         kw = dict(kw)
         interval, sigma, every = kw.pop("_i", None), kw.pop("_s", None), kw.pop("_all", True)
-        saved = speed.FAST_DEEPCACHE_INTERVAL, speed.FAST_MIN_UNCOND_SIGMA, speed.FAST_UNCOND_EVERY_STEP
+        saved = (speed.FAST_DEEPCACHE_INTERVAL, speed.FAST_MIN_UNCOND_SIGMA, speed.FAST_UNCOND_EVERY_STEP,
+                 speed.TOME_MAX_DOWNSAMPLE)  # fmt: skip
         if interval is not None:  # the bench varies the module constants; the request stays {"fast": True}
             speed.FAST_DEEPCACHE_INTERVAL, speed.FAST_MIN_UNCOND_SIGMA = interval, sigma
             speed.FAST_UNCOND_EVERY_STEP = every
+        speed.TOME_MAX_DOWNSAMPLE = kw.pop("_down", speed.TOME_MAX_DOWNSAMPLE)
         try:
             t = time.perf_counter()
             images = generate(model, sampler, steps, seeds, **kw)
             seconds = time.perf_counter() - t
         finally:
-            speed.FAST_DEEPCACHE_INTERVAL, speed.FAST_MIN_UNCOND_SIGMA, speed.FAST_UNCOND_EVERY_STEP = saved
+            (speed.FAST_DEEPCACHE_INTERVAL, speed.FAST_MIN_UNCOND_SIGMA, speed.FAST_UNCOND_EVERY_STEP,
+             speed.TOME_MAX_DOWNSAMPLE) = saved  # fmt: skip
         out[name] = {**scorer.distance(images, base), "seconds": seconds, "speedup": base_s / seconds}
         r = out[name]
         print(f"{name:40s} cos {r['cosine']:.4f} (min {r['cosine_min']:.4f}) mse {r['mse']:.5f} "

@@ -13,6 +13,7 @@ from typing import Any
 from sdstudio.errors import SDStudioError
 
 MAX_SEED = 4294967294  # A1111: random.randrange(4294967294)
+MAX_TOKEN_MERGING_RATIO = 0.9  # A1111's slider range for token_merging_ratio: [0, 0.9]
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class GenerationRequest:
     # speed (pipelines.speed; off by default = the plain path, bit-identical)
     s_min_uncond: float = 0.0  # A1111 "NGMS": skip the uncond pass on odd calls below this sigma
     fast: bool = False  # opt-in fast mode: DeepCache (BENCHMARKS.md states the quality cost)
+    token_merging_ratio: float = 0.0  # A1111 "Token merging ratio" (ToMe, pipelines.tome); 0 = off
 
     @property
     def n_images(self) -> int:
@@ -209,6 +211,11 @@ class GenerationRequest:
         _check(self.inpainting_fill in (0, 1, 2, 3), "inpainting_fill", "inpainting_fill must be 0..3")
         _check(0 <= self.mask_blur <= 64, "mask_blur", "mask_blur must be in [0, 64]")
         _check(0 <= self.s_min_uncond <= 100, "s_min_uncond", f"s_min_uncond must be in [0, 100], got {self.s_min_uncond}")
+        _check(
+            0 <= self.token_merging_ratio <= MAX_TOKEN_MERGING_RATIO,
+            "token_merging_ratio",
+            f"token_merging_ratio must be in [0, {MAX_TOKEN_MERGING_RATIO}], got {self.token_merging_ratio}",
+        )
         if self.outpaint is not None:
             _check(
                 len(self.outpaint) == 4

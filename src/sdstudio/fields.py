@@ -86,6 +86,11 @@ KNOBS: tuple[Knob, ...] = (
         "opt-in fast mode: DeepCache feature reuse, full UNet every 3rd step (quality cost in BENCHMARKS.md)",
         shown=bool,
     ),
+    Knob(
+        "token_merging_ratio", "token_merging_ratio", "--token-merging-ratio", "Token merging ratio", float,
+        "ToMe: the share of top-level self-attention tokens merged, in [0, 0.9] (0 = off; A1111's option)",
+        shown=lambda v: v > 0, written=_number,
+    ),
 )  # fmt: skip
 
 BY_NAME = {k.name: k for k in KNOBS}

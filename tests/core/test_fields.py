@@ -27,6 +27,7 @@ SAMPLE = {
     "tiling": True,
     "s_min_uncond": 1.5,
     "fast": True,
+    "token_merging_ratio": 0.5,
 }
 
 

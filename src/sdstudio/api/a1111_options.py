@@ -209,7 +209,6 @@ FIXED: frozenset[str] = frozenset(
         "overlay_inpaint",
         "s_min_uncond",
         "s_min_uncond_all",
-        "token_merging_ratio",
         "token_merging_ratio_img2img",
         "token_merging_ratio_hr",
         "pad_cond_uncond",
@@ -262,8 +261,10 @@ FIXED: frozenset[str] = frozenset(
         "samples_format",
     ]
 )
-# Settable and honoured by sdstudio itself (handled by the route): model, VAE, clip skip.
-HONOURED: frozenset[str] = frozenset({"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"})
+# Settable and honoured by sdstudio itself (handled by the route): model, VAE, clip skip, ToMe ratio.
+HONOURED: frozenset[str] = frozenset(
+    {"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "token_merging_ratio"}
+)
 
 
 def reported_defaults() -> dict[str, Any]:

@@ -117,6 +117,7 @@ def convert(
     _refuse_unsupported(req)
     overrides = dict(req.override_settings or {})
     vae = overrides.pop("sd_vae", None) or None  # checked against models/VAE when the job runs
+    tome = overrides.pop("token_merging_ratio", None)  # A1111's option, per request
     model_name, clip_skip = _apply_overrides(overrides, warnings)
     sent = req.model_fields_set
     sampler = req.sampler_name or (req.sampler_index if "sampler_index" in sent else None)
@@ -136,6 +137,8 @@ def convert(
         "s_noise": 1.0 if req.s_noise is None else float(req.s_noise),
         "styles": tuple(req.styles or ()),
     }
+    if req.token_merging_ratio is None and tome is not None:
+        fields["token_merging_ratio"] = _float_option(tome, "token_merging_ratio")
     if isinstance(req, Txt2ImgRequest):
         fields["hires"] = _hires(req)
     else:
@@ -322,7 +325,9 @@ def _extra_network_prompt(req: _A1111Base) -> str:
 
 
 def _apply_overrides(overrides: dict[str, Any], warnings: list[str]) -> tuple[str | None, int | None]:
-    """Handle A1111 ``override_settings``: model, clip skip; refuse result-changing unknowns."""
+    """Handle A1111 ``override_settings``: model, clip skip; refuse result-changing unknowns.
+
+    (``sd_vae`` and ``token_merging_ratio`` are taken out by :func:`convert` before.)"""
     model = overrides.pop("sd_model_checkpoint", None) or None
     clip_skip = overrides.pop("CLIP_stop_at_last_layers", None)
     if overrides.pop("eta_noise_seed_delta", 0) not in (0, None):
@@ -338,6 +343,15 @@ def _apply_overrides(overrides: dict[str, Any], warnings: list[str]) -> tuple[st
     if ignored:
         warnings.append(f"override_settings ignored: {', '.join(ignored)}")
     return model, int(clip_skip) if clip_skip is not None else None
+
+
+def _float_option(value: Any, name: str) -> float:
+    """An override_settings number, or a 422 naming it."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        message = f"override_settings.{name}: expected a number, got {value!r}"
+        raise SDStudioError(message, field=name) from None
 
 
 def _echo(req: _A1111Base) -> dict[str, Any]:

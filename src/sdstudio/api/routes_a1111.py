@@ -54,7 +54,10 @@ async def _generate(request: Request, req: s._A1111Base, kind: str) -> s.Generat
 def convert_for_studio(st: Any, req: s._A1111Base, kind: str):
     """The A1111 request as a prepared GenerationRequest, with the server's options and the model's
     defaults for omitted knobs (its native size, its card's steps)."""
-    overrides = {"CLIP_stop_at_last_layers": st.options.get("CLIP_stop_at_last_layers", 1)}
+    overrides = {
+        "CLIP_stop_at_last_layers": st.options.get("CLIP_stop_at_last_layers", 1),
+        "token_merging_ratio": st.options.get("token_merging_ratio", 0.0),
+    }
     req.override_settings = {**overrides, **(req.override_settings or {})}
     model_name = (req.override_settings or {}).get("sd_model_checkpoint") or None
     return convert(req, limits=st.settings.limits, kind=kind, defaults=st.defaults_for(model_name))
@@ -168,9 +171,9 @@ async def get_options(request: Request) -> dict[str, Any]:
 @router.post("/options", response_model=s.WarningsResponse)
 async def set_options(body: dict[str, Any], request: Request) -> dict[str, Any]:
     """Set options. ``sd_model_checkpoint`` selects the model for the next jobs, ``sd_vae`` the VAE,
-    ``CLIP_stop_at_last_layers`` the clip skip; keys that decide results accept only the value sdstudio
-    implements (else 422 naming it); UI-only keys are stored and echoed; unknown keys are warned about.
-    Everything is checked before anything changes."""
+    ``CLIP_stop_at_last_layers`` the clip skip, ``token_merging_ratio`` the ToMe ratio; keys that
+    decide results accept only the value sdstudio implements (else 422 naming it); UI-only keys are
+    stored and echoed; unknown keys are warned about. Everything is checked before anything changes."""
     from sdstudio.api.a1111_options import A1111_DEFAULTS, FIXED
 
     st = studio(request)
@@ -188,6 +191,9 @@ async def set_options(body: dict[str, Any], request: Request) -> dict[str, Any]:
         elif key == "CLIP_stop_at_last_layers":
             if not isinstance(value, (int, float)) or int(value) != value or not 1 <= value <= 12:
                 raise SDStudioError("CLIP_stop_at_last_layers must be an integer in [1, 12]", field=key)
+        elif key == "token_merging_ratio":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 0.9:
+                raise SDStudioError("token_merging_ratio must be a number in [0, 0.9]", field=key)
         elif key in FIXED and value != current.get(key):
             raise SDStudioError(
                 f"option {key}: sdstudio cannot honour {value!r}; it always works with {current.get(key)!r}",
@@ -199,6 +205,8 @@ async def set_options(body: dict[str, Any], request: Request) -> dict[str, Any]:
             st.manager.select(str(value))
         elif key == "CLIP_stop_at_last_layers":
             st.options[key] = int(value)
+        elif key == "token_merging_ratio":
+            st.options[key] = float(value)
         elif key == "sd_vae" or (key in A1111_DEFAULTS and key not in FIXED):
             st.options[key] = value if key != "sd_vae" else str(value)
         elif key not in A1111_DEFAULTS:

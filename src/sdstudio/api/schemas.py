@@ -80,6 +80,9 @@ class _A1111Base(TextSafeModel):
     # sdstudio extension (ignored by A1111 clients): clip skip without override_settings
     clip_skip: int | None = Field(None, description="sdstudio: CLIP skip (A1111: CLIP_stop_at_last_layers)")
     fast: bool | None = Field(None, description="sdstudio: opt-in fast mode (DeepCache; BENCHMARKS.md)")
+    token_merging_ratio: float | None = Field(
+        None, description="sdstudio: ToMe ratio in [0, 0.9] (A1111: override_settings.token_merging_ratio)"
+    )
 
     @field_validator("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt", check_fields=False)
     @classmethod

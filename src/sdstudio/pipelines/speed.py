@@ -8,7 +8,10 @@ technique costs in quality and gains in time is measured by ``bench/suite.py`` a
   unconditional UNet pass is skipped on alternate calls (A1111), or on every call (A1111's "NGMS
   all steps" option, i.e. CFG truncation at low noise; measured, not used by fast mode);
 * DeepCache (Ma et al. 2023): the deep UNet features are reused for ``interval - 1`` calls out of
-  ``interval`` (:mod:`sdstudio.pipelines.deepcache`).
+  ``interval`` (:mod:`sdstudio.pipelines.deepcache`);
+* token merging (Bolya & Hoffman 2023, ToMe; A1111 ``token_merging_ratio``): the top-level
+  self-attention runs on ``1 - ratio`` of the tokens (:mod:`sdstudio.pipelines.tome`); composes
+  with DeepCache (both its full and its shallow calls merge).
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdstudio.pipelines.deepcache import DeepCacheUNet, supports_deepcache
+from sdstudio.pipelines.tome import ToMeUNet, supports_tome
 
 FAST_DEEPCACHE_INTERVAL = 3  # DeepCache's own SD default (cache_interval=3, shallowest branch)
 FAST_MIN_UNCOND_SIGMA = 0.0  # NGMS in fast mode: off (measured: adds quality cost for ~10% of the rows)
 FAST_UNCOND_EVERY_STEP = False  # True = "NGMS all steps" (measured: too lossy, BENCHMARKS.md)
+FAST_TOME_RATIO = 0.0  # ToMe in fast mode: off (measured: see bench/tome_speed.py, BENCHMARKS.md)
+TOME_MAX_DOWNSAMPLE = 1  # UNet levels ToMe merges at: tomesd's and A1111's default (full resolution only)
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,8 @@ class SpeedOptions:
     s_min_uncond: float = 0.0
     uncond_every_step: bool = False
     deepcache_interval: int = 1  # 1 = off
+    tome_ratio: float = 0.0  # 0 = off
+    tome_max_downsample: int = 1  # merge at UNet levels down to 1/2**(n-1) resolution
 
     @property
     def is_default(self) -> bool:
@@ -36,21 +44,30 @@ class SpeedOptions:
 
     @classmethod
     def from_request(cls, request) -> SpeedOptions:
-        """The options a GenerationRequest asks for: ``fast`` and/or A1111's ``s_min_uncond``."""
+        """The options a request asks for: ``fast``, A1111's ``s_min_uncond`` and ``token_merging_ratio``."""
         s_min = float(getattr(request, "s_min_uncond", 0.0) or 0.0)
+        tome = float(getattr(request, "token_merging_ratio", 0.0) or 0.0)
         if not getattr(request, "fast", False):
-            return cls(s_min_uncond=s_min)
+            return cls(s_min_uncond=s_min, tome_ratio=tome, tome_max_downsample=TOME_MAX_DOWNSAMPLE)
         return cls(
             s_min_uncond=s_min or FAST_MIN_UNCOND_SIGMA,  # the request's NGMS still applies
             uncond_every_step=FAST_UNCOND_EVERY_STEP,
             deepcache_interval=FAST_DEEPCACHE_INTERVAL,
+            tome_ratio=tome or FAST_TOME_RATIO,  # the request's ratio still applies
+            tome_max_downsample=TOME_MAX_DOWNSAMPLE,
         )
 
     def unet_for(self, unet, compiled=None):
-        """The UNet callable for one batch: a fresh DeepCache wrapper, the ``compiled`` UNet (another
-        runtime's, e.g. OpenVINO) while it still matches ``unet``'s weights, or ``unet`` itself."""
+        """The UNet callable for one batch: fresh DeepCache / ToMe wrappers of ``unet``, the
+        ``compiled`` UNet (another runtime's, e.g. OpenVINO) while it still matches ``unet``'s
+        weights, or ``unet`` itself. ToMe needs the PyTorch UNet (it wraps its attention processors)."""
+        tome = self.tome_ratio > 0 and supports_tome(unet)
         if self.deepcache_interval > 1 and supports_deepcache(unet):
-            return DeepCacheUNet(unet, self.deepcache_interval)
-        if compiled is not None and compiled.matches(unet):
+            out = DeepCacheUNet(unet, self.deepcache_interval)
+        elif compiled is not None and not tome and compiled.matches(unet):
             return compiled
-        return unet
+        else:
+            out = unet
+        if tome:  # outermost, so that DeepCache's shallow calls merge too
+            out = ToMeUNet(out, unet, self.tome_ratio, self.tome_max_downsample)
+        return out
