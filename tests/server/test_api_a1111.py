@@ -312,7 +312,8 @@ def test_listing_routes_shapes(client, studio_app, tmp_path):
     assert client.get("/sdapi/v1/prompt-styles").json() == []
     names = {u["name"] for u in client.get("/sdapi/v1/upscalers").json()}
     assert {"None", "Lanczos"} <= names and not any(n.startswith("Latent") for n in names)
-    assert client.get("/sdapi/v1/cmd-flags").json()["port"] == 7860
+    flags = client.get("/sdapi/v1/cmd-flags").json()
+    assert flags["port"] == 7860 and flags["backend"] == "torch"
 
 
 def test_options_select_model_and_switch_between_jobs(client, studio_app):

@@ -235,6 +235,7 @@ async def cmd_flags(request: Request) -> dict[str, Any]:
         "outdir": str(cfg.outdir),
         "precision": cfg.precision,
         "device": cfg.device,
+        "backend": cfg.backend,  # sdstudio's --backend (A1111's --use-ipex/--use-directml have no match)
     }
 
 
