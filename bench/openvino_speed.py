@@ -32,7 +32,7 @@ def timed(fn) -> tuple[float, float, object]:
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def compare(model, size: int, steps: int, repeats: int) -> dict:
+def compare(model, size: int, steps: int, repeats: int, image: bool = True) -> dict:
     """Alternate PyTorch / OpenVINO for a UNet call, a VAE decode and one image; medians."""
     import numpy as np
     import torch
@@ -66,12 +66,16 @@ def compare(model, size: int, steps: int, repeats: int) -> dict:
 
     for backend in ("torch", "openvino"):  # warm-up: first-call set-up, OpenVINO's compilation
         use(backend)
-        unet_call(), decode(), txt2img(model, request.replace(steps=2))
+        unet_call(), decode()
+        if image:
+            txt2img(model, request.replace(steps=2))
     for rep in range(repeats):
         for backend in ("torch", "openvino") if rep % 2 == 0 else ("openvino", "torch"):
             use(backend)
-            for name, fn in (("unet call", unet_call), ("vae decode", decode),
-                             ("image", lambda: txt2img(model, request)[0].image)):  # fmt: skip
+            parts_timed = [("unet call", unet_call), ("vae decode", decode)]
+            if image:
+                parts_timed.append(("image", lambda: txt2img(model, request)[0].image))
+            for name, fn in parts_timed:
                 wall, cpu, out = timed(fn)
                 rows.setdefault(f"{name}|{backend}", {"wall": [], "cpu": []})
                 rows[f"{name}|{backend}"]["wall"].append(wall)
@@ -79,7 +83,7 @@ def compare(model, size: int, steps: int, repeats: int) -> dict:
                 if name == "image":
                     images[backend] = np.asarray(out, dtype=np.int16)
     use("openvino")
-    diff = np.abs(images["torch"] - images["openvino"])
+    diff = np.abs(images["torch"] - images["openvino"]) if images else np.zeros(1)
     med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in rows.items()}
     return {"size": size, "steps": steps, "repeats": repeats, "medians": med,
             "pixel_max": int(diff.max()), "pixel_mean": float(diff.mean())}  # fmt: skip
@@ -91,6 +95,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="SD 1.5 image size")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-image", action="store_true", help="UNet call and VAE decode only (512 px: minutes)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -107,13 +112,13 @@ def main() -> None:
             single, _ = ensure_model(cache_dir())
             wall, cpu, model = timed(lambda: load_model(single, backend="openvino"))
             size = args.size
-        result = compare(model, size, args.steps, args.repeats)
+        result = compare(model, size, args.steps, args.repeats, image=not args.no_image)
         result["load_with_openvino"] = wall
         result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         out[name] = result
         print(f"{name} {size}px {args.steps} steps (load incl. OpenVINO {wall:.1f} s; "
               f"images differ by max {result['pixel_max']} / mean {result['pixel_mean']:.3f} levels)")  # fmt: skip
-        for part in ("unet call", "vae decode", "image"):
+        for part in ("unet call", "vae decode") + (() if args.no_image else ("image",)):
             a, b = result["medians"][f"{part}|torch"], result["medians"][f"{part}|openvino"]
             print(f"  {part:10s} torch {a['wall']:8.3f} s (CPU {a['cpu']:8.3f})  openvino {b['wall']:8.3f} s "
                   f"(CPU {b['cpu']:8.3f})  speed-up {a['wall'] / b['wall']:.2f}x (CPU {a['cpu'] / b['cpu']:.2f}x)")  # fmt: skip

@@ -140,6 +140,7 @@ class CompiledGraph:
         if self._request is None:
             compiled = self.core.compile_model(self.graph, "CPU", self.config)
             self._request = compiled.create_infer_request()
+            self.graph = None  # the compiled model holds its own (repacked) weights: free the graph's
         self._request.infer(arrays)
         return torch.from_numpy(np.array(self._request.get_output_tensor(0).data, copy=True))
 
