@@ -124,15 +124,18 @@ def summarize(results: list[dict]) -> dict:
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+    isa = "AVX-512 bf16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    return f"{cpu} ({isa or 'ISA unknown'}), {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def fmt(x: float | None, unit: str = "s") -> str:
