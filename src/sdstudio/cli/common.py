@@ -34,6 +34,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         choices=["epsilon", "v_prediction"],
         help="override the detected prediction type (SD 2.x 768 models use v_prediction)",
     )
+    p.add_argument(
+        "--tiny-vae",
+        default=None,
+        metavar="FOLDER",
+        help="tiny VAE (TAESD AutoencoderTiny folder) that --fast decodes with (default: the model folder's taesd/)",
+    )
     from sdstudio.cli.networks import add_network_args
 
     add_network_args(p)
@@ -86,8 +92,8 @@ def load_model_from_args(args):
     vae = vae_for(args)  # a missing VAE fails before loading
     model = load_model(
         args.model, device=args.device, precision=args.precision, prediction_type=args.prediction_type,
-        backend=args.backend,
-    )
+        backend=args.backend, tiny_vae_path=args.tiny_vae,
+    )  # fmt: skip
     use_vae(model, vae)
     return model
 

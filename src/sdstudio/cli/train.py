@@ -1,4 +1,4 @@
-"""``sdstudio train ddpm|vae|clip|ldm|default|eval``: training from scratch (see sdstudio.training)."""
+"""``sdstudio train ddpm|vae|clip|ldm|lora|taesd|default|eval``: training (see sdstudio.training)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ def _groups(channels: tuple[int, ...]) -> int:
     return 32 if g % 32 == 0 else math.gcd(g, 32)
 
 
-def _loop_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None:
-    p.add_argument("data", type=Path, help="image folder with captions.jsonl or a .txt per image")
+def _loop_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float, data: bool = True) -> None:
+    if data:
+        p.add_argument("data", type=Path, help="image folder with captions.jsonl or a .txt per image")
     p.add_argument(
         "--out", type=Path, required=True, help="run folder (checkpoint, samples, loss.png, final/)"
     )
@@ -141,6 +142,25 @@ def register(subparsers) -> None:
     p.add_argument("--preview", action="append", default=None, help="prompt for the sample grids (repeat)")
     p.add_argument("--preview-steps", type=int, default=15)
     p.set_defaults(func=_lora)
+
+    p = sub.add_parser(
+        "taesd", help="distil a tiny VAE decoder (TAESD, diffusers AutoencoderTiny) from a model's VAE"
+    )
+    _loop_args(p, 2000, 16, 1e-3, data=False)
+    p.add_argument("--model", default=None, help="whose VAE to distil (default: the embedded model)")
+    p.add_argument(
+        "--data", type=Path, default=None,
+        help="image folder (default: the model folder's card/ images, else --generate images of the model)",
+    )  # fmt: skip
+    p.add_argument("--generate", type=int, default=64, help="images to generate when there is no data")
+    p.add_argument("--size", type=int, default=0, help="training size in pixels (default: the model's)")
+    p.add_argument("--channels", type=int, default=64, help="width of every stage (TAESD: 64)")
+    p.add_argument("--blocks", type=int, default=3, help="residual blocks per stage (TAESD: 3)")
+    p.add_argument("--l1-weight", type=float, default=0.0, help="add this times the L1 loss to the MSE")
+    p.add_argument("--no-encoder", action="store_true", help="train the decoder only (what fast mode uses)")
+    p.add_argument("--ema", type=float, default=None, help="EMA decay of the exported weights (default none)")
+    p.add_argument("--half", action="store_true", help="export fp16 weights")
+    p.set_defaults(func=_taesd)
 
     p = sub.add_parser("default", help="the default model's recipe: vae -> clip -> ldm -> fp16 SD folder")
     p.add_argument("data", type=Path, help="the emoji set (sdstudio data emoji OUT)")
@@ -337,4 +357,33 @@ def _lora(args: argparse.Namespace) -> int:
         f"{result.steps} steps in {result.seconds:.0f} s; LoRA: {args.out / 'final' / (name + '.safetensors')}"
     )
     print(f"copy it to models/Lora/ and use <lora:{name}:1> in a prompt")
+    return 0
+
+
+def _taesd(args: argparse.Namespace) -> int:
+    import torch
+
+    from sdstudio.models.loader import load_model
+    from sdstudio.training.taesd import TAESDConfig, distillation_images, train_taesd
+
+    if args.channels < 1 or args.blocks < 1:
+        raise SDStudioError("--channels and --blocks must be >= 1", field="channels")
+    model = load_model(args.model, dtype=torch.float32)
+    data, source = distillation_images(
+        model, args.data, size=args.size or None, generate=args.generate, seed=args.seed,
+        split=None if args.split == "all" else args.split,
+    )  # fmt: skip
+    print(f"taesd: distilling {model.name}'s VAE on {source}")
+    cfg = TAESDConfig(
+        channels=args.channels,
+        blocks=args.blocks,
+        l1_weight=args.l1_weight,
+        encoder_weight=0.0 if args.no_encoder else 1.0,
+        ema_decay=args.ema,
+        half=args.half,
+    )
+    res = train_taesd(model, data, _loop_config(args), cfg)
+    out = args.out / "final" / "taesd"
+    print(f"taesd: {res.steps} steps in {res.seconds:.0f}s -> {out}")
+    print(f"copy it into the model folder as taesd/ (or pass --tiny-vae {out}); --fast then decodes with it")
     return 0

@@ -47,6 +47,7 @@ from sdstudio.models.architectures import (
 )
 from sdstudio.models.openvino_backend import use_openvino
 from sdstudio.models.sdmodel import StableDiffusionModel
+from sdstudio.models.tiny_vae import TINY_VAE_FOLDER, check_tiny_vae, load_tiny_vae, save_tiny_vae
 from sdstudio.models.tokenizer import clip_tokenizer
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default-model"
@@ -65,6 +66,7 @@ def load_model(
     vae_path: str | Path | None = None,
     cache_dir: str | Path | None = None,
     backend: str = "torch",
+    tiny_vae_path: str | Path | None = None,
 ) -> StableDiffusionModel:
     """Return a ready (eval, no-grad) model from ``path``: a diffusers folder or single-file checkpoint.
 
@@ -73,7 +75,9 @@ def load_model(
     overrides detection. ``vae_path`` replaces the VAE. ``cache_dir`` holds ``hashes.json``
     (default ``$SDSTUDIO_CACHE_DIR`` or ``~/.cache/sdstudio``) and the OpenVINO conversions.
     ``backend`` "openvino" also compiles the UNet (plain sampling path) and the VAE decoder with OpenVINO
-    (:mod:`sdstudio.models.openvino_backend`); "torch" (default) runs PyTorch only.
+    (:mod:`sdstudio.models.openvino_backend`); "torch" (default) runs PyTorch only. ``tiny_vae_path``
+    is a tiny VAE (TAESD, diffusers ``AutoencoderTiny`` folder) for fast mode; without it a model
+    folder's own ``taesd/`` subfolder is used when there is one (``model.tiny_vae``, else None).
     """
     if backend not in BACKENDS:
         raise SDStudioError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}", field="backend")
@@ -98,11 +102,29 @@ def load_model(
     model.model_hash = model_hash(hash_file, cache_file) if hash_file else ""
     if vae_path is not None:
         _replace_vae(model, Path(vae_path), cache_file)
+    attach_tiny_vae(model, tiny_vae_path if tiny_vae_path is not None else _folder_tiny_vae(p))
     model = _place(model, target_device, target_dtype).eval()
     if backend == "openvino":
         if target_device.type != "cpu":
             raise SDStudioError("--backend openvino runs on the CPU; use --device cpu", field="backend")
         use_openvino(model, cache_file.parent)
+    return model
+
+
+def _folder_tiny_vae(p: Path) -> Path | None:
+    """A model folder's own tiny VAE (``taesd/``), if it has one."""
+    folder = p / TINY_VAE_FOLDER
+    return folder if p.is_dir() and (folder / "config.json").is_file() else None
+
+
+def attach_tiny_vae(model: StableDiffusionModel, path: str | Path | None) -> StableDiffusionModel:
+    """Load the tiny VAE at ``path`` into ``model.tiny_vae`` (None: leave it), on the model's device and
+    dtype; SDStudioError if it does not decode this model's latents."""
+    if path is None:
+        return model
+    tiny = load_tiny_vae(path)
+    check_tiny_vae(tiny, model.latent_channels, model.vae_scale_factor, f"tiny VAE {path}")
+    model.tiny_vae = own_tensors(tiny, model.device, model.dtype)
     return model
 
 
@@ -115,7 +137,7 @@ def _place(model: StableDiffusionModel, device: torch.device, dtype: torch.dtype
     torch tensor, so a loaded model computes exactly as one built in memory; it is also the one
     conversion to the target dtype (no intermediate copy).
     """
-    for module in [model.unet, model.vae, *model.text_encoders]:
+    for module in model.torch_modules:
         own_tensors(module, device, dtype)
     model.device, model.dtype = device, dtype
     return model
@@ -556,7 +578,8 @@ def save_single_file(model: StableDiffusionModel, path: str | Path, *, half: boo
 
 
 def save_diffusers(model: StableDiffusionModel, folder: str | Path, *, half: bool = False) -> Path:
-    """Write ``model`` as a diffusers folder (safetensors weights, configs, tokenizers); return it."""
+    """Write ``model`` as a diffusers folder (safetensors weights, configs, tokenizers, ``taesd/`` if it
+    has a tiny VAE); return it."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     arch, _, configs = model_components(model)
@@ -582,6 +605,8 @@ def save_diffusers(model: StableDiffusionModel, folder: str | Path, *, half: boo
     if half:
         for name in ("unet", "vae", *(s.subfolder for s in arch.text_encoders)):
             _halve_folder(out / name)
+    if model.tiny_vae is not None:  # the loader attaches it again from here
+        save_tiny_vae(model.tiny_vae, out / TINY_VAE_FOLDER, half=half)
     return out
 
 

@@ -74,6 +74,7 @@ class StableDiffusionModel:
     checkpoint_vae: Any = None  # the checkpoint's own VAE while a separate one is in use (networks.vae)
     compiled_unet: Any = None  # the UNet compiled by another runtime (models.openvino_backend), plain path
     compiled_decoder: Any = None  # the VAE decoder compiled likewise, used while it matches ``vae``
+    tiny_vae: Any = None  # diffusers.AutoencoderTiny (TAESD, models.tiny_vae): fast mode's decoder
 
     @property
     def prediction_type(self) -> str:
@@ -130,18 +131,24 @@ class StableDiffusionModel:
         self.vae, self.vae_name, self.vae_hash = vae, name, vae_hash
         self.__dict__.pop("latent_format", None)
 
+    @property
+    def torch_modules(self) -> list[Any]:
+        """Every torch module of the model: UNet, VAE, text encoders and the tiny VAE if there is one."""
+        tiny = [self.tiny_vae] if self.tiny_vae is not None else []
+        return [self.unet, self.vae, *self.text_encoders, *tiny]
+
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> StableDiffusionModel:
         """Move all modules in place and return self."""
         self.device = torch.device(device) if device is not None else self.device
         self.dtype = dtype or self.dtype
-        for module in [self.unet, self.vae, *self.text_encoders]:
+        for module in self.torch_modules:
             # plain nn.Module.to: diffusers' override logs a spurious fp32-modules warning on every cast
             torch.nn.Module.to(module, device=self.device, dtype=self.dtype)
         return self
 
     def eval(self) -> StableDiffusionModel:
-        for module in [self.unet, self.vae, *self.text_encoders]:
+        for module in self.torch_modules:
             module.eval().requires_grad_(False)
         return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from sdstudio.errors import SDStudioError
+from sdstudio.models.tiny_vae import tiny_decode
 from sdstudio.prompts.encode import Conditioning
 from sdstudio.sampling.schedules import DiscreteSchedule
 
@@ -68,6 +69,18 @@ def decode_latents(model, latents: torch.Tensor) -> torch.Tensor:
     return ((images + 1) / 2).clamp(0, 1)
 
 
+@torch.no_grad()
+def decode_latents_tiny(model, latents: torch.Tensor) -> torch.Tensor:
+    """Decode (B, C, h, w) latents with the model's tiny VAE (TAESD) to (B, 3, H, W) in [0, 1], float32.
+
+    Falls back to :func:`decode_latents` (the full VAE) when the tiny decode is not finite.
+    """
+    images = tiny_decode(model.tiny_vae, latents)
+    if not torch.isfinite(images).all():
+        return decode_latents(model, latents)
+    return ((images + 1) / 2).clamp(0, 1)
+
+
 def _decode(model, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     vae = model.vae
     original = next(vae.parameters()).dtype
@@ -113,13 +126,15 @@ def from_pil(images: list, size: tuple[int, int] | None = None) -> torch.Tensor:
 
 def preview_image(model, latents: torch.Tensor) -> object:
     """Live preview of the first latent (B, C, h, w) as PIL: the architecture's linear latent -> RGB map
-    (A1111 "Approx cheap"), or a VAE decode when the model's latent space has no published map."""
+    (A1111 "Approx cheap"), or, when the model's latent space has no published map, a decode by its
+    tiny VAE (A1111 live preview "TAESD") if it has one, else by its VAE."""
     from PIL import Image
 
     factors = model.latent_format.rgb_factors
     lat = latents[:1].float()
     if factors is None or len(factors) != lat.shape[1]:
-        return to_pil(decode_latents(model, lat))[0]
+        decode = decode_latents_tiny if model.tiny_vae is not None else decode_latents
+        return to_pil(decode(model, lat))[0]
     coefs = torch.tensor(factors)  # (C, 3)
     rgb = torch.einsum("chw,cr->hwr", lat[0].cpu(), coefs)
     arr = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()

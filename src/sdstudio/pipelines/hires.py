@@ -139,6 +139,7 @@ def hires_pass(
     second pass runs exactly ``second_pass_steps or steps`` steps from the fixed-steps schedule.
     """
     hr = second_pass_request(request)
+    speed = SpeedOptions.from_request(hr)
     strength = check_strength(hr.denoising_strength, "hr_denoising_strength")
     upscaled = _upscale(model, request.hires.upscaler, latents, hr.width, hr.height)
     if strength > 0:
@@ -164,9 +165,10 @@ def hires_pass(
             s_noise=hr.s_noise,
             batch_index=batch_index,
             progress=job,
-            speed=SpeedOptions.from_request(hr),
+            speed=speed,
         )
-    return upscaled, to_pil(decode_latents(model, upscaled)), hires_infotext(request)
+    pixels, decoder = speed.decode(model, upscaled)  # fast mode: the tiny VAE, if the model has one
+    return upscaled, to_pil(pixels), {**hires_infotext(request), **decoder}
 
 
 def _upscale(model: Any, upscaler: str, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from sdstudio.config import GenerationRequest
 from sdstudio.errors import SDStudioError
 from sdstudio.pipelines import image_ops as ops
 from sdstudio.pipelines import inpaint
-from sdstudio.pipelines.components import decode_latents, encode_images, from_pil, to_pil
+from sdstudio.pipelines.components import encode_images, from_pil, to_pil
 from sdstudio.pipelines.loop import JobProgress, job_batches, noise_kwargs, sample_batch
 from sdstudio.pipelines.plan import (
     GeneratedImage,
@@ -55,6 +55,7 @@ def run_img2img(
     job = JobProgress(runs * request.n_iter, request.n_iter, progress, cancel)
     conditioning = encode_for_batch(model, request, request.batch_size, request.width, request.height)
     cond_at, uncond_at = conditioning.with_concat(init.concat)
+    speed = SpeedOptions.from_request(request)
     results: list[GeneratedImage] = []
     for it, images_slice in job_batches(request, cancel):
         noise = noise_kwargs(request, images_slice, seed_resize_from(model, request))
@@ -65,10 +66,11 @@ def run_img2img(
                 model, plan, cond_at, uncond_at, cfg_scale=request.cfg_scale,
                 latent_shape=tuple(init.latents.shape[1:]), init_latent=start_latents,
                 noise_multiplier=request.initial_noise_multiplier, post_denoise=init.post_denoise(start_latents), batch_index=it, progress=job,
-                speed=SpeedOptions.from_request(request), **noise,
+                speed=speed, **noise,
             )  # fmt: skip
-        images = to_pil(decode_latents(model, init.final_blend(latents, start_latents)))
-        extra = {**init.infotext, **job.interrupted_params()}
+        pixels, decoder = speed.decode(model, init.final_blend(latents, start_latents))
+        images = to_pil(pixels)
+        extra = {**init.infotext, **decoder, **job.interrupted_params()}
         for k, image in enumerate(images):
             pasted = inpaint.paste_back(image, init.prepared, k)
             item = finished_image(model, request, plan.spec, pasted, images_slice.start + k, extra)

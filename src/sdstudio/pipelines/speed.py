@@ -11,13 +11,20 @@ technique costs in quality and gains in time is measured by ``bench/suite.py`` a
   ``interval`` (:mod:`sdstudio.pipelines.deepcache`);
 * token merging (Bolya & Hoffman 2023, ToMe; A1111 ``token_merging_ratio``): the top-level
   self-attention runs on ``1 - ratio`` of the tokens (:mod:`sdstudio.pipelines.tome`); composes
-  with DeepCache (both its full and its shallow calls merge).
+  with DeepCache (both its full and its shallow calls merge);
+* tiny VAE decode (TAESD, :mod:`sdstudio.models.tiny_vae`): the final latents are decoded by the
+  model's tiny VAE when it has one (A1111 "VAE type for decode: TAESD", infotext ``VAE Decoder:
+  TAESD``); a model without one decodes with its full VAE as before.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import torch
+
+from sdstudio.pipelines.components import decode_latents, decode_latents_tiny
 from sdstudio.pipelines.deepcache import DeepCacheUNet, supports_deepcache
 from sdstudio.pipelines.tome import ToMeUNet, supports_tome
 
@@ -26,6 +33,8 @@ FAST_MIN_UNCOND_SIGMA = 0.0  # NGMS in fast mode: off (measured: adds quality co
 FAST_UNCOND_EVERY_STEP = False  # True = "NGMS all steps" (measured: too lossy, BENCHMARKS.md)
 FAST_TOME_RATIO = 0.0  # ToMe in fast mode: off (measured: see bench/tome_speed.py, BENCHMARKS.md)
 TOME_MAX_DOWNSAMPLE = 1  # UNet levels ToMe merges at: tomesd's and A1111's default (full resolution only)
+FAST_TINY_VAE = True  # decode with the model's tiny VAE when it has one (BENCHMARKS.md)
+TINY_VAE_INFOTEXT = {"VAE Decoder": "TAESD"}  # A1111's infotext for sd_vae_decode_method = TAESD
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class SpeedOptions:
     deepcache_interval: int = 1  # 1 = off
     tome_ratio: float = 0.0  # 0 = off
     tome_max_downsample: int = 1  # merge at UNet levels down to 1/2**(n-1) resolution
+    tiny_vae: bool = False  # final decode by the model's tiny VAE (if it has one)
 
     @property
     def is_default(self) -> bool:
@@ -55,6 +65,7 @@ class SpeedOptions:
             deepcache_interval=FAST_DEEPCACHE_INTERVAL,
             tome_ratio=tome or FAST_TOME_RATIO,  # the request's ratio still applies
             tome_max_downsample=TOME_MAX_DOWNSAMPLE,
+            tiny_vae=FAST_TINY_VAE,
         )
 
     def unet_for(self, unet, compiled=None):
@@ -71,3 +82,13 @@ class SpeedOptions:
         if tome:  # outermost, so that DeepCache's shallow calls merge too
             out = ToMeUNet(out, unet, self.tome_ratio, self.tome_max_downsample)
         return out
+
+    def uses_tiny_vae(self, model) -> bool:
+        return self.tiny_vae and model.tiny_vae is not None
+
+    def decode(self, model, latents: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Final images (B, 3, H, W) in [0, 1] and their infotext extras: the tiny VAE's decode when
+        asked for and present (``VAE Decoder: TAESD``), else the full VAE's (no extras)."""
+        if self.uses_tiny_vae(model):
+            return decode_latents_tiny(model, latents), dict(TINY_VAE_INFOTEXT)
+        return decode_latents(model, latents), {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sdstudio.config import GenerationRequest
-from sdstudio.pipelines.components import decode_latents, to_pil
+from sdstudio.pipelines.components import to_pil
 from sdstudio.pipelines.hires import hires_pass, hires_steps
 from sdstudio.pipelines.loop import JobProgress, job_batches, noise_kwargs, sample_batch
 from sdstudio.pipelines.plan import (
@@ -41,12 +41,13 @@ def run_txt2img(
     cond_at, uncond_at = conditioning.with_concat(
         txt2img_concat(model, request.batch_size, request.height, request.width)
     )
+    speed = SpeedOptions.from_request(request)
     results: list[GeneratedImage] = []
     for it, images_slice in job_batches(request, cancel):
         noise = noise_kwargs(request, images_slice, seed_resize_from(model, request))
         latents = sample_batch(
             model, plan, cond_at, uncond_at, cfg_scale=request.cfg_scale,
-            latent_shape=shape, batch_index=it, progress=job, speed=SpeedOptions.from_request(request), **noise,
+            latent_shape=shape, batch_index=it, progress=job, speed=speed, **noise,
         )  # fmt: skip
         extra: dict = {}
         if request.hires is not None and not (cancel is not None and cancel.stop_batch):
@@ -54,7 +55,8 @@ def run_txt2img(
                 model, request, latents, noise["seeds"], noise["subseeds"], job
             )
         else:
-            images = to_pil(decode_latents(model, latents))
+            pixels, extra = speed.decode(model, latents)
+            images = to_pil(pixels)
         extra = {**extra, **job.interrupted_params()}
         for k, image in enumerate(images):
             item = finished_image(model, request, plan.spec, image, images_slice.start + k, extra)

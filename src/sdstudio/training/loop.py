@@ -23,6 +23,7 @@ from sdstudio.errors import SDStudioError
 from sdstudio.training.data import BatchOrder, ImageTextSet
 
 CHECKPOINT = "checkpoint.pt"
+GRID_LABEL_HEIGHT = 12  # pixels of text under each row of a labelled image_grid
 
 
 @dataclass
@@ -153,7 +154,7 @@ def image_grid(images: list, cols: int, labels: list[str] | None = None):
     from PIL import Image, ImageDraw
 
     w, h = images[0].size
-    lab = 12 if labels else 0
+    lab = GRID_LABEL_HEIGHT if labels else 0
     rows = (len(images) + cols - 1) // cols
     grid = Image.new("RGB", (cols * w, rows * (h + lab)), "white")
     draw = ImageDraw.Draw(grid)
