@@ -75,7 +75,7 @@ def _data(args: argparse.Namespace, size: int):
 def register(subparsers) -> None:
     """Add ``train`` and its sub-commands to the CLI."""
     parser = subparsers.add_parser(
-        "train", help="train DDPM / VAE / mini-CLIP / latent diffusion from scratch"
+        "train", help="train DDPM / VAE / mini-CLIP / latent diffusion from scratch; LoRA; distil a tiny VAE"
     )
     sub = parser.add_subparsers(dest="train_command", metavar="KIND", required=True)
 
