@@ -28,6 +28,7 @@ def test_speed_is_off_by_default():
     assert SpeedOptions.from_request(request).is_default
     unet = object()
     assert SpeedOptions().unet_for(unet) is unet  # the plain UNet, no wrapper
+    assert not SpeedOptions().tiny_vae and SpeedOptions.from_request(request.replace(fast=True)).tiny_vae
 
 
 def test_default_request_equals_explicit_plain_path(tiny_sd1):
