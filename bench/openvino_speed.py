@@ -103,15 +103,12 @@ def main() -> None:
 
     out = {}
     for name in args.models:
-        if name == "embedded":
-            wall, cpu, model = timed(lambda: load_model(None, backend="openvino"))
-            size = 64
-        else:
+        path, size = None, 64  # the embedded model
+        if name == "sd15":
             from suite import cache_dir, ensure_model
 
-            single, _ = ensure_model(cache_dir())
-            wall, cpu, model = timed(lambda: load_model(single, backend="openvino"))
-            size = args.size
+            path, size = ensure_model(cache_dir())[0], args.size
+        wall, _, model = timed(lambda p=path: load_model(p, backend="openvino"))
         result = compare(model, size, args.steps, args.repeats, image=not args.no_image)
         result["load_with_openvino"] = wall
         result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -31,6 +31,7 @@ import torch
 
 from sdstudio.errors import SDStudioError
 
+
 def openvino_available() -> bool:
     """True when the ``openvino`` package is importable (``pip install 'sdstudio[openvino]'``)."""
     return importlib.util.find_spec("openvino") is not None
