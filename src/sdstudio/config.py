@@ -15,6 +15,8 @@ from sdstudio.errors import SDStudioError
 MAX_SEED = 4294967294  # A1111: random.randrange(4294967294)
 MAX_TOKEN_MERGING_RATIO = 0.9  # A1111's slider range for token_merging_ratio: [0, 0.9]
 
+BACKENDS = ("torch", "openvino")  # what runs the UNet and VAE decoder (--backend; models.loader)
+
 
 @dataclass(frozen=True)
 class Limits:

@@ -133,7 +133,7 @@ def test_conversion_is_cached_and_a_damaged_cache_is_rebuilt(ov_model, cache_dir
     assert "<not a model" not in damaged.read_text()  # the cache entry was rewritten
 
 
-def test_other_weights_get_another_cache_entry(tmp_path):
+def test_other_weights_get_another_cache_entry():
     a, b = tiny_sd1(), tiny_sd1()
     with torch.no_grad():
         b.vae.decoder.conv_out.weight.mul_(1.5)

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import argparse
 
-from sdstudio.config import GenerationRequest
+from sdstudio.config import BACKENDS, GenerationRequest
+
+
+def add_backend_arg(p: argparse.ArgumentParser) -> None:
+    """``--backend torch|openvino`` (models.loader.load_model's ``backend``)."""
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=BACKENDS,
+        help="what runs the UNet: torch (default) or openvino (CPU, same weights, needs sdstudio[openvino])",
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -22,12 +32,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="auto = bf16 on CPUs that support it, fp16 on CUDA, else fp32",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument(
-        "--backend",
-        default="torch",
-        choices=["torch", "openvino"],
-        help="what runs the UNet: torch (default) or openvino (CPU, same weights, needs sdstudio[openvino])",
-    )
+    add_backend_arg(p)
     p.add_argument(
         "--prediction-type",
         default=None,

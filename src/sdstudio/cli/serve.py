@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sdstudio.cli.common import add_backend_arg
 from sdstudio.errors import SDStudioError
 
 
@@ -55,12 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="model weights precision",
     )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument(
-        "--backend",
-        default="torch",
-        choices=["torch", "openvino"],
-        help="what runs the UNet: torch (default) or openvino (CPU, same weights, needs sdstudio[openvino])",
-    )
+    add_backend_arg(p)
     p.add_argument("--max-body-mb", type=float, default=64, help="largest request body in MiB (default 64)")
     p.add_argument("--max-size", type=int, default=2048, help="largest width/height (default 2048)")
     p.add_argument("--max-steps", type=int, default=150, help="most sampling steps per image (default 150)")

@@ -35,6 +35,7 @@ from sdstudio.checkpoints.convert import (
 from sdstudio.checkpoints.detect import detect_architecture, normalize_prediction_type
 from sdstudio.checkpoints.hashing import default_cache_dir, diffusers_weights_file, model_hash
 from sdstudio.checkpoints.io import check_model_path, metadata_json, read_checkpoint, write_safetensors
+from sdstudio.config import BACKENDS
 from sdstudio.devices import resolve_device, resolve_dtype
 from sdstudio.errors import SDStudioError
 from sdstudio.models.architectures import (
@@ -53,7 +54,6 @@ from sdstudio.models.tokenizer import clip_tokenizer
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default-model"
 CONFIG_METADATA_PREFIX = "sdstudio.config."  # + component name: JSON config embedded by our converter
 ARCH_INDEX_KEY = "_sdstudio_arch"  # written into model_index.json by save_diffusers
-BACKENDS = ("torch", "openvino")  # what runs the UNet on the plain path (--backend)
 
 
 def load_model(
