@@ -57,6 +57,7 @@ class ActorSpec:
     limits: Limits
     preview_interval: float
     threads: int = 0  # torch CPU threads (0 = torch's default)
+    backend: str = "torch"  # what runs the UNet and VAE decoder (--backend)
 
 
 # -- actor side ------------------------------------------------------------------------------
@@ -86,7 +87,8 @@ class ModelActor:
             torch.set_num_threads(spec.threads)
         self.spec = spec
         self.manager = ModelManager(
-            spec.models_dir, default_model=spec.default_model, device=spec.device, precision=spec.precision
+            spec.models_dir, default_model=spec.default_model, device=spec.device, precision=spec.precision,
+            backend=spec.backend,
         )
         self._jobs: dict[str, _ActorJob] = {}
         self._lock = threading.Lock()
@@ -350,7 +352,7 @@ def start_ray_workers(settings: Any, *, resolve: Callable[[str | None], str]) ->
         models_dir=str(Path(settings.models_dir).resolve()) if settings.models_dir else None,
         default_model=str(Path(settings.model).resolve()) if settings.model else None,
         device=device, precision=settings.precision, limits=settings.limits,
-        preview_interval=settings.preview_interval, threads=threads,
+        preview_interval=settings.preview_interval, threads=threads, backend=settings.backend,
     )  # fmt: skip
     options = {**options, "runtime_env": actor_env()}
     workers = [RayWorker(f"ray-{i}", spec, options, resolve) for i in range(count)]
