@@ -134,9 +134,11 @@ def test_model_folder_taesd_is_attached_and_explicit_path_wins(tiny_sd1, tmp_pat
     save_tiny_vae(tiny_vae_for(tiny_sd1, channels=8, blocks=1, seed=1), folder / TINY_VAE_FOLDER)
     other = save_tiny_vae(tiny_vae_for(tiny_sd1, channels=4, blocks=1, seed=2), tmp_path / "other", half=True)
     assert tuple(load_model(folder).tiny_vae.config.decoder_block_out_channels) == (8, 8)
-    model = load_model(folder, tiny_vae_path=other)
+    model = load_model(folder, tiny_vae_path=other, precision="fp32")
     assert tuple(model.tiny_vae.config.decoder_block_out_channels) == (4, 4)
     assert next(model.tiny_vae.parameters()).dtype == torch.float32  # fp16 file, fp32 model
+    bf16 = load_model(folder, tiny_vae_path=other, precision="bf16")
+    assert next(bf16.tiny_vae.parameters()).dtype == torch.bfloat16  # follows the model's dtype
     assert load_model(save_diffusers(tiny_sd1, tmp_path / "bare")).tiny_vae is None
 
 
