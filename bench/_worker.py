@@ -4,8 +4,9 @@
 
 Prints one JSON line (prefixed ``RESULT ``): phase seconds (import, load, warm-up, image), the
 image's split (text encoder / UNet / VAE / save), UNet calls and rows, peak RSS. ``--cold``: no
-warm-up; the timed image is the process's first. Contenders: sdstudio, sdstudio-fast,
-diffusers-fp32, diffusers-bf16, sdcpp.
+warm-up; the timed image is the process's first. Contenders: sdstudio, sdstudio-fast (the default
+backend, auto), sdstudio-torch, sdstudio-torch-fast, sdstudio-openvino, diffusers-fp32, diffusers-bf16,
+sdcpp.
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ def peak_rss_gib() -> float:
 
 
 class SDStudio:
-    def __init__(self, args, fast: bool, backend: str = "torch") -> None:
+    def __init__(self, args, fast: bool, backend: str = "auto") -> None:
         from sdstudio import GenerationRequest, load_model
 
-        self.model = load_model(args.single, backend=backend)  # openvino: converted once, then cached
+        self.model = load_model(args.single, backend=backend)  # openvino (auto): converted once, then cached
         self.request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, width=args.size,
                                          height=args.size, steps=args.steps, sampler_name="DPM++ 2M",
                                          cfg_scale=CFG, seed=SEED, fast=fast)  # fmt: skip
@@ -128,9 +129,11 @@ class SDCpp:
 
 def build(args):
     name = args.contender
-    if name in ("sdstudio", "sdstudio-fast"):
+    if name in ("sdstudio", "sdstudio-fast"):  # the default backend (auto: OpenVINO where installed)
         return SDStudio(args, fast=name == "sdstudio-fast")
-    if name == "sdstudio-openvino":  # the UNet and VAE decoder through OpenVINO (no split: no torch hooks)
+    if name in ("sdstudio-torch", "sdstudio-torch-fast"):  # --backend torch
+        return SDStudio(args, fast=name.endswith("-fast"), backend="torch")
+    if name == "sdstudio-openvino":  # --backend openvino (OpenVINO rows have no split: no torch hooks run)
         return SDStudio(args, fast=False, backend="openvino")
     if name.startswith("diffusers-"):
         return Diffusers(args, name.removeprefix("diffusers-"))

@@ -41,8 +41,9 @@ def compare(model, size: int, steps: int, repeats: int, image: bool = True) -> d
 
     parts = (model.compiled_unet, model.compiled_decoder)
     f = model.vae_scale_factor
-    x = torch.randn(2, model.unet.config.in_channels, size // f, size // f)  # (2, C, h, w)
-    ctx = torch.randn(2, 77, model.unet.config.cross_attention_dim)
+    dtype = model.dtype  # bf16 where --precision auto picks it
+    x = torch.randn(2, model.unet.config.in_channels, size // f, size // f, dtype=dtype)  # (2, C, h, w)
+    ctx = torch.randn(2, 77, model.unet.config.cross_attention_dim, dtype=dtype)
     t = torch.tensor([500.0, 500.0])
     z = torch.randn(1, model.latent_channels, size // f, size // f)
     request = GenerationRequest(prompt="a cute fluffy cat plays trumpet", width=size, height=size, steps=steps,

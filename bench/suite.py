@@ -29,7 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = "import sys; from sdstudio.cli import main; sys.exit(main())"  # what the `sdstudio` script runs
-CONTENDERS = ("sdstudio", "sdstudio-openvino", "sdstudio-fast", "diffusers-fp32", "diffusers-bf16", "sdcpp")
+CONTENDERS = ("sdstudio", "sdstudio-fast", "sdstudio-torch", "sdstudio-torch-fast", "sdstudio-openvino",
+              "diffusers-fp32", "diffusers-bf16", "sdcpp")  # fmt: skip
+DEFAULT_CONTENDERS = ("sdstudio", "sdstudio-fast", "diffusers-fp32", "diffusers-bf16", "sdcpp")
 
 
 def cache_dir() -> Path:
@@ -183,7 +185,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--repeats", type=int, nargs="+", default=[2, 1], help="per size (last repeats)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS))
+    parser.add_argument("--contenders", nargs="+", default=list(DEFAULT_CONTENDERS), choices=CONTENDERS)
     parser.add_argument(
         "--sdcpp-sizes", type=int, nargs="*", default=[256], help="sd.cpp is slow: sizes to run it at"
     )

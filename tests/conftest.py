@@ -7,6 +7,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The default backend is "auto" (OpenVINO where installed); the suite's many short model loads run on
+# PyTorch so as not to pay OpenVINO's compilation each time. tests/speed/test_openvino.py covers it.
+os.environ.setdefault("SDSTUDIO_BACKEND", "torch")
 
 import pytest
 

@@ -7,6 +7,8 @@ HTTP layer maps requests one to one and the infotext writer finds every value he
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +17,21 @@ from sdstudio.errors import SDStudioError
 MAX_SEED = 4294967294  # A1111: random.randrange(4294967294)
 MAX_TOKEN_MERGING_RATIO = 0.9  # A1111's slider range for token_merging_ratio: [0, 0.9]
 
-BACKENDS = ("torch", "openvino")  # what runs the UNet and VAE decoder (--backend; models.loader)
+BACKENDS = ("auto", "torch", "openvino")  # what runs the UNet and VAE decoder (--backend; models.loader)
+DEFAULT_BACKEND = "auto"  # openvino where it is installed and the model converts, else torch
+
+
+def default_backend(environ: Mapping[str, str] | None = None) -> str:
+    """The backend when none is asked for: ``SDSTUDIO_BACKEND`` if set, else "auto".
+
+    The test suite sets it to "torch" (tests/conftest.py): its hundreds of short model loads would
+    each pay OpenVINO's compilation; the OpenVINO path has its own tests.
+    """
+    env = os.environ if environ is None else environ
+    value = env.get("SDSTUDIO_BACKEND") or DEFAULT_BACKEND
+    if value not in BACKENDS:
+        raise SDStudioError(f"SDSTUDIO_BACKEND must be one of {', '.join(BACKENDS)}, not {value!r}", field="backend")
+    return value
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from sdstudio import GenerationRequest, txt2img
 from sdstudio.errors import SDStudioError
 from sdstudio.models import openvino_backend
 from sdstudio.models.openvino_backend import CompiledGraph, OpenVINODecoder, OpenVINOUNet, use_openvino
 from sdstudio.models.tiny import tiny_sd1
+from sdstudio.models.unet_split import full_forward, shallow_forward
 from sdstudio.networks.keys import Target
 from sdstudio.networks.patch import patched_weights
+from sdstudio.pipelines.deepcache import DeepCacheUNet
 from sdstudio.pipelines.speed import SpeedOptions
 from tests.tolerance import assert_same_composition
 
@@ -94,9 +97,34 @@ def test_sampling_loop_uses_the_compiled_unet_only_while_it_matches(ov_model):
         assert not ov_model.compiled_unet.matches(ov_model.unet)
         assert speed.unet_for(ov_model.unet, ov_model.compiled_unet) is ov_model.unet
     assert ov_model.compiled_unet.matches(ov_model.unet)  # restored weights: compiled again
-    assert SpeedOptions(deepcache_interval=3).unet_for(ov_model.unet, ov_model.compiled_unet) is not (
-        ov_model.compiled_unet
-    )  # fast mode's DeepCache runs on the PyTorch UNet
+    cached = SpeedOptions(deepcache_interval=3).unet_for(ov_model.unet, ov_model.compiled_unet)
+    assert isinstance(cached, DeepCacheUNet) and cached.compiled is ov_model.compiled_unet  # fast mode on OpenVINO
+    with patched_weights([(Target("unet", "down_blocks.0.resnets.0.conv1", layer), delta)]):
+        assert SpeedOptions(deepcache_interval=3).unet_for(ov_model.unet, ov_model.compiled_unet).compiled is None
+    tome = SpeedOptions(deepcache_interval=3, tome_ratio=0.5).unet_for(ov_model.unet, ov_model.compiled_unet)
+    assert tome.inner.compiled is None  # ToMe wraps PyTorch attention processors: PyTorch runs
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8), (1, 16, 8)])
+def test_deepcache_graphs_match_the_pytorch_split(ov_model, shape):
+    """The UNet graph's second output is the deep features; the shallow graph rebuilds the output."""
+    x, t, ctx = unet_args(ov_model, *shape)
+    with torch.no_grad():
+        ref, ref_deep = full_forward(ov_model.unet, x, t, encoder_hidden_states=ctx)
+        ref_shallow = shallow_forward(ov_model.unet, x, t * 0.5, ctx, ref_deep)
+    out, deep = ov_model.compiled_unet.full_with_deep(x, t, ctx)
+    assert deep.shape == ref_deep.shape
+    assert torch.allclose(out, ref, atol=ATOL) and torch.allclose(deep, ref_deep, atol=ATOL)
+    shallow = ov_model.compiled_unet.shallow(x, t * 0.5, ctx, deep)
+    assert torch.allclose(shallow, ref_shallow, atol=ATOL), (shallow - ref_shallow).abs().max()
+
+
+def test_fast_mode_on_openvino_matches_fast_mode_on_pytorch(ov_model):
+    request = REQ.replace(fast=True, steps=7)
+    a = txt2img(ov_model, request)[0]
+    assert ov_model.compiled_unet._shallow is not None  # the shallow calls ran on OpenVINO
+    assert np.array_equal(np.asarray(a.image), np.asarray(txt2img(ov_model, request)[0].image))
+    assert_same_composition(a.image, txt2img(tiny_sd1(), request)[0].image)
 
 
 def test_tiling_request_takes_the_pytorch_path_exactly(ov_model):
@@ -147,5 +175,54 @@ def test_unsupported_models_and_backends_are_clear_errors(tiny_sdxl):
         OpenVINOUNet(tiny_sdxl.unet, torch.float32, None, threads=1)
     from sdstudio.models.loader import load_model
 
-    with pytest.raises(SDStudioError, match="backend must be one of torch, openvino"):
+    with pytest.raises(SDStudioError, match="backend must be one of auto, torch, openvino"):
         load_model(None, backend="tensorrt")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from sdstudio.models.loader import save_diffusers
+
+    return save_diffusers(tiny_sd1(), tmp_path_factory.mktemp("models") / "tiny-sd1")
+
+
+def test_auto_is_the_default_and_runs_openvino(tiny_folder, tmp_path, monkeypatch, capsys):
+    from sdstudio.cli import main
+    from sdstudio.models.loader import load_model
+
+    monkeypatch.delenv("SDSTUDIO_BACKEND")  # the suite pins torch (conftest); a user's default is auto
+    monkeypatch.setenv("SDSTUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["txt2img", "a cat", "--model", str(tiny_folder), "--width", "32", "--height", "32", "--steps", "2", "--seed", "1",
+            "--precision", "fp32"]  # fmt: skip
+    assert main([*args, "--outdir", str(tmp_path / "torch"), "--backend", "torch"]) == 0
+    assert not (tmp_path / "cache" / "openvino").exists()
+    assert main([*args, "--outdir", str(tmp_path / "auto")]) == 0
+    assert {p.name.split("-")[0] for p in (tmp_path / "cache" / "openvino").glob("*.xml")} == {"unet", "vae"}
+    assert_same_composition(Image.open(tmp_path / "auto" / "00001-1.png"), Image.open(tmp_path / "torch" / "00001-1.png"))
+    assert load_model(tiny_folder, precision="fp32").backend == "openvino"
+    monkeypatch.setenv("SDSTUDIO_BACKEND", "torch")
+    assert load_model(tiny_folder, precision="fp32").backend == "torch"
+    monkeypatch.setenv("SDSTUDIO_BACKEND", "tensorrt")
+    with pytest.raises(SDStudioError, match="SDSTUDIO_BACKEND must be one of"):
+        load_model(tiny_folder)
+
+
+def test_auto_falls_back_to_pytorch_when_openvino_cannot_run(tiny_folder, tmp_path, monkeypatch, caplog):
+    from sdstudio.models import loader
+
+    monkeypatch.setenv("SDSTUDIO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(openvino_backend, "memory_available", lambda: 2**30)
+    model = loader.load_model(tiny_folder, precision="fp32", backend="auto")
+    assert model.backend == "torch" and model.compiled_unet is None
+    assert "too little" in openvino_backend.auto_backend_reason(model)
+    monkeypatch.setattr(openvino_backend, "memory_available", lambda: None)  # can't tell: don't refuse
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a graph OpenVINO cannot convert")
+
+    monkeypatch.setattr(loader, "use_openvino", broken)
+    with caplog.at_level("WARNING"):
+        model = loader.load_model(tiny_folder, precision="fp32", backend="auto")
+    assert model.backend == "torch" and "running on PyTorch" in caplog.text
+    with pytest.raises(RuntimeError, match="cannot convert"):
+        loader.load_model(tiny_folder, precision="fp32", backend="openvino")  # asked for: not hidden

@@ -19,6 +19,7 @@ from sdstudio.api import schemas as s
 from sdstudio.api.convert import build_info, convert, decode_image, hires_upscalers
 from sdstudio.api.deps import client_id, raise_if_failed, studio, wait_finished
 from sdstudio.api.text import find_lone_surrogate, surrogate_message
+from sdstudio.config import default_backend
 from sdstudio.errors import SDStudioError
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111 compatible"])
@@ -235,7 +236,7 @@ async def cmd_flags(request: Request) -> dict[str, Any]:
         "outdir": str(cfg.outdir),
         "precision": cfg.precision,
         "device": cfg.device,
-        "backend": cfg.backend,  # sdstudio's --backend (A1111's --use-ipex/--use-directml have no match)
+        "backend": cfg.backend or default_backend(),  # sdstudio's --backend (A1111's --use-ipex/--use-directml have no match)
     }
 
 

@@ -24,7 +24,7 @@ class ServerSettings:
     max_queue: int = 100  # queued (not yet running) jobs; more -> 429 with Retry-After
     device: str = "cpu"
     precision: str = "auto"
-    backend: str = "torch"  # what runs the UNet: "torch" or "openvino" (models.openvino_backend)
+    backend: str | None = None  # what runs the UNet: "auto", "torch", "openvino"; None: config.default_backend()
     limits: Limits = field(default_factory=Limits)
     max_body_bytes: int = 64 * 1024 * 1024  # whole request body
     preview_interval: float = 0.5  # seconds between live previews

@@ -12,12 +12,14 @@ from sdstudio.config import BACKENDS, GenerationRequest
 
 
 def add_backend_arg(p: argparse.ArgumentParser) -> None:
-    """``--backend torch|openvino`` (models.loader.load_model's ``backend``)."""
+    """``--backend auto|torch|openvino`` (models.loader.load_model's ``backend``)."""
     p.add_argument(
         "--backend",
-        default="torch",
+        default=None,
         choices=BACKENDS,
-        help="what runs the UNet: torch (default) or openvino (CPU, same weights, needs sdstudio[openvino])",
+        help="what runs the UNet and VAE decoder: auto (default, or $SDSTUDIO_BACKEND: openvino on a CPU "
+        "where it is installed, else torch), torch, or openvino (same weights, converted once per "
+        "checkpoint and cached)",
     )
 
 

@@ -16,6 +16,7 @@ folder has no single file and the UNet is what tells fine-tunes apart.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from sdstudio.checkpoints.convert import (
 from sdstudio.checkpoints.detect import detect_architecture, normalize_prediction_type
 from sdstudio.checkpoints.hashing import default_cache_dir, diffusers_weights_file, model_hash
 from sdstudio.checkpoints.io import check_model_path, metadata_json, read_checkpoint, write_safetensors
-from sdstudio.config import BACKENDS
+from sdstudio.config import BACKENDS, default_backend
 from sdstudio.devices import resolve_device, resolve_dtype
 from sdstudio.errors import SDStudioError
 from sdstudio.models.architectures import (
@@ -46,11 +47,12 @@ from sdstudio.models.architectures import (
     component_config,
     read_json,
 )
-from sdstudio.models.openvino_backend import use_openvino
+from sdstudio.models.openvino_backend import auto_backend_reason, use_openvino
 from sdstudio.models.sdmodel import StableDiffusionModel
 from sdstudio.models.tiny_vae import TINY_VAE_FOLDER, check_tiny_vae, load_tiny_vae, save_tiny_vae
 from sdstudio.models.tokenizer import clip_tokenizer
 
+log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default-model"
 CONFIG_METADATA_PREFIX = "sdstudio.config."  # + component name: JSON config embedded by our converter
 ARCH_INDEX_KEY = "_sdstudio_arch"  # written into model_index.json by save_diffusers
@@ -65,7 +67,7 @@ def load_model(
     prediction_type: str | None = None,
     vae_path: str | Path | None = None,
     cache_dir: str | Path | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
     tiny_vae_path: str | Path | None = None,
 ) -> StableDiffusionModel:
     """Return a ready (eval, no-grad) model from ``path``: a diffusers folder or single-file checkpoint.
@@ -74,11 +76,15 @@ def load_model(
     on a bf16 CPU, fp16 on CUDA, else fp32). ``prediction_type`` ("epsilon" | "v_prediction")
     overrides detection. ``vae_path`` replaces the VAE. ``cache_dir`` holds ``hashes.json``
     (default ``$SDSTUDIO_CACHE_DIR`` or ``~/.cache/sdstudio``) and the OpenVINO conversions.
-    ``backend`` "openvino" also compiles the UNet (plain sampling path) and the VAE decoder with OpenVINO
-    (:mod:`sdstudio.models.openvino_backend`); "torch" (default) runs PyTorch only. ``tiny_vae_path``
+    ``backend`` "openvino" also compiles the UNet and the VAE decoder with OpenVINO
+    (:mod:`sdstudio.models.openvino_backend`; converted once per checkpoint, then cached); "torch" runs
+    PyTorch only; "auto" (default) is openvino where :func:`auto_backend_reason` finds nothing against
+    it (CPU, package installed, a convertible UNet, enough memory) and torch otherwise; ``model.backend``
+    says which. None is :func:`sdstudio.config.default_backend` ("auto", or ``$SDSTUDIO_BACKEND``). ``tiny_vae_path``
     is a tiny VAE (TAESD, diffusers ``AutoencoderTiny`` folder) for fast mode; without it a model
     folder's own ``taesd/`` subfolder is used when there is one (``model.tiny_vae``, else None).
     """
+    backend = backend or default_backend()
     if backend not in BACKENDS:
         raise SDStudioError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}", field="backend")
     target_device = resolve_device(device)
@@ -108,6 +114,13 @@ def load_model(
         if target_device.type != "cpu":
             raise SDStudioError("--backend openvino runs on the CPU; use --device cpu", field="backend")
         use_openvino(model, cache_file.parent)
+    elif backend == "auto" and auto_backend_reason(model) is None:
+        try:
+            use_openvino(model, cache_file.parent)
+        except Exception as exc:  # noqa: BLE001 - an unexpected graph: PyTorch runs it as before
+            log.warning("OpenVINO could not convert %s (%s: %s); running on PyTorch", p, type(exc).__name__, exc)
+            model.compiled_unet = model.compiled_decoder = None
+    model.backend = "openvino" if model.compiled_unet is not None else "torch"
     return model
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ import numpy as np
 import torch
 
 from sdstudio.errors import SDStudioError
+from sdstudio.models.unet_split import full_forward, shallow_forward, supports_split
+
+log = logging.getLogger(__name__)
+GRAPH_VERSION = 2  # bumped when the traced graphs change (2: the UNet also returns its deep features)
 
 
 def openvino_available() -> bool:
@@ -44,15 +49,31 @@ def supports_openvino(unet: Any) -> bool:
 
 
 class _UNetGraph(torch.nn.Module):
-    """The UNet as a function of three float32 tensors, for tracing."""
+    """The UNet as a function of three float32 tensors, for tracing: its output and, where the UNet
+    splits (:func:`sdstudio.models.unet_split.supports_split`), its deep features for DeepCache."""
+
+    def __init__(self, unet: Any, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.unet, self.dtype, self.split = unet, dtype, supports_split(unet)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor):
+        sample, context = sample.to(self.dtype), context.to(self.dtype)
+        if not self.split:
+            return self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0].float()
+        out, deep = full_forward(self.unet, sample, timestep, encoder_hidden_states=context)
+        return out.float(), deep.float()  # (B, C_out, h, w), (B, C_deep, h', w')
+
+
+class _ShallowGraph(torch.nn.Module):
+    """DeepCache's shallow UNet path as a function of four float32 tensors, for tracing."""
 
     def __init__(self, unet: Any, dtype: torch.dtype) -> None:
         super().__init__()
         self.unet, self.dtype = unet, dtype
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        out = self.unet(sample.to(self.dtype), timestep, encoder_hidden_states=context.to(self.dtype),
-                        return_dict=False)[0]  # fmt: skip
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                deep: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        out = shallow_forward(self.unet, sample.to(self.dtype), timestep, context.to(self.dtype), deep.to(self.dtype))
         return out.float()  # (B, C_out, h, w)
 
 
@@ -84,7 +105,7 @@ def weights_fingerprint(module: Any, dtype: torch.dtype) -> str:
     """
     h = hashlib.blake2b(digest_size=10)
     h.update(repr(sorted(dict(module.config).items())).encode())
-    h.update(str(dtype).encode())
+    h.update(f"{dtype} graphs v{GRAPH_VERSION}".encode())
     for package in ("openvino", "diffusers", "torch"):
         h.update(importlib.metadata.version(package).encode())
     with torch.no_grad():
@@ -107,7 +128,7 @@ class CompiledGraph:
                  example: tuple, shapes: list[list[int]], cache_dir: str | Path | None, threads: int) -> None:  # fmt: skip
         import openvino as ov
 
-        self.ov, self.core = ov, ov.Core()
+        self.ov, self.core, self.name = ov, ov.Core(), name
         self.config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": _precision(dtype)}
         self.state = module_state(source)
         path = None
@@ -125,6 +146,8 @@ class CompiledGraph:
             return None
 
     def _convert(self, traced: torch.nn.Module, example: tuple, shapes: list[list[int]], path: Path | None):
+        if path is not None:
+            log.warning("converting the %s for OpenVINO, once for these weights (cached in %s)", self.name, path.parent)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about diffusers' shape asserts
             # traced here without the re-run check: converting this is ~1.6x faster than OpenVINO's own way
@@ -136,14 +159,19 @@ class CompiledGraph:
         return graph
 
     def run(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """The graph's output for float32 ``inputs`` (any shapes the dynamic graph admits)."""
+        """The graph's (first) output for float32 ``inputs`` (any shapes the dynamic graph admits)."""
+        return self.run_all(*inputs)[0]
+
+    def run_all(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """All the graph's outputs for ``inputs``."""
         arrays = [np.ascontiguousarray(x.detach().float().cpu().numpy()) for x in inputs]
         if self._request is None:
             compiled = self.core.compile_model(self.graph, "CPU", self.config)
             self._request = compiled.create_infer_request()
             self.graph = None  # the compiled model holds its own (repacked) weights: free the graph's
         self._request.infer(arrays)
-        return torch.from_numpy(np.array(self._request.get_output_tensor(0).data, copy=True))
+        n = len(self._request.model_outputs)
+        return [torch.from_numpy(np.array(self._request.get_output_tensor(i).data, copy=True)) for i in range(n)]
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -157,17 +185,30 @@ def _require_openvino() -> None:
 
 
 class OpenVINOUNet:
-    """Callable like ``unet(sample, t, encoder_hidden_states=..., return_dict=False)`` -> ``(eps,)``."""
+    """Callable like ``unet(sample, t, encoder_hidden_states=..., return_dict=False)`` -> ``(eps,)``.
+
+    Also DeepCache's two kinds of call (:mod:`sdstudio.pipelines.deepcache`): :meth:`full_with_deep`
+    (the same graph's second output) and :meth:`shallow` (a second, small graph of the UNet's shallow
+    path, converted and cached on first use).
+    """
 
     def __init__(self, unet: Any, dtype: torch.dtype, cache_dir: str | Path | None, threads: int) -> None:
         _require_openvino()
         if not supports_openvino(unet):
             raise SDStudioError("--backend openvino supports SD 1.x/2.x UNets (not SDXL or class-conditioned)")
-        self.unet, self.config = unet, unet.config
+        self.unet, self.config, self.dtype = unet, unet.config, dtype
+        self.cache_dir, self.threads = cache_dir, threads
         c_in, ctx_dim = unet.config.in_channels, unet.config.cross_attention_dim
-        example = (torch.randn(2, c_in, 8, 8), torch.tensor([500.0, 500.0]), torch.randn(2, 77, ctx_dim))
-        shapes = [[-1, c_in, -1, -1], [-1], [-1, -1, ctx_dim]]
-        self.graph = CompiledGraph("unet", _UNetGraph(unet, dtype), unet, dtype, example, shapes, cache_dir, threads)
+        self.example = (torch.randn(2, c_in, 8, 8), torch.tensor([500.0, 500.0]), torch.randn(2, 77, ctx_dim))
+        self.shapes = [[-1, c_in, -1, -1], [-1], [-1, -1, ctx_dim]]
+        self.graph = CompiledGraph("unet", _UNetGraph(unet, dtype), unet, dtype, self.example, self.shapes,
+                                   cache_dir, threads)  # fmt: skip
+        self._shallow: CompiledGraph | None = None
+
+    @property
+    def splits(self) -> bool:
+        """True when DeepCache can run on this UNet's graphs."""
+        return supports_split(self.unet)
 
     def matches(self, unet: Any) -> bool:
         """True while ``unet`` is the UNet converted here, with the same weights and processors."""
@@ -181,10 +222,39 @@ class OpenVINOUNet:
         added_cond_kwargs: dict | None = None,
         return_dict: bool = False,
     ) -> tuple[torch.Tensor]:
-        if added_cond_kwargs:
-            raise SDStudioError("the OpenVINO UNet takes no added conditioning (SDXL)")
-        t = timestep.float().reshape(-1).expand(sample.shape[0]) if timestep.numel() == 1 else timestep.float()
-        return (self.graph.run(sample, t, encoder_hidden_states).to(sample.dtype),)  # (B, C_out, h, w)
+        return (self.full_with_deep(sample, timestep, encoder_hidden_states, added_cond_kwargs)[0],)
+
+    def full_with_deep(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                       added_cond_kwargs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """The UNet's output (B, C_out, h, w) and its deep features (B, C_deep, h', w'; None if it doesn't split)."""
+        outputs = self.graph.run_all(sample, _timesteps(timestep, sample, added_cond_kwargs), encoder_hidden_states)
+        deep = outputs[1].to(sample.dtype) if len(outputs) > 1 else None
+        return outputs[0].to(sample.dtype), deep
+
+    def shallow(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                deep: torch.Tensor, added_cond_kwargs: dict | None = None) -> torch.Tensor:  # fmt: skip
+        """DeepCache's shallow call (B, C_out, h, w) with ``deep`` from :meth:`full_with_deep`."""
+        t = _timesteps(timestep, sample, added_cond_kwargs)
+        return self._shallow_graph().run(sample, t, encoder_hidden_states, deep).to(sample.dtype)
+
+    def _shallow_graph(self) -> CompiledGraph:
+        if self._shallow is None:
+            if not self.splits:
+                raise SDStudioError("this UNet has no shallow path for DeepCache")
+            with torch.no_grad():
+                _, deep = _UNetGraph(self.unet, self.dtype)(*self.example)  # (2, C_deep, h', w')
+            self._shallow = CompiledGraph("unet-shallow", _ShallowGraph(self.unet, self.dtype), self.unet,
+                                          self.dtype, (*self.example, deep), [*self.shapes, [-1, deep.shape[1], -1, -1]],
+                                          self.cache_dir, self.threads)  # fmt: skip
+        return self._shallow
+
+
+def _timesteps(timestep: torch.Tensor, sample: torch.Tensor, added_cond_kwargs: dict | None) -> torch.Tensor:
+    """Float32 timesteps, one per row of ``sample``; refuses SDXL's added conditioning."""
+    if added_cond_kwargs:
+        raise SDStudioError("the OpenVINO UNet takes no added conditioning (SDXL)")
+    t = torch.as_tensor(timestep)
+    return t.float().reshape(-1).expand(sample.shape[0]) if t.numel() == 1 else t.float()  # (B,)
 
 
 class OpenVINODecoder:
@@ -212,6 +282,37 @@ def use_openvino(model: Any, cache_dir: str | Path | None, threads: int | None =
     model.compiled_unet = OpenVINOUNet(model.unet, model.dtype, cache_dir, threads)
     model.compiled_decoder = OpenVINODecoder(model.vae, model.dtype, cache_dir, threads)
     return model
+
+
+def memory_available() -> int | None:
+    """Bytes of memory the kernel says are available (``MemAvailable``), None where it can't tell."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def auto_backend_reason(model: Any) -> str | None:
+    """Why ``--backend auto`` runs ``model`` on PyTorch (None: it runs on OpenVINO).
+
+    OpenVINO is chosen on a CPU when the package is installed, the UNet converts, and memory allows
+    the compiled copy of the weights beside PyTorch's (measured: the SD 1.5 UNet's compilation needs
+    about twice its weight bytes on top; ``3 x weights + 2 GiB`` available is asked for).
+    """
+    if model.device.type != "cpu":
+        return f"the model is on {model.device.type}"
+    if not openvino_available():
+        return "openvino is not installed (pip install 'sdstudio[openvino]')"
+    if not supports_openvino(model.unet):
+        return "the UNet is not one OpenVINO converts here (SDXL, class labels)"
+    weights = sum(p.numel() * p.element_size() for p in model.unet.parameters())
+    available = memory_available()
+    if available is not None and available < 3 * weights + 2 * 2**30:
+        return f"{available / 2**30:.1f} GiB available is too little to compile a {weights / 2**30:.1f} GiB UNet"
+    return None
 
 
 def _save_atomically(ov, graph, path: Path) -> None:

@@ -74,6 +74,7 @@ class StableDiffusionModel:
     checkpoint_vae: Any = None  # the checkpoint's own VAE while a separate one is in use (networks.vae)
     compiled_unet: Any = None  # the UNet compiled by another runtime (models.openvino_backend), plain path
     compiled_decoder: Any = None  # the VAE decoder compiled likewise, used while it matches ``vae``
+    backend: str = "torch"  # what runs the UNet: "torch" or "openvino" (models.loader's backend choice)
     tiny_vae: Any = None  # diffusers.AutoencoderTiny (TAESD, models.tiny_vae): fast mode's decoder
 
     @property

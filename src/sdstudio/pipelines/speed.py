@@ -71,12 +71,14 @@ class SpeedOptions:
     def unet_for(self, unet, compiled=None):
         """The UNet callable for one batch: fresh DeepCache / ToMe wrappers of ``unet``, the
         ``compiled`` UNet (another runtime's, e.g. OpenVINO) while it still matches ``unet``'s
-        weights, or ``unet`` itself. ToMe needs the PyTorch UNet (it wraps its attention processors)."""
+        weights, or ``unet`` itself. DeepCache runs its full and shallow calls on ``compiled`` when
+        it matches; ToMe needs the PyTorch UNet (it wraps its attention processors)."""
         tome = self.tome_ratio > 0 and supports_tome(unet)
+        usable = compiled if compiled is not None and not tome and compiled.matches(unet) else None
         if self.deepcache_interval > 1 and supports_deepcache(unet):
-            out = DeepCacheUNet(unet, self.deepcache_interval)
-        elif compiled is not None and not tome and compiled.matches(unet):
-            return compiled
+            out = DeepCacheUNet(unet, self.deepcache_interval, usable if usable is not None and usable.splits else None)
+        elif usable is not None:
+            return usable
         else:
             out = unet
         if tome:  # outermost, so that DeepCache's shallow calls merge too

@@ -107,7 +107,7 @@ class ModelManager:
         default_model: str | None = None,
         device: str = "cpu",
         precision: str = "auto",
-        backend: str = "torch",
+        backend: str | None = None,
         loader: Callable[..., Any] | None = None,
         models: dict[str, Any] | None = None,
     ) -> None:
@@ -310,7 +310,7 @@ class ModelManager:
             return entry.in_memory
         loader = self._loader or _default_loader
         path = entry.filename if entry is not None and not entry.embedded else None
-        extra = {"backend": self.backend} if self.backend != "torch" else {}  # custom loaders need not know it
+        extra = {"backend": self.backend} if self.backend is not None else {}  # custom loaders need not know it
         model = loader(path, device=self.device, precision=self.precision, **extra)
         if entry is not None and (entry.embedded or Path(entry.filename).is_dir()):
             entry.short_hash = model.model_hash or None
@@ -353,7 +353,7 @@ class ModelManager:
         return ModelEntry(model_name=rel.rsplit(".", 1)[0], filename=str(path.resolve()), sha256=cached)
 
 
-def _default_loader(path: str | None, *, device: str, precision: str, backend: str = "torch") -> Any:
+def _default_loader(path: str | None, *, device: str, precision: str, backend: str | None = None) -> Any:
     from sdstudio.models.loader import load_model
 
     return load_model(path, device=device, precision=precision, backend=backend)

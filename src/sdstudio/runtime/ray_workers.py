@@ -57,7 +57,7 @@ class ActorSpec:
     limits: Limits
     preview_interval: float
     threads: int = 0  # torch CPU threads (0 = torch's default)
-    backend: str = "torch"  # what runs the UNet and VAE decoder (--backend)
+    backend: str | None = None  # what runs the UNet and VAE decoder (--backend; None: the default)
 
 
 # -- actor side ------------------------------------------------------------------------------
