@@ -73,7 +73,11 @@ class SDStudio:
     def __init__(self, args, fast: bool, backend: str = "auto") -> None:
         from sdstudio import GenerationRequest, load_model
 
-        self.model = load_model(args.single, backend=backend)  # openvino (auto): converted once, then cached
+        from pathlib import Path
+
+        tiny = Path(args.single).parent / "sd15-random-taesd"  # bench/suite.py's TINY_VAE_DIR
+        self.model = load_model(args.single, backend=backend,  # openvino (auto): converted once, then cached
+                                tiny_vae_path=tiny if fast and tiny.is_dir() else None)  # fmt: skip
         self.request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, width=args.size,
                                          height=args.size, steps=args.steps, sampler_name="DPM++ 2M",
                                          cfg_scale=CFG, seed=SEED, fast=fast)  # fmt: skip

@@ -45,10 +45,25 @@ def child_env() -> dict[str, str]:
     return env
 
 
+TINY_VAE_DIR = "sd15-random-taesd"  # a random-weight TAESD-shaped tiny VAE beside the single file
+
+
+def ensure_tiny_vae(folder: Path) -> Path:
+    """A random-weight tiny VAE of TAESD's shape (64 channels, 3 blocks) for the random SD 1.5: fast
+    mode decodes with it, as it would with a real SD 1.5's TAESD (speed only: its images are noise)."""
+    path = folder / TINY_VAE_DIR
+    if not (path / "config.json").is_file():
+        code = ("from sdstudio.models.tiny_vae import build_tiny_vae, save_tiny_vae;"
+                f"save_tiny_vae(build_tiny_vae(4, 8, 64, 3, 0), {str(path)!r})")  # fmt: skip
+        subprocess.run([sys.executable, "-c", code], check=True, env=child_env())
+    return path
+
+
 def ensure_model(folder: Path) -> tuple[Path, Path]:
-    """(single file, diffusers folder) of the random SD 1.5, built once in a subprocess."""
+    """(single file, diffusers folder) of the random SD 1.5, built once in a subprocess (and its tiny VAE)."""
     single, diffusers_dir = folder / "sd15-random-fp16.safetensors", folder / "sd15-random-fp16-diffusers"
     if single.is_file() and (diffusers_dir / "model_index.json").is_file():
+        ensure_tiny_vae(folder)
         return single, diffusers_dir
     folder.mkdir(parents=True, exist_ok=True)
     code = (
@@ -59,6 +74,7 @@ def ensure_model(folder: Path) -> tuple[Path, Path]:
     )
     print(f"building the random SD 1.5 in {folder} (once) ...", flush=True)
     subprocess.run([sys.executable, "-c", code], check=True, env=child_env())
+    ensure_tiny_vae(folder)
     return single, diffusers_dir
 
 
