@@ -20,23 +20,26 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--backends", nargs="+", default=["auto"], choices=["auto", "torch", "openvino"],
+                        help="each backend's modes run alternating in this process")  # fmt: skip
     parser.add_argument("--json", default=None, help="'-' prints one JSON line last")
     args = parser.parse_args()
 
     from sdstudio import GenerationRequest, load_model, txt2img
 
-    t = time.perf_counter()
-    model = load_model(None)
-    load = time.perf_counter() - t
     base = GenerationRequest(prompt="cat face", width=64, height=64, steps=20, sampler_name="DPM++ 2M",
                              cfg_scale=7.0, seed=1)  # fmt: skip
-    no_tiny = load_model(None)
-    no_tiny.tiny_vae = None
-    modes = {
-        "default": (model, base),
-        "fast": (model, base.replace(fast=True)),
-        "fast-fullvae": (no_tiny, base.replace(fast=True)),
-    }
+    modes, load = {}, {}
+    for backend in args.backends:
+        t = time.perf_counter()
+        model = load_model(None, backend=backend)
+        load[backend] = time.perf_counter() - t
+        no_tiny = load_model(None, backend=backend)
+        no_tiny.tiny_vae = None
+        tag = "" if len(args.backends) == 1 else f" [{model.backend}]"
+        modes[f"default{tag}"] = (model, base)
+        modes[f"fast{tag}"] = (model, base.replace(fast=True))
+        modes[f"fast-fullvae{tag}"] = (no_tiny, base.replace(fast=True))
     times: dict[str, dict[str, list[float]]] = {m: {"one": [], "batch8": []} for m in modes}
     for m, req in modes.values():  # warm-up at both batch sizes
         txt2img(m, req)
@@ -53,7 +56,7 @@ def main() -> None:
     for mode, t8 in times.items():
         one, b8 = statistics.median(t8["one"]), statistics.median(t8["batch8"])
         out["modes"][mode] = {"latency": one, "batch8_images_per_s": 8 / b8}
-        print(f"{mode:12s} one image {one:.3f} s   batch 8: {8 / b8:.1f} images/s")
+        print(f"{mode:22s} one image {one:.3f} s   batch 8: {8 / b8:.1f} images/s")
     if args.json == "-":
         print(json.dumps(out))
     elif args.json:
