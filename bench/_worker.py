@@ -71,9 +71,9 @@ def peak_rss_gib() -> float:
 
 class SDStudio:
     def __init__(self, args, fast: bool, backend: str = "auto") -> None:
-        from sdstudio import GenerationRequest, load_model
-
         from pathlib import Path
+
+        from sdstudio import GenerationRequest, load_model
 
         tiny = Path(args.single).parent / "sd15-random-taesd"  # bench/suite.py's TINY_VAE_DIR
         self.model = load_model(args.single, backend=backend,  # openvino (auto): converted once, then cached

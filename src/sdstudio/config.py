@@ -30,7 +30,9 @@ def default_backend(environ: Mapping[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     value = env.get("SDSTUDIO_BACKEND") or DEFAULT_BACKEND
     if value not in BACKENDS:
-        raise SDStudioError(f"SDSTUDIO_BACKEND must be one of {', '.join(BACKENDS)}, not {value!r}", field="backend")
+        raise SDStudioError(
+            f"SDSTUDIO_BACKEND must be one of {', '.join(BACKENDS)}, not {value!r}", field="backend"
+        )
     return value
 
 
@@ -228,7 +230,11 @@ class GenerationRequest:
         _check(self.resize_mode in (0, 1, 2), "resize_mode", "resize_mode must be 0, 1 or 2")
         _check(self.inpainting_fill in (0, 1, 2, 3), "inpainting_fill", "inpainting_fill must be 0..3")
         _check(0 <= self.mask_blur <= 64, "mask_blur", "mask_blur must be in [0, 64]")
-        _check(0 <= self.s_min_uncond <= 100, "s_min_uncond", f"s_min_uncond must be in [0, 100], got {self.s_min_uncond}")
+        _check(
+            0 <= self.s_min_uncond <= 100,
+            "s_min_uncond",
+            f"s_min_uncond must be in [0, 100], got {self.s_min_uncond}",
+        )
         _check(
             0 <= self.token_merging_ratio <= MAX_TOKEN_MERGING_RATIO,
             "token_merging_ratio",

@@ -93,14 +93,21 @@ def test_sampling_loop_uses_the_compiled_unet_only_while_it_matches(ov_model):
     assert speed.unet_for(ov_model.unet, ov_model.compiled_unet) is ov_model.compiled_unet
     layer = ov_model.unet.down_blocks[0].resnets[0].conv1
     delta = torch.full_like(layer.weight, 0.01)
-    with patched_weights([(Target("unet", "down_blocks.0.resnets.0.conv1", layer), delta)]):  # a LoRA-style weight patch for one job
+    with patched_weights(
+        [(Target("unet", "down_blocks.0.resnets.0.conv1", layer), delta)]
+    ):  # a LoRA-style weight patch for one job
         assert not ov_model.compiled_unet.matches(ov_model.unet)
         assert speed.unet_for(ov_model.unet, ov_model.compiled_unet) is ov_model.unet
     assert ov_model.compiled_unet.matches(ov_model.unet)  # restored weights: compiled again
     cached = SpeedOptions(deepcache_interval=3).unet_for(ov_model.unet, ov_model.compiled_unet)
-    assert isinstance(cached, DeepCacheUNet) and cached.compiled is ov_model.compiled_unet  # fast mode on OpenVINO
+    assert (
+        isinstance(cached, DeepCacheUNet) and cached.compiled is ov_model.compiled_unet
+    )  # fast mode on OpenVINO
     with patched_weights([(Target("unet", "down_blocks.0.resnets.0.conv1", layer), delta)]):
-        assert SpeedOptions(deepcache_interval=3).unet_for(ov_model.unet, ov_model.compiled_unet).compiled is None
+        assert (
+            SpeedOptions(deepcache_interval=3).unet_for(ov_model.unet, ov_model.compiled_unet).compiled
+            is None
+        )
     tome = SpeedOptions(deepcache_interval=3, tome_ratio=0.5).unet_for(ov_model.unet, ov_model.compiled_unet)
     assert tome.inner.compiled is None  # ToMe wraps PyTorch attention processors: PyTorch runs
 
@@ -198,7 +205,9 @@ def test_auto_is_the_default_and_runs_openvino(tiny_folder, tmp_path, monkeypatc
     assert not (tmp_path / "cache" / "openvino").exists()
     assert main([*args, "--outdir", str(tmp_path / "auto")]) == 0
     assert {p.name.split("-")[0] for p in (tmp_path / "cache" / "openvino").glob("*.xml")} == {"unet", "vae"}
-    assert_same_composition(Image.open(tmp_path / "auto" / "00001-1.png"), Image.open(tmp_path / "torch" / "00001-1.png"))
+    assert_same_composition(
+        Image.open(tmp_path / "auto" / "00001-1.png"), Image.open(tmp_path / "torch" / "00001-1.png")
+    )
     assert load_model(tiny_folder, precision="fp32").backend == "openvino"
     monkeypatch.setenv("SDSTUDIO_BACKEND", "torch")
     assert load_model(tiny_folder, precision="fp32").backend == "torch"

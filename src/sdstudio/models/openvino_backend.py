@@ -73,7 +73,9 @@ class _ShallowGraph(torch.nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                 deep: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        out = shallow_forward(self.unet, sample.to(self.dtype), timestep, context.to(self.dtype), deep.to(self.dtype))
+        out = shallow_forward(
+            self.unet, sample.to(self.dtype), timestep, context.to(self.dtype), deep.to(self.dtype)
+        )
         return out.float()  # (B, C_out, h, w)
 
 
@@ -147,7 +149,11 @@ class CompiledGraph:
 
     def _convert(self, traced: torch.nn.Module, example: tuple, shapes: list[list[int]], path: Path | None):
         if path is not None:
-            log.warning("converting the %s for OpenVINO, once for these weights (cached in %s)", self.name, path.parent)
+            log.warning(
+                "converting the %s for OpenVINO, once for these weights (cached in %s)",
+                self.name,
+                path.parent,
+            )
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about diffusers' shape asserts
             # traced here without the re-run check: converting this is ~1.6x faster than OpenVINO's own way
@@ -171,7 +177,9 @@ class CompiledGraph:
             self.graph = None  # the compiled model holds its own (repacked) weights: free the graph's
         self._request.infer(arrays)
         n = len(self._request.model_outputs)
-        return [torch.from_numpy(np.array(self._request.get_output_tensor(i).data, copy=True)) for i in range(n)]
+        return [
+            torch.from_numpy(np.array(self._request.get_output_tensor(i).data, copy=True)) for i in range(n)
+        ]
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -195,7 +203,9 @@ class OpenVINOUNet:
     def __init__(self, unet: Any, dtype: torch.dtype, cache_dir: str | Path | None, threads: int) -> None:
         _require_openvino()
         if not supports_openvino(unet):
-            raise SDStudioError("--backend openvino supports SD 1.x/2.x UNets (not SDXL or class-conditioned)")
+            raise SDStudioError(
+                "--backend openvino supports SD 1.x/2.x UNets (not SDXL or class-conditioned)"
+            )
         self.unet, self.config, self.dtype = unet, unet.config, dtype
         self.cache_dir, self.threads = cache_dir, threads
         c_in, ctx_dim = unet.config.in_channels, unet.config.cross_attention_dim
@@ -227,7 +237,9 @@ class OpenVINOUNet:
     def full_with_deep(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                        added_cond_kwargs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         """The UNet's output (B, C_out, h, w) and its deep features (B, C_deep, h', w'; None if it doesn't split)."""
-        outputs = self.graph.run_all(sample, _timesteps(timestep, sample, added_cond_kwargs), encoder_hidden_states)
+        outputs = self.graph.run_all(
+            sample, _timesteps(timestep, sample, added_cond_kwargs), encoder_hidden_states
+        )
         deep = outputs[1].to(sample.dtype) if len(outputs) > 1 else None
         return outputs[0].to(sample.dtype), deep
 
@@ -312,7 +324,9 @@ def auto_backend_reason(model: Any) -> str | None:
     weights = sum(p.numel() * p.element_size() for p in model.unet.parameters())
     available = memory_available()
     if available is not None and available < 4 * weights + 2 * 2**30:
-        return f"{available / 2**30:.1f} GiB available is too little to compile a {weights / 2**30:.1f} GiB UNet"
+        return (
+            f"{available / 2**30:.1f} GiB available is too little to compile a {weights / 2**30:.1f} GiB UNet"
+        )
     return None
 
 
