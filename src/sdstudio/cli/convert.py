@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise SDStudioError(f"{dst} already exists; pass --overwrite to replace it", field="dst")
     if Path(args.src).expanduser().resolve() == dst.resolve():
         raise SDStudioError("SRC and DST are the same path", field="dst")
-    model = load_model(args.src, dtype=torch.float32, prediction_type=args.prediction_type)
+    model = load_model(args.src, dtype=torch.float32, prediction_type=args.prediction_type, backend="torch")
     if layout == "original":
         out = save_single_file(model, dst, half=args.half)
     else:

@@ -336,7 +336,7 @@ def _lora(args: argparse.Namespace) -> int:
     from sdstudio.models.loader import load_model
     from sdstudio.training.lora import ATTENTION, CONVS, EXTRA, LoraConfig, train_lora
 
-    model = load_model(args.model, dtype=torch.float32)
+    model = load_model(args.model, dtype=torch.float32, backend="torch")  # trained weights: no compiled copy
     size = args.size or int(model.unet.config.sample_size) * model.vae_scale_factor
     data = _data(args, size)
     name = args.name or args.out.name
@@ -368,7 +368,7 @@ def _taesd(args: argparse.Namespace) -> int:
 
     if args.channels < 1 or args.blocks < 1:
         raise SDStudioError("--channels and --blocks must be >= 1", field="channels")
-    model = load_model(args.model, dtype=torch.float32)
+    model = load_model(args.model, dtype=torch.float32, backend="torch")  # trained weights: no compiled copy
     data, source = distillation_images(
         model, args.data, size=args.size or None, generate=args.generate, seed=args.seed,
         split=None if args.split == "all" else args.split,
