@@ -165,21 +165,25 @@ class CompiledGraph:
         return graph
 
     def run(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """The graph's (first) output for float32 ``inputs`` (any shapes the dynamic graph admits)."""
-        return self.run_all(*inputs)[0]
+        """The graph's first output for float32 ``inputs`` (any shapes the dynamic graph admits)."""
+        self._infer(inputs)
+        return self._output(0)
 
     def run_all(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """All the graph's outputs for ``inputs``."""
+        self._infer(inputs)
+        return [self._output(i) for i in range(len(self._request.model_outputs))]
+
+    def _infer(self, inputs: tuple[torch.Tensor, ...]) -> None:
         arrays = [np.ascontiguousarray(x.detach().float().cpu().numpy()) for x in inputs]
         if self._request is None:
             compiled = self.core.compile_model(self.graph, "CPU", self.config)
             self._request = compiled.create_infer_request()
             self.graph = None  # the compiled model holds its own (repacked) weights: free the graph's
         self._request.infer(arrays)
-        n = len(self._request.model_outputs)
-        return [
-            torch.from_numpy(np.array(self._request.get_output_tensor(i).data, copy=True)) for i in range(n)
-        ]
+
+    def _output(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self._request.get_output_tensor(i).data, copy=True))
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -215,11 +219,6 @@ class OpenVINOUNet:
                                    cache_dir, threads)  # fmt: skip
         self._shallow: CompiledGraph | None = None
 
-    @property
-    def splits(self) -> bool:
-        """True when DeepCache can run on this UNet's graphs."""
-        return supports_split(self.unet)
-
     def matches(self, unet: Any) -> bool:
         """True while ``unet`` is the UNet converted here, with the same weights and processors."""
         return unet is self.unet and module_state(unet) == self.graph.state
@@ -232,7 +231,8 @@ class OpenVINOUNet:
         added_cond_kwargs: dict | None = None,
         return_dict: bool = False,
     ) -> tuple[torch.Tensor]:
-        return (self.full_with_deep(sample, timestep, encoder_hidden_states, added_cond_kwargs)[0],)
+        t = _timesteps(timestep, sample, added_cond_kwargs)
+        return (self.graph.run(sample, t, encoder_hidden_states).to(sample.dtype),)  # (B, C_out, h, w)
 
     def full_with_deep(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                        added_cond_kwargs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
@@ -251,7 +251,7 @@ class OpenVINOUNet:
 
     def _shallow_graph(self) -> CompiledGraph:
         if self._shallow is None:
-            if not self.splits:
+            if not supports_split(self.unet):
                 raise SDStudioError("this UNet has no shallow path for DeepCache")
             with torch.no_grad():
                 _, deep = _UNetGraph(self.unet, self.dtype)(*self.example)  # (2, C_deep, h', w')

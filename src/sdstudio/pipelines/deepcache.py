@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from sdstudio.models.unet_split import full_forward, shallow_forward, supports_split
+from sdstudio.models.unet_split import full_forward, shallow_forward
 
 
 class DeepCacheUNet:
@@ -55,8 +55,3 @@ class DeepCacheUNet:
 
     def _torch_shallow(self, sample: torch.Tensor, timestep: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return shallow_forward(self.unet, sample, timestep, **kwargs)
-
-
-def supports_deepcache(unet: Any) -> bool:
-    """True for UNets whose forward composition DeepCache assumes (no class labels, >= 2 up blocks)."""
-    return supports_split(unet)

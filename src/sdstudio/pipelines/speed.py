@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
+from sdstudio.models.unet_split import supports_split
 from sdstudio.pipelines.components import decode_latents, decode_latents_tiny
-from sdstudio.pipelines.deepcache import DeepCacheUNet, supports_deepcache
+from sdstudio.pipelines.deepcache import DeepCacheUNet
 from sdstudio.pipelines.tome import ToMeUNet, supports_tome
 
 FAST_DEEPCACHE_INTERVAL = 3  # DeepCache's own SD default (cache_interval=3, shallowest branch)
@@ -75,8 +76,8 @@ class SpeedOptions:
         it matches; ToMe needs the PyTorch UNet (it wraps its attention processors)."""
         tome = self.tome_ratio > 0 and supports_tome(unet)
         usable = compiled if compiled is not None and not tome and compiled.matches(unet) else None
-        if self.deepcache_interval > 1 and supports_deepcache(unet):
-            out = DeepCacheUNet(unet, self.deepcache_interval, usable if usable is not None and usable.splits else None)
+        if self.deepcache_interval > 1 and supports_split(unet):
+            out = DeepCacheUNet(unet, self.deepcache_interval, usable)
         elif usable is not None:
             return usable
         else:
