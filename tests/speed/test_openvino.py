@@ -236,3 +236,67 @@ def test_auto_falls_back_to_pytorch_when_openvino_cannot_run(tiny_folder, tmp_pa
     assert model.backend == "torch" and "running on PyTorch" in caplog.text
     with pytest.raises(RuntimeError, match="cannot convert"):
         loader.load_model(tiny_folder, precision="fp32", backend="openvino")  # asked for: not hidden
+
+
+def test_loaded_model_frees_the_pytorch_unet_until_a_job_needs_it(tiny_folder, tmp_path):
+    """The compiled graph holds the UNet's weights: the PyTorch copy is freed, and re-read from the
+    checkpoint (the same bits as a PyTorch load) only when a job takes the PyTorch path."""
+    from sdstudio.models.loader import load_model, save_diffusers
+
+    model = load_model(tiny_folder, precision="fp32", backend="openvino", cache_dir=tmp_path)
+    assert model.compiled_unet.released and all(p.is_meta for p in model.unet.parameters())
+    layer = model.unet.down_blocks[0].resnets[0].conv1
+    freed = [(Target("unet", "down_blocks.0.resnets.0.conv1", layer), torch.ones(1))]
+    with pytest.raises(SDStudioError, match="not loaded"), patched_weights(freed):  # never onto freed weights
+        pass
+    plain = np.asarray(txt2img(model, REQ)[0].image)  # OpenVINO alone
+    assert model.compiled_unet.released
+    tiled = np.asarray(txt2img(model, REQ.replace(tiling=True))[0].image)  # needs the PyTorch UNet
+    assert not model.compiled_unet.released
+    reference = load_model(tiny_folder, precision="fp32", backend="torch")
+    for (name, p), q in zip(
+        model.unet.state_dict().items(), reference.unet.state_dict().values(), strict=True
+    ):
+        assert torch.equal(p, q), name
+    assert np.array_equal(tiled, np.asarray(txt2img(reference, REQ.replace(tiling=True))[0].image))
+    assert model.compiled_unet.matches(model.unet)  # the reloaded weights are the converted ones
+    assert np.array_equal(plain, np.asarray(txt2img(model, REQ)[0].image))  # OpenVINO again, same pixels
+    released = load_model(tiny_folder, precision="fp32", backend="openvino", cache_dir=tmp_path)
+    out = save_diffusers(released, tmp_path / "saved")  # saving reloads the weights first
+    assert load_model(out, precision="fp32", backend="torch").unet.conv_in.weight.equal(
+        reference.unet.conv_in.weight
+    )
+
+
+def test_a_checkpoint_changed_on_disk_runs_on_pytorch(tmp_path, caplog):
+    from sdstudio.models.loader import load_model, save_diffusers
+
+    folder = save_diffusers(tiny_sd1(), tmp_path / "m")
+    model = load_model(folder, precision="fp32", backend="openvino", cache_dir=tmp_path / "c")
+    changed = tiny_sd1()
+    with torch.no_grad():
+        changed.unet.conv_out.weight.mul_(1.5)
+    save_diffusers(changed, folder)  # overwritten while the model is loaded
+    with caplog.at_level("WARNING"):
+        model.compiled_unet.restore_weights()
+    assert "changed since it was loaded" in caplog.text
+    assert not model.compiled_unet.matches(model.unet)  # the graph has the old weights: PyTorch runs
+    assert model.unet.conv_out.weight.equal(changed.unet.conv_out.weight)
+
+
+def test_a_lora_job_reloads_the_freed_unet_and_matches_pytorch(tiny_folder, tmp_path):
+    from sdstudio.models.loader import load_model
+    from sdstudio.networks import NetworkLibrary
+    from sdstudio.pipelines.generate import generate
+    from tests.networks.helpers import kohya_lora, save
+
+    reference = load_model(tiny_folder, precision="fp32", backend="torch")
+    sd, _ = kohya_lora(reference, rank=2, alpha=2.0)
+    save(sd, tmp_path / "Lora" / "style.safetensors")
+    library = NetworkLibrary.from_models_dir(tmp_path)
+    request = REQ.replace(prompt="a cat <lora:style:1>")
+    model = load_model(tiny_folder, precision="fp32", backend="openvino", cache_dir=tmp_path)
+    assert model.compiled_unet.released
+    with_lora = np.asarray(generate(model, request, networks=library)[0].image)
+    assert not model.compiled_unet.released and model.compiled_unet.matches(model.unet)  # LoRA removed
+    assert np.array_equal(with_lora, np.asarray(generate(reference, request, networks=library)[0].image))

@@ -47,7 +47,7 @@ from sdstudio.models.architectures import (
     component_config,
     read_json,
 )
-from sdstudio.models.openvino_backend import auto_backend_reason, use_openvino
+from sdstudio.models.openvino_backend import auto_backend_reason, restore_torch_unet, use_openvino
 from sdstudio.models.sdmodel import StableDiffusionModel
 from sdstudio.models.tiny_vae import TINY_VAE_FOLDER, check_tiny_vae, load_tiny_vae, save_tiny_vae
 from sdstudio.models.tokenizer import clip_tokenizer
@@ -113,15 +113,32 @@ def load_model(
     if backend == "openvino":
         if target_device.type != "cpu":
             raise SDStudioError("--backend openvino runs on the CPU; use --device cpu", field="backend")
-        use_openvino(model, cache_file.parent)
+        use_openvino(model, cache_file.parent, reload_unet=unet_reloader(p, prediction_type, model))
     elif backend == "auto" and auto_backend_reason(model) is None:
         try:
-            use_openvino(model, cache_file.parent)
+            use_openvino(model, cache_file.parent, reload_unet=unet_reloader(p, prediction_type, model))
         except Exception as exc:  # noqa: BLE001 - an unexpected graph: PyTorch runs it as before
             log.warning("OpenVINO could not convert %s (%s: %s); running on PyTorch", p, type(exc).__name__, exc)
             model.compiled_unet = model.compiled_decoder = None
     model.backend = "openvino" if model.compiled_unet is not None else "torch"
     return model
+
+
+def unet_reloader(p: Path, prediction_type: str | None, model: StableDiffusionModel) -> Callable[[], StateDict]:
+    """A function that reads the UNet's weights from ``p`` again, placed like ``model``'s (for
+    OpenVINO, which frees the PyTorch UNet's weights while its compiled graph runs)."""
+    device, dtype = model.device, model.dtype
+
+    def reload() -> StateDict:
+        if p.is_dir():
+            from diffusers import UNet2DConditionModel
+
+            unet = _from_pretrained(UNet2DConditionModel, p, "unet")
+        else:
+            unet = _load_single_file(p, prediction_type, dtype).unet
+        return own_tensors(unet, device, dtype).state_dict()
+
+    return reload
 
 
 def _folder_tiny_vae(p: Path) -> Path | None:
@@ -561,6 +578,7 @@ def model_components(
 ) -> tuple[Architecture, dict[str, StateDict], dict[str, dict]]:
     """Return (architecture, diffusers component state dicts, component configs) of a model."""
     arch = model_architecture(model)
+    restore_torch_unet(model)  # OpenVINO may have freed the PyTorch UNet's weights
     components = {"unet": model.unet.state_dict(), "vae": model.vae.state_dict()}
     configs = {"unet": _module_config(model.unet), "vae": _module_config(model.vae)}
     for spec, encoder in zip(arch.text_encoders, model.text_encoders, strict=True):
@@ -596,6 +614,7 @@ def save_diffusers(model: StableDiffusionModel, folder: str | Path, *, half: boo
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     arch, _, configs = model_components(model)
+    restore_torch_unet(model)  # OpenVINO may have freed the PyTorch UNet's weights
     model.unet.save_pretrained(out / "unet", safe_serialization=True)
     model.vae.save_pretrained(out / "vae", safe_serialization=True)
     index: dict[str, Any] = {

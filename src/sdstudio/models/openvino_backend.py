@@ -24,6 +24,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,17 +128,31 @@ class CompiledGraph:
     """
 
     def __init__(self, name: str, traced: torch.nn.Module, source: Any, dtype: torch.dtype,
-                 example: tuple, shapes: list[list[int]], cache_dir: str | Path | None, threads: int) -> None:  # fmt: skip
+                 example: tuple | Callable[[], tuple], shapes: list[list[int]], cache_dir: str | Path | None,
+                 threads: int, fingerprint: str | None = None) -> None:  # fmt: skip
+        """``example`` (or a function making it: it may need the weights) is used only to convert;
+        ``fingerprint`` names the cache entry (default: :func:`weights_fingerprint` of ``source``)."""
         import openvino as ov
 
         self.ov, self.core, self.name = ov, ov.Core(), name
         self.config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": _precision(dtype)}
-        self.state = module_state(source)
+        self.fingerprint = fingerprint or weights_fingerprint(source, dtype)
         path = None
         if cache_dir is not None:
-            path = Path(cache_dir) / "openvino" / f"{name}-{weights_fingerprint(source, dtype)}.xml"
-        self.graph = self._read(path) or self._convert(traced, example, shapes, path)
-        self._request = None  # compiled on first use
+            path = Path(cache_dir) / "openvino" / f"{name}-{self.fingerprint}.xml"
+        self.graph = self._read(path)
+        if self.graph is None:
+            shown = example() if callable(example) else example
+            self.graph = self._convert(traced, shown, shapes, path)
+        self._request = None  # compiled on first use (or by :meth:`compile`)
+
+    @staticmethod
+    def cached(name: str, fingerprint: str, cache_dir: str | Path | None) -> bool:
+        """True when ``cache_dir`` holds the graph ``name`` for these weights."""
+        if cache_dir is None:
+            return False
+        path = Path(cache_dir) / "openvino" / f"{name}-{fingerprint}.xml"
+        return path.is_file() and path.with_suffix(".bin").is_file()
 
     def _read(self, path: Path | None):
         if path is None or not (path.is_file() and path.with_suffix(".bin").is_file()):
@@ -174,12 +189,16 @@ class CompiledGraph:
         self._infer(inputs)
         return [self._output(i) for i in range(len(self._request.model_outputs))]
 
-    def _infer(self, inputs: tuple[torch.Tensor, ...]) -> None:
-        arrays = [np.ascontiguousarray(x.detach().float().cpu().numpy()) for x in inputs]
+    def compile(self) -> None:
+        """Compile the graph for the CPU now (else on the first call); the graph is freed after."""
         if self._request is None:
             compiled = self.core.compile_model(self.graph, "CPU", self.config)
             self._request = compiled.create_infer_request()
             self.graph = None  # the compiled model holds its own (repacked) weights: free the graph's
+
+    def _infer(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        arrays = [np.ascontiguousarray(x.detach().float().cpu().numpy()) for x in inputs]
+        self.compile()
         self._request.infer(arrays)
 
     def _output(self, i: int) -> torch.Tensor:
@@ -202,6 +221,12 @@ class OpenVINOUNet:
     Also DeepCache's two kinds of call (:mod:`sdstudio.pipelines.deepcache`): :meth:`full_with_deep`
     (the same graph's second output) and :meth:`shallow` (a second, small graph of the UNet's shallow
     path, converted and cached on first use).
+
+    :meth:`release_weights` frees the PyTorch UNet's weights once the graph is compiled (the module
+    keeps its structure on the ``meta`` device): the compiled graph holds its own copy, so a process
+    would otherwise hold the UNet twice. A job that needs the PyTorch UNet (LoRA weights, ToMe,
+    tiling, attention maps, a graph not yet cached) calls :meth:`restore_weights` first, which
+    re-reads them from the checkpoint once; they stay loaded after.
     """
 
     def __init__(self, unet: Any, dtype: torch.dtype, cache_dir: str | Path | None, threads: int) -> None:
@@ -215,13 +240,45 @@ class OpenVINOUNet:
         c_in, ctx_dim = unet.config.in_channels, unet.config.cross_attention_dim
         self.example = (torch.randn(2, c_in, 8, 8), torch.tensor([500.0, 500.0]), torch.randn(2, 77, ctx_dim))
         self.shapes = [[-1, c_in, -1, -1], [-1], [-1, -1, ctx_dim]]
+        self.state = module_state(unet)  # what the graphs were converted from
         self.graph = CompiledGraph("unet", _UNetGraph(unet, dtype), unet, dtype, self.example, self.shapes,
                                    cache_dir, threads)  # fmt: skip
         self._shallow: CompiledGraph | None = None
+        self._reload: Callable[[], dict[str, torch.Tensor]] | None = None  # set while released
 
     def matches(self, unet: Any) -> bool:
         """True while ``unet`` is the UNet converted here, with the same weights and processors."""
-        return unet is self.unet and module_state(unet) == self.graph.state
+        return unet is self.unet and module_state(unet) == self.state
+
+    @property
+    def released(self) -> bool:
+        """True while the PyTorch UNet's weights are freed (only the compiled graph can run)."""
+        return self._reload is not None
+
+    def release_weights(self, reload: Callable[[], dict[str, torch.Tensor]]) -> None:
+        """Compile the graph, then free the PyTorch UNet's weights; ``reload()`` returns them again
+        (a state dict of owned tensors in the model's dtype, read from the checkpoint)."""
+        if self.released or not self.matches(self.unet):
+            return
+        self.graph.compile()
+        torch.nn.Module.to(self.unet, device="meta")  # structure and shapes stay; the storage goes
+        self.state = module_state(self.unet)
+        self._reload = reload
+
+    def restore_weights(self) -> None:
+        """Load the PyTorch UNet's weights back (no-op unless released). If they no longer are the
+        ones converted (the checkpoint changed on disk), the graphs stop matching: PyTorch runs."""
+        if self._reload is None:
+            return
+        log.info("reloading the PyTorch UNet's weights (a job needs the PyTorch path)")
+        state_dict, self._reload = self._reload(), None
+        self.unet.load_state_dict(state_dict, strict=True, assign=True)
+        self.unet.requires_grad_(False)
+        if weights_fingerprint(self.unet, self.dtype) == self.graph.fingerprint:
+            self.state = (module_state(self.unet)[0], *self.state[1:])  # processors as converted
+        else:
+            log.warning("the checkpoint's UNet changed since it was loaded: the PyTorch UNet runs")
+            self.state = ()
 
     def __call__(
         self,
@@ -253,12 +310,26 @@ class OpenVINOUNet:
         if self._shallow is None:
             if not supports_split(self.unet):
                 raise SDStudioError("this UNet has no shallow path for DeepCache")
-            with torch.no_grad():
-                _, deep = _UNetGraph(self.unet, self.dtype)(*self.example)  # (2, C_deep, h', w')
+            fingerprint = self.graph.fingerprint  # the UNet's: its weights may be released
+            if not CompiledGraph.cached("unet-shallow", fingerprint, self.cache_dir):
+                self.restore_weights()  # converting traces the PyTorch UNet
+
+            def example() -> tuple:
+                with torch.no_grad():
+                    _, deep = _UNetGraph(self.unet, self.dtype)(*self.example)  # (2, C_deep, h', w')
+                return (*self.example, deep)
+
+            deep_channels = self.unet.up_blocks[-2].resnets[-1].conv2.out_channels  # full_forward's hook
             self._shallow = CompiledGraph("unet-shallow", _ShallowGraph(self.unet, self.dtype), self.unet,
-                                          self.dtype, (*self.example, deep), [*self.shapes, [-1, deep.shape[1], -1, -1]],
-                                          self.cache_dir, self.threads)  # fmt: skip
+                                          self.dtype, example, [*self.shapes, [-1, deep_channels, -1, -1]],
+                                          self.cache_dir, self.threads, fingerprint)  # fmt: skip
         return self._shallow
+
+
+def restore_torch_unet(model: Any) -> None:
+    """Make sure ``model.unet`` has its PyTorch weights (see :meth:`OpenVINOUNet.release_weights`)."""
+    if model.compiled_unet is not None:
+        model.compiled_unet.restore_weights()
 
 
 def _timesteps(timestep: torch.Tensor, sample: torch.Tensor, added_cond_kwargs: dict | None) -> torch.Tensor:
@@ -275,6 +346,7 @@ class OpenVINODecoder:
     def __init__(self, vae: Any, dtype: torch.dtype, cache_dir: str | Path | None, threads: int) -> None:
         _require_openvino()
         self.vae = vae
+        self.state = module_state(vae)  # what the graph was converted from
         c = vae.config.latent_channels
         example = (torch.randn(1, c, 8, 8),)
         self.graph = CompiledGraph("vae", _DecoderGraph(vae, dtype), vae, dtype, example, [[-1, c, -1, -1]],
@@ -282,17 +354,24 @@ class OpenVINODecoder:
 
     def matches(self, vae: Any) -> bool:
         """True while ``vae`` is the VAE converted here, unchanged (no other VAE, no tiling)."""
-        return vae is self.vae and module_state(vae) == self.graph.state
+        return vae is self.vae and module_state(vae) == self.state
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.graph.run(z)  # (B, 3, H, W)
 
 
-def use_openvino(model: Any, cache_dir: str | Path | None, threads: int | None = None) -> Any:
-    """Give ``model`` (a StableDiffusionModel) an OpenVINO UNet and VAE decoder; returns ``model``."""
+def use_openvino(model: Any, cache_dir: str | Path | None, threads: int | None = None,
+                 reload_unet: Callable[[], dict[str, torch.Tensor]] | None = None) -> Any:  # fmt: skip
+    """Give ``model`` (a StableDiffusionModel) an OpenVINO UNet and VAE decoder; returns ``model``.
+
+    With ``reload_unet`` (a function returning the UNet's state dict again, from the checkpoint) the
+    PyTorch UNet's weights are freed once the graph is compiled (:meth:`OpenVINOUNet.release_weights`).
+    """
     threads = threads or torch.get_num_threads()
     model.compiled_unet = OpenVINOUNet(model.unet, model.dtype, cache_dir, threads)
     model.compiled_decoder = OpenVINODecoder(model.vae, model.dtype, cache_dir, threads)
+    if reload_unet is not None:
+        model.compiled_unet.release_weights(reload_unet)
     return model
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdstudio.errors import SDStudioError
+from sdstudio.models.openvino_backend import restore_torch_unet
 from sdstudio.networks.embeddings import EncoderEmbeddings, read_embedding
 from sdstudio.networks.keys import ModuleIndex
 from sdstudio.networks.library import NetworkLibrary
@@ -47,6 +48,8 @@ def activate_networks(model, library: NetworkLibrary | None, request) -> Iterato
     if ti_hashes:
         extra["TI hashes"] = ", ".join(ti_hashes)
     previous = model.textual_inversion
+    if deltas:
+        restore_torch_unet(model)  # OpenVINO may have freed the weights the deltas patch
     with patched_weights(deltas):
         model.textual_inversion = lookups
         try:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
+from sdstudio.errors import SDStudioError
 from sdstudio.networks.keys import Target
 
 
@@ -23,6 +24,8 @@ def merged_weights(
     totals: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
     for target, delta in deltas:
         param = target.module.weight
+        if param.is_meta:  # weights freed while a compiled graph runs (models.openvino_backend)
+            raise SDStudioError(f"{target.component}.{target.path}: the weights to patch are not loaded")
         _, total = totals.get(id(param), (param, None))
         d = delta.to(param.device, torch.float32)
         totals[id(param)] = (param, d if total is None else total + d)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sdstudio.models.openvino_backend import restore_torch_unet
 from sdstudio.pipelines.components import ModelDenoiser, preview_image
 from sdstudio.pipelines.plan import SamplingPlan
 from sdstudio.pipelines.speed import SpeedOptions
@@ -122,6 +123,8 @@ def sample_batch(
     if init_latent is not None:
         x = init_latent.to(x.device, torch.float32) + x
     speed = speed or SpeedOptions()  # default: the plain path
+    if speed.needs_torch_unet(model.unet, model.compiled_unet):
+        restore_torch_unet(model)  # OpenVINO may have freed the PyTorch UNet's weights
     denoiser = CFGDenoiser(
         ModelDenoiser(model, plan.schedule, speed.unet_for(model.unet, model.compiled_unet)), cond_at, uncond_at, cfg_scale, sigmas,
         Conditioning.cat, post_denoise, speed.s_min_uncond, speed.uncond_every_step,

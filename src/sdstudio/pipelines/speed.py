@@ -75,7 +75,7 @@ class SpeedOptions:
         weights, or ``unet`` itself. DeepCache runs its full and shallow calls on ``compiled`` when
         it matches; ToMe needs the PyTorch UNet (it wraps its attention processors)."""
         tome = self.tome_ratio > 0 and supports_tome(unet)
-        usable = compiled if compiled is not None and not tome and compiled.matches(unet) else None
+        usable = None if self.needs_torch_unet(unet, compiled) else compiled
         if self.deepcache_interval > 1 and supports_split(unet):
             out = DeepCacheUNet(unet, self.deepcache_interval, usable)
         elif usable is not None:
@@ -85,6 +85,11 @@ class SpeedOptions:
         if tome:  # outermost, so that DeepCache's shallow calls merge too
             out = ToMeUNet(out, unet, self.tome_ratio, self.tome_max_downsample)
         return out
+
+    def needs_torch_unet(self, unet, compiled=None) -> bool:
+        """True when :meth:`unet_for` runs the PyTorch ``unet`` (no ``compiled`` one that matches, or ToMe)."""
+        tome = self.tome_ratio > 0 and supports_tome(unet)
+        return compiled is None or tome or not compiled.matches(unet)
 
     def uses_tiny_vae(self, model) -> bool:
         return self.tiny_vae and model.tiny_vae is not None
