@@ -141,6 +141,7 @@ class CompiledGraph:
         if cache_dir is not None:
             path = Path(cache_dir) / "openvino" / f"{name}-{self.fingerprint}.xml"
         self.graph = self._read(path)
+        self.shares_source = self.graph is None  # a fresh conversion uses the module's tensors in place
         if self.graph is None:
             shown = example() if callable(example) else example
             self.graph = self._convert(traced, shown, shapes, path)
@@ -256,14 +257,20 @@ class OpenVINOUNet:
         return self._reload is not None
 
     def release_weights(self, reload: Callable[[], dict[str, torch.Tensor]]) -> None:
-        """Compile the graph, then free the PyTorch UNet's weights; ``reload()`` returns them again
-        (a state dict of owned tensors in the model's dtype, read from the checkpoint)."""
+        """Free the PyTorch UNet's weights and compile the graph; ``reload()`` returns them again
+        (a state dict of owned tensors in the model's dtype, read from the checkpoint).
+
+        A graph read from the cache holds its own weights, so PyTorch's go before compiling (the
+        compile's peak never holds both); a freshly converted one shares them until it is compiled.
+        """
         if self.released or not self.matches(self.unet):
             return
-        self.graph.compile()
+        if self.graph.shares_source:
+            self.graph.compile()
         torch.nn.Module.to(self.unet, device="meta")  # structure and shapes stay; the storage goes
         self.state = module_state(self.unet)
         self._reload = reload
+        self.graph.compile()
 
     def restore_weights(self) -> None:
         """Load the PyTorch UNet's weights back (no-op unless released). If they no longer are the
