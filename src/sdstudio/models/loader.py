@@ -118,13 +118,17 @@ def load_model(
         try:
             use_openvino(model, cache_file.parent, reload_unet=unet_reloader(p, prediction_type, model))
         except Exception as exc:  # noqa: BLE001 - an unexpected graph: PyTorch runs it as before
-            log.warning("OpenVINO could not convert %s (%s: %s); running on PyTorch", p, type(exc).__name__, exc)
+            log.warning(
+                "OpenVINO could not convert %s (%s: %s); running on PyTorch", p, type(exc).__name__, exc
+            )
             model.compiled_unet = model.compiled_decoder = None
     model.backend = "openvino" if model.compiled_unet is not None else "torch"
     return model
 
 
-def unet_reloader(p: Path, prediction_type: str | None, model: StableDiffusionModel) -> Callable[[], StateDict]:
+def unet_reloader(
+    p: Path, prediction_type: str | None, model: StableDiffusionModel
+) -> Callable[[], StateDict]:
     """A function that reads the UNet's weights from ``p`` again, placed like ``model``'s (for
     OpenVINO, which frees the PyTorch UNet's weights while its compiled graph runs)."""
     device, dtype = model.device, model.dtype
@@ -613,8 +617,7 @@ def save_diffusers(model: StableDiffusionModel, folder: str | Path, *, half: boo
     has a tiny VAE); return it."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    arch, _, configs = model_components(model)
-    restore_torch_unet(model)  # OpenVINO may have freed the PyTorch UNet's weights
+    arch, _, configs = model_components(model)  # also reloads weights OpenVINO freed
     model.unet.save_pretrained(out / "unet", safe_serialization=True)
     model.vae.save_pretrained(out / "vae", safe_serialization=True)
     index: dict[str, Any] = {

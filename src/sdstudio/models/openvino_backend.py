@@ -137,9 +137,7 @@ class CompiledGraph:
         self.ov, self.core, self.name = ov, ov.Core(), name
         self.config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": _precision(dtype)}
         self.fingerprint = fingerprint or weights_fingerprint(source, dtype)
-        path = None
-        if cache_dir is not None:
-            path = Path(cache_dir) / "openvino" / f"{name}-{self.fingerprint}.xml"
+        path = _cache_path(cache_dir, name, self.fingerprint)
         self.graph = self._read(path)
         self.shares_source = self.graph is None  # a fresh conversion uses the module's tensors in place
         if self.graph is None:
@@ -150,13 +148,10 @@ class CompiledGraph:
     @staticmethod
     def cached(name: str, fingerprint: str, cache_dir: str | Path | None) -> bool:
         """True when ``cache_dir`` holds the graph ``name`` for these weights."""
-        if cache_dir is None:
-            return False
-        path = Path(cache_dir) / "openvino" / f"{name}-{fingerprint}.xml"
-        return path.is_file() and path.with_suffix(".bin").is_file()
+        return _is_cached(_cache_path(cache_dir, name, fingerprint))
 
     def _read(self, path: Path | None):
-        if path is None or not (path.is_file() and path.with_suffix(".bin").is_file()):
+        if not _is_cached(path):
             return None
         try:
             return self.core.read_model(str(path))
@@ -204,6 +199,15 @@ class CompiledGraph:
 
     def _output(self, i: int) -> torch.Tensor:
         return torch.from_numpy(np.array(self._request.get_output_tensor(i).data, copy=True))
+
+
+def _cache_path(cache_dir: str | Path | None, name: str, fingerprint: str) -> Path | None:
+    """``<cache_dir>/openvino/<name>-<fingerprint>.xml`` (None without a cache)."""
+    return None if cache_dir is None else Path(cache_dir) / "openvino" / f"{name}-{fingerprint}.xml"
+
+
+def _is_cached(path: Path | None) -> bool:
+    return path is not None and path.is_file() and path.with_suffix(".bin").is_file()
 
 
 def _precision(dtype: torch.dtype) -> str:
