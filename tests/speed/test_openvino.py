@@ -15,11 +15,12 @@ from PIL import Image
 from sdstudio import GenerationRequest, txt2img
 from sdstudio.errors import SDStudioError
 from sdstudio.models import openvino_backend
-from sdstudio.models.openvino_backend import CompiledGraph, OpenVINODecoder, OpenVINOUNet, use_openvino
+from sdstudio.models.openvino_backend import OpenVINODecoder, OpenVINOUNet, use_openvino
 from sdstudio.models.tiny import tiny_sd1
 from sdstudio.models.unet_split import full_forward, shallow_forward
 from sdstudio.networks.keys import Target
 from sdstudio.networks.patch import patched_weights
+from sdstudio.pipelines import speed
 from sdstudio.pipelines.deepcache import DeepCacheUNet
 from sdstudio.pipelines.speed import SpeedOptions
 from tests.tolerance import assert_same_composition
@@ -126,7 +127,8 @@ def test_deepcache_graphs_match_the_pytorch_split(ov_model, shape):
     assert torch.allclose(shallow, ref_shallow, atol=ATOL), (shallow - ref_shallow).abs().max()
 
 
-def test_fast_mode_on_openvino_matches_fast_mode_on_pytorch(ov_model):
+def test_fast_mode_on_openvino_matches_fast_mode_on_pytorch(ov_model, monkeypatch):
+    monkeypatch.setattr(speed, "FAST_INT8", False)  # int8: tests/speed/test_int8.py
     request = REQ.replace(fast=True, steps=7)
     ov_model.compiled_unet._shallow = None  # an earlier test may have built it: built again only if used
     a = txt2img(ov_model, request)[0]
@@ -155,7 +157,7 @@ def test_conversion_is_cached_and_a_damaged_cache_is_rebuilt(ov_model, cache_dir
         raise AssertionError("converted again although the cache holds this VAE")
 
     with monkeypatch.context() as m:
-        m.setattr(CompiledGraph, "_convert", no_conversion)
+        m.setattr(openvino_backend, "convert_module", no_conversion)
         cached = OpenVINODecoder(ov_model.vae, torch.float32, cache_dir, threads=1)
     z = torch.randn(1, 4, 8, 8)
     with torch.no_grad():

@@ -7,21 +7,26 @@ schedule; inpainting passes ``post_denoise`` (mask blending) or 9-channel ``cond
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from sdstudio.config import GenerationRequest
+from sdstudio.errors import SDStudioError
 from sdstudio.models.openvino_backend import restore_torch_unet
 from sdstudio.pipelines.components import ModelDenoiser, preview_image
-from sdstudio.pipelines.plan import SamplingPlan
-from sdstudio.pipelines.speed import SpeedOptions
+from sdstudio.pipelines.plan import SamplingPlan, encode_for_batch, latent_shape, txt2img_concat
+from sdstudio.pipelines.speed import FAST_DEEPCACHE_INTERVAL, SpeedOptions
 from sdstudio.prompts.encode import Conditioning
 from sdstudio.sampling.control import CancelToken, ProgressCallback, StepInfo
 from sdstudio.sampling.guidance import CFGDenoiser
 from sdstudio.sampling.noise import ImageNoise
 from sdstudio.sampling.schedules import DiscreteSchedule
+
+log = logging.getLogger(__name__)
 
 
 def job_batches(request, cancel: CancelToken | None) -> Iterator[tuple[int, slice]]:
@@ -123,10 +128,13 @@ def sample_batch(
     if init_latent is not None:
         x = init_latent.to(x.device, torch.float32) + x
     speed = speed or SpeedOptions()  # default: the plain path
-    if speed.needs_torch_unet(model.unet, model.compiled_unet):
+    compiled = model.compiled_unet
+    if speed.needs_torch_unet(model.unet, compiled):
         restore_torch_unet(model)  # OpenVINO may have freed the PyTorch UNet's weights
+    elif speed.int8:
+        compiled = int8_unet(model)
     denoiser = CFGDenoiser(
-        ModelDenoiser(model, plan.schedule, speed.unet_for(model.unet, model.compiled_unet)), cond_at, uncond_at, cfg_scale, sigmas,
+        ModelDenoiser(model, plan.schedule, speed.unet_for(model.unet, compiled)), cond_at, uncond_at, cfg_scale, sigmas,
         Conditioning.cat, post_denoise, speed.s_min_uncond, speed.uncond_every_step,
     )  # fmt: skip
     steps = plan.steps
@@ -172,3 +180,36 @@ def _step_info(model, state: dict, steps: int, batch_index: int, progress: JobPr
         job_steps=progress.total_steps,
         preview=lambda: preview_image(model, denoised),
     )
+
+
+CALIBRATION_PROMPTS = (
+    "a photograph of a cat sitting on a sofa",
+    "a watercolor landscape with mountains at sunset",
+    "portrait of an old man, detailed face, studio light",
+)  # generic, not the embedded model's captions (its quality is measured on those)
+CALIBRATION_STEPS = 10
+
+
+def int8_unet(model):
+    """The compiled UNet's int8 twin (fast mode), calibrated on first use by :func:`calibrate_int8`;
+    the compiled UNet itself (with a warning) where int8 cannot be built (nncf missing)."""
+    try:
+        return model.compiled_unet.int8(lambda: calibrate_int8(model))
+    except SDStudioError as exc:
+        log.warning("fast mode without the int8 UNet: %s", exc)
+        return model.compiled_unet
+
+
+def calibrate_int8(model) -> None:
+    """The calibration jobs of int8 quantisation: fast-mode (DeepCache) trajectories of a few
+    generic prompts, DPM++ 2M, CFG 7, at half the model's native size (the UNet's calls record)."""
+    size = max(64, model.native_size // 2 // 64 * 64)
+    base = GenerationRequest(width=size, height=size, steps=CALIBRATION_STEPS, sampler_name="DPM++ 2M")
+    plan = SamplingPlan.build(model, base.sampler_name, base.scheduler, CALIBRATION_STEPS)
+    speed = SpeedOptions(deepcache_interval=FAST_DEEPCACHE_INTERVAL)
+    for seed, prompt in enumerate(CALIBRATION_PROMPTS):
+        request = base.replace(prompt=prompt, seed=seed)
+        conditioning = encode_for_batch(model, request, 1, size, size)
+        cond_at, uncond_at = conditioning.with_concat(txt2img_concat(model, 1, size, size))
+        sample_batch(model, plan, cond_at, uncond_at, cfg_scale=7.0, seeds=[seed],
+                     latent_shape=latent_shape(model, size, size), speed=speed)  # fmt: skip

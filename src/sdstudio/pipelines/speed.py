@@ -12,6 +12,10 @@ technique costs in quality and gains in time is measured by ``bench/suite.py`` a
 * token merging (Bolya & Hoffman 2023, ToMe; A1111 ``token_merging_ratio``): the top-level
   self-attention runs on ``1 - ratio`` of the tokens (:mod:`sdstudio.pipelines.tome`); composes
   with DeepCache (both its full and its shallow calls merge);
+* int8 UNet (OpenVINO backend only): the UNet's graphs quantised to int8 weights and activations
+  by NNCF, calibrated once per checkpoint on a few sampling jobs
+  (:class:`sdstudio.models.openvino_backend.Int8UNet`; AVX-512 VNNI runs int8 at about twice the
+  bf16 rate); a model on PyTorch samples as before;
 * tiny VAE decode (TAESD, :mod:`sdstudio.models.tiny_vae`): the final latents are decoded by the
   model's tiny VAE when it has one (A1111 "VAE type for decode: TAESD", infotext ``VAE Decoder:
   TAESD``); a model without one decodes with its full VAE as before.
@@ -34,6 +38,7 @@ FAST_MIN_UNCOND_SIGMA = 0.0  # NGMS in fast mode: off (measured: adds quality co
 FAST_UNCOND_EVERY_STEP = False  # True = "NGMS all steps" (measured: too lossy, BENCHMARKS.md)
 FAST_TOME_RATIO = 0.0  # ToMe in fast mode: off (measured: see bench/tome_speed.py, BENCHMARKS.md)
 TOME_MAX_DOWNSAMPLE = 1  # UNet levels ToMe merges at: tomesd's and A1111's default (full resolution only)
+FAST_INT8 = True  # fast mode runs the int8 UNet where the OpenVINO UNet runs (BENCHMARKS.md)
 FAST_TINY_VAE = True  # decode with the model's tiny VAE when it has one (BENCHMARKS.md)
 TINY_VAE_INFOTEXT = {"VAE Decoder": "TAESD"}  # A1111's infotext for sd_vae_decode_method = TAESD
 
@@ -48,6 +53,7 @@ class SpeedOptions:
     tome_ratio: float = 0.0  # 0 = off
     tome_max_downsample: int = 1  # merge at UNet levels down to 1/2**(n-1) resolution
     tiny_vae: bool = False  # final decode by the model's tiny VAE (if it has one)
+    int8: bool = False  # the OpenVINO UNet's int8 twin, where the OpenVINO UNet would run
 
     @property
     def is_default(self) -> bool:
@@ -67,13 +73,15 @@ class SpeedOptions:
             tome_ratio=tome or FAST_TOME_RATIO,  # the request's ratio still applies
             tome_max_downsample=TOME_MAX_DOWNSAMPLE,
             tiny_vae=FAST_TINY_VAE,
+            int8=FAST_INT8,
         )
 
     def unet_for(self, unet, compiled=None):
         """The UNet callable for one batch: fresh DeepCache / ToMe wrappers of ``unet``, the
-        ``compiled`` UNet (another runtime's, e.g. OpenVINO) while it still matches ``unet``'s
-        weights, or ``unet`` itself. DeepCache runs its full and shallow calls on ``compiled`` when
-        it matches; ToMe needs the PyTorch UNet (it wraps its attention processors)."""
+        ``compiled`` UNet (another runtime's, e.g. OpenVINO; with ``int8``, pass its int8 twin) while
+        it still matches ``unet``'s weights, or ``unet`` itself. DeepCache runs its full and shallow
+        calls on ``compiled`` when it matches; ToMe needs the PyTorch UNet (it wraps its attention
+        processors)."""
         tome = self.tome_ratio > 0 and supports_tome(unet)
         usable = None if self.needs_torch_unet(unet, compiled) else compiled
         if self.deepcache_interval > 1 and supports_split(unet):
