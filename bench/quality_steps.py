@@ -86,7 +86,9 @@ def per_step(model, scorer: Scorer, seeds: int, samplers=SAMPLERS, steps=STEPS) 
 
 FAST_VARIANTS = {
     "NGMS 1.0 (A1111, alternate calls)": {"s_min_uncond": 1.0},
-    "fast (DeepCache 3)": {"fast": True},
+    "fast (DeepCache 3 + tiny VAE + int8 UNet)": {"fast": True},
+    "fast without int8 (DeepCache 3 + tiny VAE)": {"fast": True, "_int8": False},
+    "int8 UNet alone": {"fast": True, "_i": 1, "_s": 0.0, "_tiny": False},
     "DeepCache 3 + NGMS 1.0 (fast + s_min_uncond 1)": {"fast": True, "s_min_uncond": 1.0},
 }
 # ToMe (token_merging_ratio): the embedded model has no attention at full resolution (DownBlock2D /
@@ -119,7 +121,9 @@ def fast_cost(model, scorer: Scorer, seeds: int, sampler: str, steps: int, grid:
         kw = dict(kw)
         interval, sigma, every = kw.pop("_i", None), kw.pop("_s", None), kw.pop("_all", True)
         saved = (speed.FAST_DEEPCACHE_INTERVAL, speed.FAST_MIN_UNCOND_SIGMA, speed.FAST_UNCOND_EVERY_STEP,
-                 speed.TOME_MAX_DOWNSAMPLE)  # fmt: skip
+                 speed.TOME_MAX_DOWNSAMPLE, speed.FAST_INT8, speed.FAST_TINY_VAE)  # fmt: skip
+        speed.FAST_INT8 = kw.pop("_int8", speed.FAST_INT8)
+        speed.FAST_TINY_VAE = kw.pop("_tiny", speed.FAST_TINY_VAE)
         if interval is not None:  # the bench varies the module constants; the request stays {"fast": True}
             speed.FAST_DEEPCACHE_INTERVAL, speed.FAST_MIN_UNCOND_SIGMA = interval, sigma
             speed.FAST_UNCOND_EVERY_STEP = every
@@ -130,7 +134,7 @@ def fast_cost(model, scorer: Scorer, seeds: int, sampler: str, steps: int, grid:
             seconds = time.perf_counter() - t
         finally:
             (speed.FAST_DEEPCACHE_INTERVAL, speed.FAST_MIN_UNCOND_SIGMA, speed.FAST_UNCOND_EVERY_STEP,
-             speed.TOME_MAX_DOWNSAMPLE) = saved  # fmt: skip
+             speed.TOME_MAX_DOWNSAMPLE, speed.FAST_INT8, speed.FAST_TINY_VAE) = saved  # fmt: skip
         out[name] = {**scorer.distance(images, base), "seconds": seconds, "speedup": base_s / seconds}
         r = out[name]
         print(f"{name:40s} cos {r['cosine']:.4f} (min {r['cosine_min']:.4f}) mse {r['mse']:.5f} "
@@ -153,6 +157,7 @@ def main() -> None:
     from sdstudio import load_model
 
     model, scorer = load_model(None), Scorer()
+    print(f"embedded model on the {model.backend} backend", flush=True)
     result = {"tolerance": {"cosine": COS_TOL, "mse": MSE_TOL}, "prompts": PROMPTS, "seeds": args.seeds}
     if not args.skip_steps:
         result["per_step"] = per_step(model, scorer, args.seeds, args.samplers, args.steps_list)

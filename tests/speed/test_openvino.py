@@ -302,3 +302,18 @@ def test_a_lora_job_reloads_the_freed_unet_and_matches_pytorch(tiny_folder, tmp_
     with_lora = np.asarray(generate(model, request, networks=library)[0].image)
     assert not model.compiled_unet.released and model.compiled_unet.matches(model.unet)  # LoRA removed
     assert np.array_equal(with_lora, np.asarray(generate(reference, request, networks=library)[0].image))
+
+
+def test_a_fresh_conversion_owns_its_weights_once_the_pytorch_unet_is_freed(tiny_folder, tmp_path):
+    """The compile keeps pointing at constants it need not repack (bf16 ones): a graph converted in
+    place from the PyTorch UNet, whose weights are then freed, ran on freed memory (NaN images in
+    the first process of a new checkpoint). A converted graph is read back from the cache."""
+    from sdstudio.models.loader import load_model
+
+    fresh = load_model(tiny_folder, precision="bf16", backend="openvino", cache_dir=tmp_path)
+    assert fresh.compiled_unet.released and not fresh.compiled_unet.graph.shares_source
+    first = np.asarray(txt2img(fresh, REQ)[0].image)
+    cached = load_model(tiny_folder, precision="bf16", backend="openvino", cache_dir=tmp_path)
+    assert np.array_equal(first, np.asarray(txt2img(cached, REQ)[0].image))
+    in_place = use_openvino(tiny_sd1(), None, threads=1, reload_unet=lambda: {})  # no cache: nothing freed
+    assert in_place.compiled_unet.graph.shares_source and not in_place.compiled_unet.released

@@ -143,7 +143,7 @@ class CompiledGraph:
         self.config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": _precision(dtype)}
         path = _cache_path(cache_dir, name, fingerprint)
         self.graph = self._read(path)
-        self.shares_source = self.graph is None  # a fresh conversion uses the module's tensors in place
+        self.shares_source = False
         if self.graph is None:
             if path is not None:
                 log.warning("%s the %s for OpenVINO, once for these weights (cached in %s)", action, name,
@@ -151,6 +151,11 @@ class CompiledGraph:
             self.graph = build()
             if path is not None:
                 _save_atomically(self.ov, self.graph, path)
+            # A built graph points into the traced module's tensors, and so may the compiled model
+            # (constants it needs not repack, e.g. bf16 ones, stay where they are): read it back
+            # from the cache so that it owns its weights; without a cache it keeps sharing them.
+            self.graph = self._read(path) or self.graph
+            self.shares_source = path is None
         self._request = None  # compiled on first use (or by :meth:`compile`)
         self.recording: list[list[np.ndarray]] | None = None
 
@@ -305,13 +310,12 @@ class OpenVINOUNet(_GraphUNet):
         """Free the PyTorch UNet's weights and compile the graph; ``reload()`` returns them again
         (a state dict of owned tensors in the model's dtype, read from the checkpoint).
 
-        A graph read from the cache holds its own weights, so PyTorch's go before compiling (the
-        compile's peak never holds both); a freshly converted one shares them until it is compiled.
+        The graph holds its own weights (read from the cache), so PyTorch's go before compiling
+        (the compile's peak never holds both). Without a cache the graph shares the module's
+        tensors and nothing is freed.
         """
-        if self.released or not self.matches(self.unet):
-            return
-        if self.graph.shares_source:
-            self.graph.compile()
+        if self.released or not self.matches(self.unet) or self.graph.shares_source:
+            return  # a graph converted without a cache runs on the module's own tensors: they stay
         torch.nn.Module.to(self.unet, device="meta")  # structure and shapes stay; the storage goes
         self.state = module_state(self.unet)
         self._reload = reload
@@ -420,7 +424,8 @@ class Int8UNet(_GraphUNet):
             self._shallow = CompiledGraph(f"{self.name}-shallow", *args,
                                           lambda: self._quantize(shallow_inputs, shallow=True),
                                           action="quantising (int8, NNCF)")  # fmt: skip
-        self._float32 = None
+        if not any(g is not None and g.shares_source for g in (self.graph, self._shallow)):
+            self._float32 = None  # the graphs own their weights (read back from the cache)
 
     def matches(self, unet: Any) -> bool:
         """True while the unquantised UNet matches ``unet`` (the int8 graphs come from the same weights)."""
