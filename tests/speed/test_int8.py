@@ -3,7 +3,7 @@
 Off by default (the default path never builds or runs it); in fast mode on the OpenVINO backend
 the UNet's full and shallow (DeepCache) calls run int8 graphs, cached per checkpoint. The bound on
 the tiny model (random weights, the worst case for int8: no trained, smooth activations):
-measured mean 3.7 levels, max 24 against fast mode in float; asserted mean <= 8, 99th percentile <= 32.
+measured mean 3.8 levels, max 31 against fast mode in float; asserted mean <= 8, 99th percentile <= 32.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 FAST = GenerationRequest(prompt="a cat", width=64, height=64, steps=7, sampler_name="DPM++ 2M", seed=11, fast=True)
-MEAN_LEVELS, P99_LEVELS = 8.0, 32.0  # int8 vs float fast mode on the tiny random model (measured 3.7 / max 24)
+MEAN_LEVELS, P99_LEVELS = 8.0, 32.0  # int8 vs float fast mode on the tiny random model (measured 3.8 / max 31)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_calibration_records_the_fast_jobs_full_and_shallow_calls(recorded, cach
     assert seen == [full, len(loop.CALIBRATION_PROMPTS) * 6]
     assert isinstance(model.compiled_unet._int8, Int8UNet)
     fingerprint = model.compiled_unet.graph.fingerprint
-    for name in ("unet-int8c1", "unet-int8c1-shallow"):
+    for name in ("unet-int8c2", "unet-int8c2-shallow"):
         xml = cache_dir / "openvino" / f"{name}-{fingerprint}.xml"
         assert 'element_type="i8"' in xml.read_text()  # int8 weights in the cached graph
     assert model.compiled_unet.graph.recording is None  # recording stopped after calibration

@@ -315,5 +315,5 @@ def test_a_fresh_conversion_owns_its_weights_once_the_pytorch_unet_is_freed(tiny
     first = np.asarray(txt2img(fresh, REQ)[0].image)
     cached = load_model(tiny_folder, precision="bf16", backend="openvino", cache_dir=tmp_path)
     assert np.array_equal(first, np.asarray(txt2img(cached, REQ)[0].image))
-    in_place = use_openvino(tiny_sd1(), None, threads=1, reload_unet=lambda: {})  # no cache: nothing freed
+    in_place = use_openvino(tiny_sd1(), None, threads=1, reload_unet=dict)  # no cache: nothing freed
     assert in_place.compiled_unet.graph.shares_source and not in_place.compiled_unet.released
