@@ -317,3 +317,18 @@ def test_a_fresh_conversion_owns_its_weights_once_the_pytorch_unet_is_freed(tiny
     assert np.array_equal(first, np.asarray(txt2img(cached, REQ)[0].image))
     in_place = use_openvino(tiny_sd1(), None, threads=1, reload_unet=dict)  # no cache: nothing freed
     assert in_place.compiled_unet.graph.shares_source and not in_place.compiled_unet.released
+
+
+def test_the_tiny_vae_decodes_on_openvino_as_on_pytorch(tmp_path):
+    """Fast mode's tiny VAE (TAESD) gets its own compiled decoder; same maths as PyTorch's."""
+    from sdstudio.models.tiny_vae import build_tiny_vae, tiny_decode
+
+    model = tiny_sd1()
+    model.tiny_vae = build_tiny_vae(model.latent_channels, model.vae_scale_factor, channels=8, blocks=1).eval()
+    use_openvino(model, tmp_path, threads=1)
+    assert model.compiled_tiny_decoder is not None and list((tmp_path / "openvino").glob("taesd-*.xml"))
+    latents = torch.randn(2, model.latent_channels, 8, 12, generator=torch.Generator().manual_seed(4))
+    out = tiny_decode(model.tiny_vae, latents, model.compiled_tiny_decoder)
+    ref = tiny_decode(model.tiny_vae, latents)
+    assert out.shape == ref.shape == (2, 3, 8 * model.vae_scale_factor, 12 * model.vae_scale_factor)
+    assert torch.allclose(out, ref, atol=ATOL), (out - ref).abs().max()

@@ -121,7 +121,7 @@ def load_model(
             log.warning(
                 "OpenVINO could not convert %s (%s: %s); running on PyTorch", p, type(exc).__name__, exc
             )
-            model.compiled_unet = model.compiled_decoder = None
+            model.compiled_unet = model.compiled_decoder = model.compiled_tiny_decoder = None
     model.backend = "openvino" if model.compiled_unet is not None else "torch"
     return model
 

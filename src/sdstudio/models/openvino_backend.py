@@ -497,13 +497,14 @@ def _timesteps(timestep: torch.Tensor, sample: torch.Tensor, added_cond_kwargs: 
 class OpenVINODecoder:
     """``decode(z) -> images``: the VAE decoder (VAE-space latents (B, C, h, w) -> (B, 3, H, W) in [-1, 1])."""
 
-    def __init__(self, vae: Any, dtype: torch.dtype, cache_dir: str | Path | None, threads: int) -> None:
+    def __init__(self, vae: Any, dtype: torch.dtype, cache_dir: str | Path | None, threads: int,
+                 name: str = "vae") -> None:  # fmt: skip
         _require_openvino()
         self.vae = vae
         self.state = module_state(vae)  # what the graph was converted from
         c = vae.config.latent_channels
         example = (torch.randn(1, c, 8, 8),)
-        self.graph = CompiledGraph("vae", weights_fingerprint(vae, dtype), cache_dir, threads, dtype,
+        self.graph = CompiledGraph(name, weights_fingerprint(vae, dtype), cache_dir, threads, dtype,
                                    lambda: convert_module(_DecoderGraph(vae, dtype), example, [[-1, c, -1, -1]]))  # fmt: skip
 
     def matches(self, vae: Any) -> bool:
@@ -524,6 +525,8 @@ def use_openvino(model: Any, cache_dir: str | Path | None, threads: int | None =
     threads = threads or torch.get_num_threads()
     model.compiled_unet = OpenVINOUNet(model.unet, model.dtype, cache_dir, threads)
     model.compiled_decoder = OpenVINODecoder(model.vae, model.dtype, cache_dir, threads)
+    if model.tiny_vae is not None:  # fast mode's decoder (TAESD), converted like the VAE's
+        model.compiled_tiny_decoder = OpenVINODecoder(model.tiny_vae, model.dtype, cache_dir, threads, "taesd")
     if reload_unet is not None:
         model.compiled_unet.release_weights(reload_unet)
     return model

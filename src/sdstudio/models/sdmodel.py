@@ -76,6 +76,7 @@ class StableDiffusionModel:
     compiled_decoder: Any = None  # the VAE decoder compiled likewise, used while it matches ``vae``
     backend: str = "torch"  # what runs the UNet: "torch" or "openvino" (models.loader's backend choice)
     tiny_vae: Any = None  # diffusers.AutoencoderTiny (TAESD, models.tiny_vae): fast mode's decoder
+    compiled_tiny_decoder: Any = None  # the tiny VAE's decoder compiled by OpenVINO, while it matches
 
     @property
     def prediction_type(self) -> str:

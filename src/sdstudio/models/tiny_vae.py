@@ -142,10 +142,15 @@ def save_tiny_vae(tiny, folder: str | Path, *, half: bool = False) -> Path:
     return out
 
 
-def tiny_decode(tiny, latents: torch.Tensor) -> torch.Tensor:
-    """Decode sampler latents ``(B, C, h, w)`` to images ``(B, 3, H, W)`` in [-1, 1], float32."""
+def tiny_decode(tiny, latents: torch.Tensor, compiled=None) -> torch.Tensor:
+    """Decode sampler latents ``(B, C, h, w)`` to images ``(B, 3, H, W)`` in [-1, 1], float32.
+
+    ``compiled``: the same decoder compiled by another runtime (``OpenVINODecoder``), run while it
+    matches ``tiny``."""
+    z = latents / float(tiny.config.scaling_factor) + float(tiny.config.shift_factor)  # (B, C, h, w)
+    if compiled is not None and compiled.matches(tiny):
+        return compiled.decode(z.float())
     p = next(tiny.parameters())
-    z = latents / float(tiny.config.scaling_factor) + float(tiny.config.shift_factor)
     return tiny.decode(z.to(p.device, p.dtype), return_dict=False)[0].float()
 
 

@@ -75,7 +75,7 @@ def decode_latents_tiny(model, latents: torch.Tensor) -> torch.Tensor:
 
     Falls back to :func:`decode_latents` (the full VAE) when the tiny decode is not finite.
     """
-    images = tiny_decode(model.tiny_vae, latents)
+    images = tiny_decode(model.tiny_vae, latents, model.compiled_tiny_decoder)  # (B, 3, H, W)
     if not torch.isfinite(images).all():
         return decode_latents(model, latents)
     return ((images + 1) / 2).clamp(0, 1)
