@@ -122,3 +122,14 @@ def test_without_nncf_fast_mode_runs_the_float_graphs_with_a_warning(tmp_path, m
     assert "without the int8 UNet" in caplog.text and "pip install nncf" in caplog.text
     monkeypatch.setattr(speed, "FAST_INT8", False)
     assert np.array_equal(image, pixels(model, FAST))
+
+
+def test_too_little_memory_for_the_int8_build_runs_the_float_graphs(tmp_path, monkeypatch, caplog):
+    model = use_openvino(tiny_sd1(), tmp_path, threads=1)
+    monkeypatch.setattr(openvino_backend, "memory_available", lambda: 1024)
+    with caplog.at_level("WARNING"):
+        image = pixels(model, FAST)
+    assert "needs about" in caplog.text and "of free memory" in caplog.text
+    assert not list((tmp_path / "openvino").glob("*int8*"))  # nothing was calibrated or built
+    monkeypatch.setattr(speed, "FAST_INT8", False)
+    assert np.array_equal(image, pixels(model, FAST))

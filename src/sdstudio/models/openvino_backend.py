@@ -413,6 +413,7 @@ class Int8UNet(_GraphUNet):
         full_inputs: list = []
         shallow_inputs: list = []
         if not all(CompiledGraph.cached(name, fingerprint, cache_dir) for name in names):
+            _check_int8_build_memory(parent.unet)
             log.warning("calibrating the int8 UNet (sampling a few jobs; once for these weights)")
             with parent.recording() as (full_inputs, shallow_inputs):
                 calibrate()
@@ -452,6 +453,21 @@ class Int8UNet(_GraphUNet):
         else:
             graph = convert_module(_UNetGraph(unet, torch.float32), parent.example, parent.shapes)
         return quantize_int8(graph, calibration)
+
+
+INT8_BUILD_MEMORY = 2.5  # x the fp32 UNet's bytes: SD 1.5 (3.4 GB) peaked ~8 GiB above the loaded process
+
+
+def _check_int8_build_memory(unet: Any) -> None:
+    """SDStudioError unless about ``INT8_BUILD_MEMORY`` x the fp32 UNet is available (fp32 copy,
+    fp32 graph, NNCF's statistics): the one-time build must not push the machine into swap."""
+    need = INT8_BUILD_MEMORY * 4 * sum(p.numel() for p in unet.parameters())
+    available = memory_available()
+    if available is not None and available < need:
+        raise SDStudioError(
+            f"building the int8 UNet once needs about {need / 2**30:.1f} GiB of free memory; "
+            f"{available / 2**30:.1f} GiB is available"
+        )
 
 
 def quantize_int8(graph: Any, calibration: list[list[np.ndarray]]) -> Any:
