@@ -133,3 +133,20 @@ def test_too_little_memory_for_the_int8_build_runs_the_float_graphs(tmp_path, mo
     assert not list((tmp_path / "openvino").glob("*int8*"))  # nothing was calibrated or built
     monkeypatch.setattr(speed, "FAST_INT8", False)
     assert np.array_equal(image, pixels(model, FAST))
+
+
+def test_a_loaded_model_with_freed_weights_builds_int8_and_frees_them_again(tmp_path, monkeypatch):
+    """load_model frees the PyTorch UNet (OpenVINO holds the weights): quantising traces an fp32
+    copy re-read from the checkpoint, and the model's own weights stay freed."""
+    from sdstudio.models.loader import load_model, save_diffusers
+
+    folder = save_diffusers(tiny_sd1(), tmp_path / "m")
+    with monkeypatch.context() as m:  # a float fast job first: the shallow graph is cached, not int8
+        m.setattr(speed, "FAST_INT8", False)
+        float_image = pixels(load_model(folder, precision="fp32", backend="openvino", cache_dir=tmp_path), FAST)
+    model = load_model(folder, precision="fp32", backend="openvino", cache_dir=tmp_path)
+    assert model.compiled_unet.released
+    image = pixels(model, FAST)
+    assert isinstance(model.compiled_unet._int8, Int8UNet) and model.compiled_unet.released
+    assert all(p.is_meta for p in model.unet.parameters())
+    assert np.array_equal(image, pixels(model, FAST)) and not np.array_equal(image, float_image)

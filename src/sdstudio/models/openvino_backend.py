@@ -336,6 +336,15 @@ class OpenVINOUNet(_GraphUNet):
             log.warning("the checkpoint's UNet changed since it was loaded: the PyTorch UNet runs")
             self.state = ()
 
+    def float32_copy(self) -> Any:
+        """An fp32 copy of the PyTorch UNet (re-read from the checkpoint if freed; freed again after)."""
+        reload = self._reload
+        self.restore_weights()
+        unet = copy.deepcopy(self.unet).float()
+        if reload is not None:
+            self.release_weights(reload)
+        return unet
+
     def _shallow_graph(self) -> CompiledGraph:
         if self._shallow is None:
             if not supports_split(self.unet):
@@ -441,11 +450,7 @@ class Int8UNet(_GraphUNet):
     def _quantize(self, calibration: list[list[np.ndarray]], shallow: bool) -> Any:
         parent = self.parent
         if self._float32 is None:
-            was_released = parent._reload
-            parent.restore_weights()  # the fp32 graphs are traced from the PyTorch UNet
-            self._float32 = copy.deepcopy(parent.unet).float() if parent.dtype != torch.float32 else parent.unet
-            if was_released is not None:
-                parent.release_weights(was_released)  # the copy is enough; free the model's again
+            self._float32 = parent.float32_copy()  # the fp32 graphs are traced from the PyTorch UNet
         unet = self._float32
         if shallow:
             graph = convert_module(_ShallowGraph(unet, torch.float32), parent.shallow_example(unet),
