@@ -18,6 +18,7 @@ from sdstudio import GenerationRequest, txt2img
 from sdstudio.models import openvino_backend
 from sdstudio.models.openvino_backend import Int8UNet, use_openvino
 from sdstudio.models.tiny import tiny_sd1
+from sdstudio.models.token_downsampling import full_resolution_transformers
 from sdstudio.pipelines import loop, speed
 from sdstudio.pipelines.speed import SpeedOptions
 
@@ -65,7 +66,7 @@ def test_int8_is_fast_mode_only():
 def test_default_jobs_never_build_int8_graphs(tmp_path):
     model = use_openvino(tiny_sd1(), tmp_path, threads=1)
     txt2img(model, FAST.replace(fast=False))
-    assert model.compiled_unet._int8 is None
+    assert model.compiled_unet._int8 == {}
     assert not list((tmp_path / "openvino").glob("*int8*"))
 
 
@@ -74,7 +75,7 @@ def test_calibration_records_the_fast_jobs_full_and_shallow_calls(recorded, cach
     # 3 prompts x 10 DPM++ 2M steps with DeepCache 3: 4 full + 6 shallow calls each
     full = len(loop.CALIBRATION_PROMPTS) * 4
     assert seen == [full, len(loop.CALIBRATION_PROMPTS) * 6]
-    assert isinstance(model.compiled_unet._int8, Int8UNet)
+    assert isinstance(model.compiled_unet._int8[1], Int8UNet)
     fingerprint = model.compiled_unet.graph.fingerprint
     for name in ("unet-int8c2", "unet-int8c2-shallow"):
         xml = cache_dir / "openvino" / f"{name}-{fingerprint}.xml"
@@ -98,9 +99,29 @@ def test_int8_unet_output_is_close_to_the_float_unet(recorded):
     ctx = torch.randn(2, 77, model.unet.config.cross_attention_dim, generator=g)  # (B, T, D)
     t = torch.tensor([500.0, 500.0])
     ref = model.compiled_unet(x, t, encoder_hidden_states=ctx)[0]
-    out = model.compiled_unet._int8(x, t, encoder_hidden_states=ctx)[0]
+    out = model.compiled_unet._int8[1](x, t, encoder_hidden_states=ctx)[0]
     rel = float((out - ref).norm() / ref.norm())
     assert 0 < rel < 0.15, rel  # quantised, so not equal; close (measured ~0.03)
+
+
+def test_from_the_token_threshold_fast_mode_runs_a_second_int8_twin_with_token_downsampling(
+    recorded, cache_dir, monkeypatch
+):
+    model, int8_image, _ = recorded
+    monkeypatch.setattr(speed, "TODO_MIN_TOKENS", 64)  # the 64 px job's 8 x 8 latents qualify
+    image = pixels(model, FAST)
+    twin = model.compiled_unet._int8[2]
+    assert isinstance(twin, Int8UNet) and twin.name == "unet-int8c2-todo2" and model.compiled_unet._int8[1]
+    fingerprint = model.compiled_unet.graph.fingerprint
+    layers = len(full_resolution_transformers(model.unet))
+    for plain in ("unet-int8c2", "unet-int8c2-shallow"):
+        todo = plain.replace("int8c2", "int8c2-todo2")
+        graph, base = ((cache_dir / "openvino" / f"{n}-{fingerprint}.xml").read_text() for n in (todo, plain))
+        assert 'element_type="i8"' in graph  # int8 weights
+        assert graph.count('type="Slice"') == base.count('type="Slice"') + layers  # one key/value slice per layer
+    assert np.array_equal(image, pixels(model, FAST))  # same request, same pixels
+    diff = np.abs(image.astype(np.int16) - int8_image.astype(np.int16))
+    assert 0 < diff.mean() <= MEAN_LEVELS * 3, diff.mean()  # ToDo changes the image, within a bound
 
 
 def test_a_cached_int8_graph_needs_no_calibration(recorded, cache_dir, monkeypatch):
@@ -147,6 +168,6 @@ def test_a_loaded_model_with_freed_weights_builds_int8_and_frees_them_again(tmp_
     model = load_model(folder, precision="fp32", backend="openvino", cache_dir=tmp_path)
     assert model.compiled_unet.released
     image = pixels(model, FAST)
-    assert isinstance(model.compiled_unet._int8, Int8UNet) and model.compiled_unet.released
+    assert isinstance(model.compiled_unet._int8[1], Int8UNet) and model.compiled_unet.released
     assert all(p.is_meta for p in model.unet.parameters())
     assert np.array_equal(image, pixels(model, FAST)) and not np.array_equal(image, float_image)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from sdstudio.errors import SDStudioError
+from sdstudio.models.token_downsampling import token_downsampling
 from sdstudio.models.unet_split import full_forward, shallow_forward, supports_split
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ class OpenVINOUNet(_GraphUNet):
         self.graph = CompiledGraph("unet", weights_fingerprint(unet, dtype), cache_dir, threads, dtype,
                                    lambda: convert_module(_UNetGraph(unet, dtype), self.example, self.shapes))  # fmt: skip
         self._shallow: CompiledGraph | None = None
-        self._int8: Int8UNet | None = None
+        self._int8: dict[int, Int8UNet] = {}  # by token downsampling factor (1: none)
         self._reload: Callable[[], dict[str, torch.Tensor]] | None = None  # set while released
 
     def matches(self, unet: Any) -> bool:
@@ -370,8 +371,10 @@ class OpenVINOUNet(_GraphUNet):
         deep_channels = self.unet.up_blocks[-2].resnets[-1].conv2.out_channels  # full_forward's hook
         return [*self.shapes, [-1, deep_channels, -1, -1]]
 
-    def int8(self, calibrate: Callable[[], None]) -> _GraphUNet:
-        """The int8-quantised twin of this UNet (:class:`Int8UNet`), built once per checkpoint.
+    def int8(self, calibrate: Callable[[], None], todo: int = 1) -> _GraphUNet:
+        """The int8-quantised twin of this UNet (:class:`Int8UNet`), built once per checkpoint;
+        with ``todo`` > 1, the twin whose graphs downsample the full-resolution self-attention's
+        keys/values by that factor (:mod:`sdstudio.models.token_downsampling`), built on its first use.
 
         ``calibrate()`` runs sampling jobs on this UNet while its graphs record their inputs; it is
         called only when the int8 graphs are not cached. During it, ``int8`` returns this UNet
@@ -379,9 +382,9 @@ class OpenVINOUNet(_GraphUNet):
         """
         if self.graph.recording is not None:
             return self
-        if self._int8 is None:
-            self._int8 = Int8UNet(self, calibrate)
-        return self._int8
+        if todo not in self._int8:
+            self._int8[todo] = Int8UNet(self, calibrate, todo)
+        return self._int8[todo]
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[tuple[list, list]]:
@@ -408,14 +411,15 @@ class Int8UNet(_GraphUNet):
 
     Post-training static quantisation by NNCF (:func:`quantize_int8`) of fp32 graphs traced from the
     same PyTorch UNet, calibrated on the inputs its unquantised graphs saw in real sampling jobs;
-    cached as ``unet-int8c<version>-<fingerprint>`` (and ``-shallow``) beside the other graphs.
+    cached as ``unet-int8c<version>-<fingerprint>`` (and ``-shallow``) beside the other graphs; with
+    ``todo`` > 1 the graphs are traced with token downsampling installed (``unet-int8c<v>-todo<f>``).
     On AVX-512 VNNI int8 products run at about twice the bf16 rate (BENCHMARKS.md measures it, and
     the quality cost). Ops left in float (softmax, normalisation) compute in the model's precision.
     """
 
-    def __init__(self, parent: OpenVINOUNet, calibrate: Callable[[], None]) -> None:
-        self.parent = parent
-        self.name = f"unet-int8c{CALIBRATION_VERSION}"
+    def __init__(self, parent: OpenVINOUNet, calibrate: Callable[[], None], todo: int = 1) -> None:
+        self.parent, self.todo = parent, todo
+        self.name = f"unet-int8c{CALIBRATION_VERSION}" + (f"-todo{todo}" if todo > 1 else "")
         fingerprint, cache_dir = parent.graph.fingerprint, parent.cache_dir
         split = supports_split(parent.unet)
         names = [self.name, f"{self.name}-shallow"][: 1 + split]
@@ -452,11 +456,12 @@ class Int8UNet(_GraphUNet):
         if self._float32 is None:
             self._float32 = parent.float32_copy()  # the fp32 graphs are traced from the PyTorch UNet
         unet = self._float32
-        if shallow:
-            graph = convert_module(_ShallowGraph(unet, torch.float32), parent.shallow_example(unet),
-                                   parent.shallow_shapes())  # fmt: skip
-        else:
-            graph = convert_module(_UNetGraph(unet, torch.float32), parent.example, parent.shapes)
+        example = parent.shallow_example(unet) if shallow else parent.example  # traced without ToDo
+        with token_downsampling(unet, self.todo):  # factor 1: nothing installed
+            if shallow:
+                graph = convert_module(_ShallowGraph(unet, torch.float32), example, parent.shallow_shapes())
+            else:
+                graph = convert_module(_UNetGraph(unet, torch.float32), example, parent.shapes)
         return quantize_int8(graph, calibration)
 
 

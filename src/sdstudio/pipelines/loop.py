@@ -129,12 +129,14 @@ def sample_batch(
         x = init_latent.to(x.device, torch.float32) + x
     speed = speed or SpeedOptions()  # default: the plain path
     compiled = model.compiled_unet
+    todo = speed.todo_at(latent_shape[-2:])  # token downsampling at this size (1: none)
     if speed.needs_torch_unet(model.unet, compiled):
         restore_torch_unet(model)  # OpenVINO may have freed the PyTorch UNet's weights
     elif speed.int8:
-        compiled = int8_unet(model)
+        compiled = int8_unet(model, todo)
+    unet = speed.unet_for(model.unet, compiled, todo)
     denoiser = CFGDenoiser(
-        ModelDenoiser(model, plan.schedule, speed.unet_for(model.unet, compiled)), cond_at, uncond_at, cfg_scale, sigmas,
+        ModelDenoiser(model, plan.schedule, unet), cond_at, uncond_at, cfg_scale, sigmas,
         Conditioning.cat, post_denoise, speed.s_min_uncond, speed.uncond_every_step,
     )  # fmt: skip
     steps = plan.steps
@@ -190,11 +192,12 @@ CALIBRATION_PROMPTS = (
 CALIBRATION_STEPS = 10
 
 
-def int8_unet(model):
-    """The compiled UNet's int8 twin (fast mode), calibrated on first use by :func:`calibrate_int8`;
-    the compiled UNet itself (with a warning) where int8 cannot be built (nncf missing)."""
+def int8_unet(model, todo: int = 1):
+    """The compiled UNet's int8 twin (fast mode; with ``todo`` > 1 the one with token downsampling),
+    calibrated on first use by :func:`calibrate_int8`; the compiled UNet itself (with a warning) where
+    int8 cannot be built (nncf missing, too little memory): its float graphs have no token downsampling."""
     try:
-        return model.compiled_unet.int8(lambda: calibrate_int8(model))
+        return model.compiled_unet.int8(lambda: calibrate_int8(model), todo)
     except SDStudioError as exc:
         log.warning("fast mode without the int8 UNet: %s", exc)
         return model.compiled_unet

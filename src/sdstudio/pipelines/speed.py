@@ -16,6 +16,11 @@ technique costs in quality and gains in time is measured by ``bench/suite.py`` a
   by NNCF, calibrated once per checkpoint on a few sampling jobs
   (:class:`sdstudio.models.openvino_backend.Int8UNet`; AVX-512 VNNI runs int8 at about twice the
   bf16 rate); a model on PyTorch samples as before;
+* token downsampling (Smith et al. 2024, ToDo; :mod:`sdstudio.models.token_downsampling`): at the
+  UNet's full-resolution level the self-attention attends to keys/values of every 2nd token in each
+  direction, at sizes whose level has at least ``TODO_MIN_TOKENS`` tokens (SD 1.5 from 512x512 on),
+  where those attentions are most of a DeepCache shallow call; on OpenVINO it is part of the int8
+  twin's graphs (a second int8 build, ``unet-int8c<v>-todo2``), on PyTorch a per-call wrapper;
 * tiny VAE decode (TAESD, :mod:`sdstudio.models.tiny_vae`): the final latents are decoded by the
   model's tiny VAE when it has one (A1111 "VAE type for decode: TAESD", infotext ``VAE Decoder:
   TAESD``); a model without one decodes with its full VAE as before.
@@ -28,6 +33,7 @@ from typing import Any
 
 import torch
 
+from sdstudio.models.token_downsampling import ToDoUNet, supports_token_downsampling
 from sdstudio.models.unet_split import supports_split
 from sdstudio.pipelines.components import decode_latents, decode_latents_tiny
 from sdstudio.pipelines.deepcache import DeepCacheUNet
@@ -39,6 +45,8 @@ FAST_UNCOND_EVERY_STEP = False  # True = "NGMS all steps" (measured: too lossy, 
 FAST_TOME_RATIO = 0.0  # ToMe in fast mode: off (measured: see bench/tome_speed.py, BENCHMARKS.md)
 TOME_MAX_DOWNSAMPLE = 1  # UNet levels ToMe merges at: tomesd's and A1111's default (full resolution only)
 FAST_INT8 = True  # fast mode runs the int8 UNet where the OpenVINO UNet runs (BENCHMARKS.md)
+FAST_TODO_FACTOR = 2  # ToDo's default factor, in fast mode at large sizes (BENCHMARKS.md)
+TODO_MIN_TOKENS = 4096  # full-resolution tokens from which ToDo applies: 64x64 latents, SD 1.5 at 512x512
 FAST_TINY_VAE = True  # decode with the model's tiny VAE when it has one (BENCHMARKS.md)
 TINY_VAE_INFOTEXT = {"VAE Decoder": "TAESD"}  # A1111's infotext for sd_vae_decode_method = TAESD
 
@@ -54,6 +62,8 @@ class SpeedOptions:
     tome_max_downsample: int = 1  # merge at UNet levels down to 1/2**(n-1) resolution
     tiny_vae: bool = False  # final decode by the model's tiny VAE (if it has one)
     int8: bool = False  # the OpenVINO UNet's int8 twin, where the OpenVINO UNet would run
+    todo_factor: int = 1  # token downsampling of the full-resolution self-attention (1 = off)
+    todo_min_tokens: int = TODO_MIN_TOKENS  # ... at latent sizes with at least this many tokens
 
     @property
     def is_default(self) -> bool:
@@ -74,14 +84,22 @@ class SpeedOptions:
             tome_max_downsample=TOME_MAX_DOWNSAMPLE,
             tiny_vae=FAST_TINY_VAE,
             int8=FAST_INT8,
+            todo_factor=FAST_TODO_FACTOR,
+            todo_min_tokens=TODO_MIN_TOKENS,
         )
 
-    def unet_for(self, unet, compiled=None):
-        """The UNet callable for one batch: fresh DeepCache / ToMe wrappers of ``unet``, the
-        ``compiled`` UNet (another runtime's, e.g. OpenVINO; with ``int8``, pass its int8 twin) while
-        it still matches ``unet``'s weights, or ``unet`` itself. DeepCache runs its full and shallow
-        calls on ``compiled`` when it matches; ToMe needs the PyTorch UNet (it wraps its attention
-        processors)."""
+    def todo_at(self, latent_hw: tuple[int, int]) -> int:
+        """The token downsampling factor for latents of ``latent_hw`` (h, w): 1 below ``todo_min_tokens``."""
+        h, w = latent_hw
+        return self.todo_factor if self.todo_factor > 1 and h * w >= self.todo_min_tokens else 1
+
+    def unet_for(self, unet, compiled=None, todo: int = 1):
+        """The UNet callable for one batch: fresh DeepCache / ToMe / ToDo wrappers of ``unet``, the
+        ``compiled`` UNet (another runtime's, e.g. OpenVINO; with ``int8``, pass its int8 twin, which
+        has ToDo in its graphs) while it still matches ``unet``'s weights, or ``unet`` itself.
+        DeepCache runs its full and shallow calls on ``compiled`` when it matches; ToMe needs the
+        PyTorch UNet (it wraps its attention processors). ``todo``: :meth:`todo_at` the batch's
+        latent size, applied here to the PyTorch UNet only."""
         tome = self.tome_ratio > 0 and supports_tome(unet)
         usable = None if self.needs_torch_unet(unet, compiled) else compiled
         if self.deepcache_interval > 1 and supports_split(unet):
@@ -92,6 +110,8 @@ class SpeedOptions:
             out = unet
         if tome:  # outermost, so that DeepCache's shallow calls merge too
             out = ToMeUNet(out, unet, self.tome_ratio, self.tome_max_downsample)
+        if todo > 1 and usable is None and supports_token_downsampling(unet):
+            out = ToDoUNet(out, unet, todo)
         return out
 
     def needs_torch_unet(self, unet, compiled=None) -> bool:
