@@ -119,7 +119,7 @@ class GenerationRequest:
     outpaint: tuple[int, int, int, int] | None = None  # (left, right, up, down) pixels to add
     # speed (pipelines.speed; off by default = the plain path, bit-identical)
     s_min_uncond: float = 0.0  # A1111 "NGMS": skip the uncond pass on odd calls below this sigma
-    fast: bool = False  # opt-in fast mode: DeepCache, tiny VAE, int8 UNet (BENCHMARKS.md states the quality cost)
+    fast: bool = False  # opt-in fast mode: DeepCache, tiny VAE, int8 UNet, token downsampling from 512 px (BENCHMARKS.md states the quality cost)
     token_merging_ratio: float = 0.0  # A1111 "Token merging ratio" (ToMe, pipelines.tome); 0 = off
 
     @property

@@ -83,7 +83,7 @@ KNOBS: tuple[Knob, ...] = (
     ),
     Knob(
         "fast", "fast", "--fast", "Fast", _flag,
-        "opt-in fast mode: DeepCache (full UNet every 3rd step), tiny VAE decode, int8 UNet on OpenVINO (quality cost in BENCHMARKS.md)",
+        "opt-in fast mode: DeepCache (full UNet every 3rd step), tiny VAE decode, int8 UNet on OpenVINO, token downsampling (ToDo) from 512x512 (quality cost in BENCHMARKS.md)",
         shown=bool,
     ),
     Knob(

@@ -79,7 +79,7 @@ class _A1111Base(TextSafeModel):
     infotext: str | None = None
     # sdstudio extension (ignored by A1111 clients): clip skip without override_settings
     clip_skip: int | None = Field(None, description="sdstudio: CLIP skip (A1111: CLIP_stop_at_last_layers)")
-    fast: bool | None = Field(None, description="sdstudio: opt-in fast mode (DeepCache, tiny VAE, int8 UNet on OpenVINO; BENCHMARKS.md)")
+    fast: bool | None = Field(None, description="sdstudio: opt-in fast mode (DeepCache, tiny VAE, int8 UNet on OpenVINO, token downsampling from 512x512; BENCHMARKS.md)")
     token_merging_ratio: float | None = Field(
         None, description="sdstudio: ToMe ratio in [0, 0.9] (A1111: override_settings.token_merging_ratio)"
     )

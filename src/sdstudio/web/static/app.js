@@ -65,7 +65,7 @@ function generationKnobs() {
     { name: "cfg_scale", label: "Classifier Free Guidance Scale", help: "how strongly the image should follow the prompt", type: "range", min: 1, max: 30, step: 0.5, value: 7, wide: true },
     { name: "seed", label: "Seed", help: "blank or -1 to randomize", type: "seed", value: "" },
     { name: "clip_skip", label: "Clip skip", help: "use an earlier text-encoder layer", type: "range", min: 1, max: 12, step: 1, value: 1 },
-    { name: "fast", label: "Fast mode", help: "reuse deep UNet features between steps (DeepCache), tiny VAE decode, int8 UNet on OpenVINO; small quality cost, see BENCHMARKS.md", type: "check", value: false },
+    { name: "fast", label: "Fast mode", help: "reuse deep UNet features between steps (DeepCache), tiny VAE decode, int8 UNet on OpenVINO, token downsampling (ToDo) from 512x512; small quality cost, see BENCHMARKS.md", type: "check", value: false },
   ];
 }
 
