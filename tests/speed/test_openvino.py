@@ -7,6 +7,8 @@ PyTorch modules change for a job (LoRA weights, tiling, another VAE) the PyTorch
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -332,3 +334,34 @@ def test_the_tiny_vae_decodes_on_openvino_as_on_pytorch(tmp_path):
     ref = tiny_decode(model.tiny_vae, latents)
     assert out.shape == ref.shape == (2, 3, 8 * model.vae_scale_factor, 12 * model.vae_scale_factor)
     assert torch.allclose(out, ref, atol=ATOL), (out - ref).abs().max()
+
+
+def test_first_inference_leaves_no_cached_weights_resident_and_scratch_release_keeps_outputs(
+    ov_model, cache_dir
+):
+    """OpenVINO maps the cached ``.bin`` and repacks it on the first call: that call drops the
+    mapping's pages (models.resident_memory); freeing the graph's buffers changes no output."""
+    from tests.speed.test_resident_memory import resident_kib
+
+    unet = OpenVINOUNet(ov_model.unet, ov_model.dtype, cache_dir, threads=1)  # read from the cache
+    weights = unet.graph._mapped[0]
+    assert weights.is_file() and weights.suffix == ".bin"
+    x, t, ctx = unet_args(ov_model, 2, 8, 8)
+    first = unet(x, t, encoder_hidden_states=ctx)[0]
+    if sys.platform.startswith("linux"):
+        assert resident_kib(weights) == 0
+    unet.release_scratch()
+    assert torch.equal(first, unet(x, t, encoder_hidden_states=ctx)[0])  # same inputs, same bits
+    z = torch.randn(1, ov_model.vae.config.latent_channels, 8, 8, generator=torch.Generator().manual_seed(2))
+    decoded = ov_model.compiled_decoder.decode(z)  # frees its buffers after each call
+    assert torch.equal(decoded, ov_model.compiled_decoder.decode(z))
+
+
+def test_the_final_decode_frees_the_unets_buffers_first(ov_model, monkeypatch):
+    calls = []
+    release = ov_model.compiled_unet.release_scratch
+    monkeypatch.setattr(ov_model.compiled_unet, "release_scratch", lambda: calls.append("unet") or release())
+    before = np.asarray(txt2img(ov_model, REQ)[0].image)
+    assert calls == ["unet"]  # once per batch, after sampling
+    monkeypatch.undo()
+    assert np.array_equal(before, np.asarray(txt2img(ov_model, REQ)[0].image))

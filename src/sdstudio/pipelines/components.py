@@ -90,6 +90,8 @@ def _decode(model, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         z = model.latent_format.to_vae(latents)  # (B, C, h, w)
         compiled = model.compiled_decoder
         if compiled is not None and dtype == original and compiled.matches(vae):
+            if model.compiled_unet is not None:  # sampling is done: the UNet's buffers go first
+                model.compiled_unet.release_scratch()
             return compiled.decode(z)  # (B, 3, H, W)
         return vae.decode(z.to(model.device, dtype), return_dict=False)[0].float()
     finally:
