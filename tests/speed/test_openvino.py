@@ -8,6 +8,7 @@ PyTorch modules change for a job (LoRA weights, tiling, another VAE) the PyTorch
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -326,7 +327,9 @@ def test_the_tiny_vae_decodes_on_openvino_as_on_pytorch(tmp_path):
     from sdstudio.models.tiny_vae import build_tiny_vae, tiny_decode
 
     model = tiny_sd1()
-    model.tiny_vae = build_tiny_vae(model.latent_channels, model.vae_scale_factor, channels=8, blocks=1).eval()
+    model.tiny_vae = build_tiny_vae(
+        model.latent_channels, model.vae_scale_factor, channels=8, blocks=1
+    ).eval()
     use_openvino(model, tmp_path, threads=1)
     assert model.compiled_tiny_decoder is not None and list((tmp_path / "openvino").glob("taesd-*.xml"))
     latents = torch.randn(2, model.latent_channels, 8, 12, generator=torch.Generator().manual_seed(4))
@@ -365,3 +368,81 @@ def test_the_final_decode_frees_the_unets_buffers_first(ov_model, monkeypatch):
     assert calls == ["unet"]  # once per batch, after sampling
     monkeypatch.undo()
     assert np.array_equal(before, np.asarray(txt2img(ov_model, REQ)[0].image))
+
+
+def bytes_read() -> int:
+    """Bytes this process has read through read(2) so far (``rchar`` of ``/proc/self/io``)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.parametrize("layout", ["single", "folder"])
+def test_a_recorded_checkpoint_loads_without_reading_its_unet(layout, tmp_path):
+    """The first load converts and records the weights file's SHA-256 -> graph; later loads run the
+    cached graph without reading the UNet's weights (they stay ``meta``) and make the same pixels.
+    A job that needs the PyTorch UNet reads them then: the same bits as a PyTorch load."""
+    from sdstudio.models.loader import load_model, save_diffusers, save_single_file
+
+    source = tiny_sd1()
+    path = save_single_file(source, tmp_path / "tiny.safetensors") if layout == "single" else (
+        save_diffusers(source, tmp_path / "tiny")
+    )  # fmt: skip
+    cache = tmp_path / "cache"
+    first = load_model(path, precision="fp32", backend="openvino", cache_dir=cache)
+    sources = (cache / "openvino" / openvino_backend.SOURCES_FILE).read_text()
+    assert first.compiled_unet.graph.fingerprint in sources
+    image = np.asarray(txt2img(first, REQ)[0].image)
+
+    reference = load_model(path, precision="fp32", backend="torch", cache_dir=cache)
+    lazy_start = bytes_read()
+    lazy = load_model(path, precision="fp32", backend="openvino", cache_dir=cache)
+    read_lazily = bytes_read() - lazy_start
+    record = cache / "openvino" / openvino_backend.SOURCES_FILE
+    record.unlink()  # the same load, graphs cached, but nothing recorded: the UNet is read
+    full_start = bytes_read()
+    load_model(path, precision="fp32", backend="openvino", cache_dir=cache)
+    read_fully = bytes_read() - full_start
+    assert record.is_file()  # recorded again
+    unet_bytes = sum(p.numel() * p.element_size() for p in reference.unet.parameters())
+    if layout == "single" and sys.platform.startswith("linux"):  # streamed with read(2); folders: mmap
+        assert read_fully - read_lazily > 0.9 * unet_bytes, (read_fully, read_lazily, unet_bytes)
+    assert all(p.is_meta for p in lazy.unet.parameters()) and lazy.compiled_unet.released
+    assert lazy.compiled_unet.graph.fingerprint == first.compiled_unet.graph.fingerprint
+    assert np.array_equal(image, np.asarray(txt2img(lazy, REQ)[0].image))
+    tiled = np.asarray(txt2img(lazy, REQ.replace(tiling=True))[0].image)  # the PyTorch UNet, read now
+    for (name, p), q in zip(
+        lazy.unet.state_dict().items(), reference.unet.state_dict().values(), strict=True
+    ):
+        assert torch.equal(p, q), name
+    assert np.array_equal(tiled, np.asarray(txt2img(reference, REQ.replace(tiling=True))[0].image))
+
+
+def test_a_stale_or_damaged_record_reads_and_converts_the_unet_again(tiny_folder, tmp_path, monkeypatch):
+    from sdstudio.models.loader import load_model
+
+    cache = tmp_path / "cache"
+    first = load_model(tiny_folder, precision="fp32", backend="openvino", cache_dir=cache)
+    image = np.asarray(txt2img(first, REQ)[0].image)
+    graph = cache / "openvino" / f"unet-{first.compiled_unet.graph.fingerprint}.xml"
+    graph.unlink()  # the recorded graph left the cache
+    again = load_model(tiny_folder, precision="fp32", backend="openvino", cache_dir=cache)
+    assert graph.is_file() and np.array_equal(image, np.asarray(txt2img(again, REQ)[0].image))
+    (cache / "openvino" / openvino_backend.SOURCES_FILE).write_text("{not json")
+    damaged = load_model(tiny_folder, precision="fp32", backend="openvino", cache_dir=cache)
+    assert np.array_equal(image, np.asarray(txt2img(damaged, REQ)[0].image))
+    assert json_fingerprints(cache) == [first.compiled_unet.graph.fingerprint]  # recorded anew
+    monkeypatch.setattr(openvino_backend, "memory_available", lambda: 2**20)  # auto picks PyTorch
+    low_memory = load_model(tiny_folder, precision="fp32", backend="auto", cache_dir=cache)
+    assert low_memory.backend == "torch" and not any(p.is_meta for p in low_memory.unet.parameters())
+    reference = load_model(tiny_folder, precision="fp32", backend="torch")
+    assert np.array_equal(
+        np.asarray(txt2img(low_memory, REQ)[0].image), np.asarray(txt2img(reference, REQ)[0].image)
+    )
+
+
+def json_fingerprints(cache) -> list[str]:
+    import json
+
+    return sorted(json.loads((cache / "openvino" / openvino_backend.SOURCES_FILE).read_text()).values())

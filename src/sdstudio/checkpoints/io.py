@@ -57,17 +57,21 @@ def check_model_path(path: str | Path) -> Path:
     return p
 
 
-def read_checkpoint(path: str | Path, dtype: torch.dtype | None = None) -> Checkpoint:
+def read_checkpoint(
+    path: str | Path, dtype: torch.dtype | None = None, skip: tuple[str, ...] = ()
+) -> Checkpoint:
     """Read a single-file checkpoint into CPU tensors; unwrap ``state_dict`` nesting (A1111/LDM .ckpt).
 
     ``dtype`` converts floating tensors as they are read (safetensors: one tensor at a time), so a
-    fp16 file loaded for bf16 never holds a second full copy in the file's dtype.
+    fp16 file loaded for bf16 never holds a second full copy in the file's dtype. Safetensors keys
+    starting with one of ``skip`` are not read: they come as ``meta`` tensors of their shape (and
+    ``dtype``); pickles are read whole.
     """
     p = check_model_path(path)
     if p.is_dir():
         raise SDStudioError(f"{p} is a diffusers folder, not a single-file checkpoint", field="model")
     if p.suffix.lower() in SAFETENSORS_SUFFIXES:
-        state_dict, metadata = _read_safetensors(p, dtype)
+        state_dict, metadata = _read_safetensors(p, dtype, skip)
         return Checkpoint(state_dict, metadata, None, p)
     checkpoint = _read_pickle(p)
     if dtype is not None:
@@ -82,19 +86,19 @@ def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 
 
 def _read_safetensors(
-    p: Path, dtype: torch.dtype | None = None
+    p: Path, dtype: torch.dtype | None = None, skip: tuple[str, ...] = ()
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:  # validates header and offsets
             metadata = dict(f.metadata() or {})
-            if dtype is not None:
+            if dtype is not None or skip:
                 keys = list(f.keys())
             else:
                 state_dict = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-        if dtype is not None:
-            state_dict = _stream_safetensors(p, keys, dtype)
+        if dtype is not None or skip:
+            state_dict = _stream_safetensors(p, keys, dtype, skip)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # any failure (even a Rust panic) means a broken file
@@ -115,8 +119,11 @@ _ST_DTYPES = {
 }  # fmt: skip
 
 
-def _stream_safetensors(p: Path, keys: list[str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Read each tensor with plain file reads into its own buffer, converting floats to ``dtype``.
+def _stream_safetensors(
+    p: Path, keys: list[str], dtype: torch.dtype | None, skip: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
+    """Read each tensor with plain file reads into its own buffer, converting floats to ``dtype``;
+    keys starting with one of ``skip`` become ``meta`` tensors (shape and dtype, nothing read).
 
     safetensors' ``get_tensor`` maps the whole file; the mapped pages count as the process's
     memory, so a 2 GB fp16 file loaded as bf16 peaked at 2 GB mapped + 2 GB converted. Reading
@@ -131,6 +138,9 @@ def _stream_safetensors(p: Path, keys: list[str], dtype: torch.dtype) -> dict[st
         for key in sorted(keys, key=lambda k: header[k]["data_offsets"][0]):
             info = header[key]
             begin, end = info["data_offsets"]
+            if skip and key.startswith(skip):
+                out[key] = _cast(torch.empty(info["shape"], dtype=_ST_DTYPES[info["dtype"]], device="meta"), dtype)
+                continue
             buf = torch.empty(info["shape"], dtype=_ST_DTYPES[info["dtype"]])
             raw = buf.view(-1).view(torch.uint8) if buf.numel() else buf.view(torch.uint8)
             if raw.numel() != end - begin:

@@ -34,7 +34,7 @@ from sdstudio.checkpoints.convert import (
     original_to_diffusers,
 )
 from sdstudio.checkpoints.detect import detect_architecture, normalize_prediction_type
-from sdstudio.checkpoints.hashing import default_cache_dir, diffusers_weights_file, model_hash
+from sdstudio.checkpoints.hashing import default_cache_dir, diffusers_weights_file, model_hash, sha256_cached
 from sdstudio.checkpoints.io import check_model_path, metadata_json, read_checkpoint, write_safetensors
 from sdstudio.config import BACKENDS, default_backend
 from sdstudio.devices import resolve_device, resolve_dtype
@@ -47,7 +47,17 @@ from sdstudio.models.architectures import (
     component_config,
     read_json,
 )
-from sdstudio.models.openvino_backend import auto_backend_reason, restore_torch_unet, use_openvino
+from sdstudio.models.openvino_backend import (
+    assign_weights,
+    auto_backend_reason,
+    cached_unet_fingerprint,
+    has_meta_weights,
+    openvino_available,
+    remember_unet_source,
+    restore_torch_unet,
+    unet_source_key,
+    use_openvino,
+)
 from sdstudio.models.sdmodel import StableDiffusionModel
 from sdstudio.models.tiny_vae import TINY_VAE_FOLDER, check_tiny_vae, load_tiny_vae, save_tiny_vae
 from sdstudio.models.tokenizer import clip_tokenizer
@@ -55,6 +65,7 @@ from sdstudio.models.tokenizer import clip_tokenizer
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default-model"
 CONFIG_METADATA_PREFIX = "sdstudio.config."  # + component name: JSON config embedded by our converter
+UNET_PREFIX = "model.diffusion_model."  # the UNet's keys in the original (LDM) layout
 ARCH_INDEX_KEY = "_sdstudio_arch"  # written into model_index.json by save_diffusers
 
 
@@ -91,13 +102,14 @@ def load_model(
     target_dtype = dtype or resolve_dtype(precision, target_device)
     p = check_model_path(default_model_path() if path is None else path)
     cache_file = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "hashes.json"
+    hash_file = diffusers_weights_file(p, "unet") if p.is_dir() else p
+    source = _unet_source(backend, target_device, target_dtype, hash_file, cache_file)
+    graph = cached_unet_fingerprint(cache_file.parent, source) if source else None
     try:
         if p.is_dir():
-            model = _load_diffusers_folder(p, prediction_type)
-            hash_file = diffusers_weights_file(p, "unet")
+            model = _load_diffusers_folder(p, prediction_type, lazy_unet=graph is not None)
         else:
-            model = _load_single_file(p, prediction_type, target_dtype)
-            hash_file = p
+            model = _load_single_file(p, prediction_type, target_dtype, lazy_unet=graph is not None)
     except SDStudioError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError, OSError) as exc:
@@ -110,20 +122,38 @@ def load_model(
         _replace_vae(model, Path(vae_path), cache_file)
     attach_tiny_vae(model, tiny_vae_path if tiny_vae_path is not None else _folder_tiny_vae(p))
     model = _place(model, target_device, target_dtype).eval()
+    reload = unet_reloader(p, prediction_type, model)
     if backend == "openvino":
         if target_device.type != "cpu":
             raise SDStudioError("--backend openvino runs on the CPU; use --device cpu", field="backend")
-        use_openvino(model, cache_file.parent, reload_unet=unet_reloader(p, prediction_type, model))
+        use_openvino(model, cache_file.parent, reload_unet=reload, unet_fingerprint=graph)
     elif backend == "auto" and auto_backend_reason(model) is None:
         try:
-            use_openvino(model, cache_file.parent, reload_unet=unet_reloader(p, prediction_type, model))
+            use_openvino(model, cache_file.parent, reload_unet=reload, unet_fingerprint=graph)
         except Exception as exc:  # noqa: BLE001 - an unexpected graph: PyTorch runs it as before
             log.warning(
                 "OpenVINO could not convert %s (%s: %s); running on PyTorch", p, type(exc).__name__, exc
             )
             model.compiled_unet = model.compiled_decoder = model.compiled_tiny_decoder = None
+    if model.compiled_unet is None and has_meta_weights(model.unet):  # not read, and PyTorch runs it
+        assign_weights(model.unet, reload())
+    if model.compiled_unet is not None and graph is None and source:
+        remember_unet_source(cache_file.parent, source, model.compiled_unet.graph.fingerprint)
     model.backend = "openvino" if model.compiled_unet is not None else "torch"
     return model
+
+
+def _unet_source(
+    backend: str, device: torch.device, dtype: torch.dtype, weights: Path | None, cache_file: Path
+) -> str | None:
+    """The key under which the UNet's OpenVINO graph is recorded (None where OpenVINO cannot run).
+
+    The SHA-256 of the UNet's weights file (the whole single file; a folder's ``unet/`` weights),
+    cached in ``hashes.json`` like the model hash, which needs it anyway.
+    """
+    if backend == "torch" or device.type != "cpu" or weights is None or not openvino_available():
+        return None
+    return unet_source_key(sha256_cached(weights, cache_file), dtype)
 
 
 def unet_reloader(
@@ -192,6 +222,8 @@ def own_tensors(module: torch.nn.Module, device: torch.device, dtype: torch.dtyp
                 if t is None:
                     continue
                 want = dtype if t.is_floating_point() else t.dtype
+                if t.is_meta:  # weights not read (models.openvino_backend runs a cached graph)
+                    continue
                 if id(t) in fresh:
                     store[name] = fresh[id(t)][1]
                     continue
@@ -326,14 +358,21 @@ def default_model_path() -> Path:
 # ----------------------------------------------------------------------------- diffusers folders
 
 
-def _load_diffusers_folder(folder: Path, prediction_type: str | None) -> StableDiffusionModel:
+def _load_diffusers_folder(
+    folder: Path, prediction_type: str | None, lazy_unet: bool = False
+) -> StableDiffusionModel:
+    """Build the model from a diffusers folder; ``lazy_unet`` leaves the UNet's weights unread (``meta``)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     index = read_json(folder / "model_index.json")
     for sub in ("unet", "vae", "text_encoder"):
         if not (folder / sub / "config.json").is_file():
             raise SDStudioError(f"diffusers folder {folder} has no {sub}/config.json", field="model")
-    unet = _from_pretrained(UNet2DConditionModel, folder, "unet")
+    if lazy_unet:
+        config = read_json(folder / "unet" / "config.json")
+        unet = _build_module(_unet_factory(config), None, "UNet", folder)
+    else:
+        unet = _from_pretrained(UNet2DConditionModel, folder, "unet")
     vae = _from_pretrained(AutoencoderKL, folder, "vae")
     arch = _folder_architecture(folder, index, dict(unet.config), prediction_type)
     text_encoders, tokenizers = [], []
@@ -420,11 +459,12 @@ def _scheduler_config(config: dict[str, Any], prediction_type: str) -> dict[str,
 
 
 def _load_single_file(
-    path: Path, prediction_type: str | None, dtype: torch.dtype | None = None
+    path: Path, prediction_type: str | None, dtype: torch.dtype | None = None, lazy_unet: bool = False
 ) -> StableDiffusionModel:
     """Build the model from one file; ``dtype`` converts each tensor as it is read (no full-size copy
-    in the file's dtype beside the target one; ``_place`` then finds the tensors already owned)."""
-    checkpoint = read_checkpoint(path, dtype)
+    in the file's dtype beside the target one; ``_place`` then finds the tensors already owned).
+    ``lazy_unet`` leaves the UNet's weights unread (``meta``; safetensors only)."""
+    checkpoint = read_checkpoint(path, dtype, skip=(UNET_PREFIX,) if lazy_unet else ())
     state_dict = normalize_original_keys(checkpoint.state_dict)
     arch = detect_architecture(
         state_dict,
@@ -483,12 +523,15 @@ def _text_factory(class_name: str, config: dict[str, Any]) -> Callable[[], Any]:
     return lambda: cls(CLIPTextConfig.from_dict(config))
 
 
-def _build_module(factory: Callable[[], Any], state_dict: StateDict, what: str, path: Path) -> Any:
-    """Build a module with empty (meta) weights and assign ``state_dict`` strictly; SDStudioError on mismatch."""
+def _build_module(factory: Callable[[], Any], state_dict: StateDict | None, what: str, path: Path) -> Any:
+    """Build a module with empty (meta) weights and assign ``state_dict`` strictly; SDStudioError on
+    mismatch. ``state_dict=None`` leaves the module on ``meta``."""
     from accelerate import init_empty_weights
 
     with init_empty_weights():
         module = factory()
+    if state_dict is None:
+        return module.eval()
     expected = module.state_dict()
     if "text_encoder" in what:
         state_dict = fit_text_keys(state_dict, expected.keys())

@@ -24,7 +24,9 @@ import copy
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -104,6 +106,12 @@ def module_state(module: Any) -> tuple:
     return weights, processors, padding
 
 
+def _versions(dtype: torch.dtype) -> str:
+    """What a converted graph depends on besides the weights: dtype, graph version, package versions."""
+    packages = "".join(importlib.metadata.version(p) for p in ("openvino", "diffusers", "torch"))
+    return f"{dtype} graphs v{GRAPH_VERSION}{packages}"  # the bytes fingerprints have always hashed
+
+
 def weights_fingerprint(module: Any, dtype: torch.dtype) -> str:
     """A short hash of a module's config, parameter names/shapes and a strided sample of its values.
 
@@ -114,9 +122,7 @@ def weights_fingerprint(module: Any, dtype: torch.dtype) -> str:
     h = hashlib.blake2b(digest_size=10)
     config = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}  # not diffusers'
     h.update(repr(sorted(config.items())).encode())  # `_use_default_values`: a list in set order
-    h.update(f"{dtype} graphs v{GRAPH_VERSION}".encode())
-    for package in ("openvino", "diffusers", "torch"):
-        h.update(importlib.metadata.version(package).encode())
+    h.update(_versions(dtype).encode())
     with torch.no_grad():
         for name, p in module.named_parameters():
             h.update(name.encode() + str(tuple(p.shape)).encode())
@@ -231,6 +237,54 @@ def convert_module(traced: torch.nn.Module, example: tuple, shapes: list[list[in
         return ov.convert_model(script, example_input=example, input=[ov.PartialShape(s) for s in shapes])
 
 
+SOURCES_FILE = "unet-sources.json"  # in <cache>/openvino: weights-file SHA-256 -> UNet graph fingerprint
+
+
+def unet_source_key(sha256: str, dtype: torch.dtype) -> str:
+    """The key of a UNet's weights file (its SHA-256) loaded in ``dtype`` by these package versions."""
+    return f"{sha256} {_versions(dtype)}"
+
+
+def cached_unet_fingerprint(cache_dir: str | Path | None, source_key: str) -> str | None:
+    """The fingerprint of the cached UNet graph converted from ``source_key``'s weights, or None.
+
+    With it the loader need not read the UNet's weights at all (:func:`use_openvino` runs the
+    cached graph; a job that needs the PyTorch UNet reads them then): on a 2 GB SD 1.5 file that is
+    1.7 GB neither read nor converted at load, once the first load converted and recorded it.
+    """
+    if cache_dir is None:
+        return None
+    try:
+        sources = json.loads((Path(cache_dir) / "openvino" / SOURCES_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    fingerprint = sources.get(source_key) if isinstance(sources, dict) else None
+    if not isinstance(fingerprint, str) or not CompiledGraph.cached("unet", fingerprint, cache_dir):
+        return None
+    return fingerprint
+
+
+def remember_unet_source(cache_dir: str | Path | None, source_key: str, fingerprint: str) -> None:
+    """Record that ``source_key``'s weights converted to the graph ``fingerprint`` (written atomically)."""
+    if cache_dir is None or not CompiledGraph.cached("unet", fingerprint, cache_dir):
+        return
+    path = Path(cache_dir) / "openvino" / SOURCES_FILE
+    try:
+        sources = json.loads(path.read_text())
+    except (OSError, ValueError):
+        sources = {}
+    sources = sources if isinstance(sources, dict) else {}  # a damaged index starts again
+    if sources.get(source_key) == fingerprint:
+        return
+    sources[source_key] = fingerprint
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(json.dumps(sources, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError:
+        log.warning("could not record the UNet graph in %s", path)
+
+
 def _cache_path(cache_dir: str | Path | None, name: str, fingerprint: str) -> Path | None:
     """``<cache_dir>/openvino/<name>-<fingerprint>.xml`` (None without a cache)."""
     return None if cache_dir is None else Path(cache_dir) / "openvino" / f"{name}-{fingerprint}.xml"
@@ -308,7 +362,8 @@ class OpenVINOUNet(_GraphUNet):
     re-reads them from the checkpoint once; they stay loaded after.
     """
 
-    def __init__(self, unet: Any, dtype: torch.dtype, cache_dir: str | Path | None, threads: int) -> None:
+    def __init__(self, unet: Any, dtype: torch.dtype, cache_dir: str | Path | None, threads: int,
+                 fingerprint: str | None = None) -> None:  # fmt: skip
         _require_openvino()
         if not supports_openvino(unet):
             raise SDStudioError(
@@ -320,7 +375,8 @@ class OpenVINOUNet(_GraphUNet):
         self.example = (torch.randn(2, c_in, 8, 8), torch.tensor([500.0, 500.0]), torch.randn(2, 77, ctx_dim))
         self.shapes = [[-1, c_in, -1, -1], [-1], [-1, -1, ctx_dim]]
         self.state = module_state(unet)  # what the graphs were converted from
-        self.graph = CompiledGraph("unet", weights_fingerprint(unet, dtype), cache_dir, threads, dtype,
+        fingerprint = fingerprint or weights_fingerprint(unet, dtype)  # given: the graph is cached
+        self.graph = CompiledGraph("unet", fingerprint, cache_dir, threads, dtype,
                                    lambda: convert_module(_UNetGraph(unet, dtype), self.example, self.shapes))  # fmt: skip
         self._shallow: CompiledGraph | None = None
         self._int8: dict[int, Int8UNet] = {}  # by token downsampling factor (1: none)
@@ -356,10 +412,9 @@ class OpenVINOUNet(_GraphUNet):
         ones converted (the checkpoint changed on disk), the graphs stop matching: PyTorch runs."""
         if self._reload is None:
             return
-        log.info("reloading the PyTorch UNet's weights (a job needs the PyTorch path)")
+        log.info("reading the PyTorch UNet's weights (a job needs the PyTorch path)")
         state_dict, self._reload = self._reload(), None
-        self.unet.load_state_dict(state_dict, strict=True, assign=True)
-        self.unet.requires_grad_(False)
+        assign_weights(self.unet, state_dict)
         if weights_fingerprint(self.unet, self.dtype) == self.graph.fingerprint:
             self.state = (module_state(self.unet)[0], *self.state[1:])  # processors as converted
         else:
@@ -582,20 +637,41 @@ class OpenVINODecoder:
 
 
 def use_openvino(model: Any, cache_dir: str | Path | None, threads: int | None = None,
-                 reload_unet: Callable[[], dict[str, torch.Tensor]] | None = None) -> Any:  # fmt: skip
+                 reload_unet: Callable[[], dict[str, torch.Tensor]] | None = None,
+                 unet_fingerprint: str | None = None) -> Any:  # fmt: skip
     """Give ``model`` (a StableDiffusionModel) an OpenVINO UNet and VAE decoder; returns ``model``.
 
     With ``reload_unet`` (a function returning the UNet's state dict again, from the checkpoint) the
     PyTorch UNet's weights are freed once the graph is compiled (:meth:`OpenVINOUNet.release_weights`).
+    ``unet_fingerprint`` names a cached UNet graph (:func:`cached_unet_fingerprint`); the UNet may then
+    come without weights (``meta``: the loader did not read them). Should that graph have left the
+    cache meanwhile, the weights are read with ``reload_unet`` and converted as usual.
     """
     threads = threads or torch.get_num_threads()
-    model.compiled_unet = OpenVINOUNet(model.unet, model.dtype, cache_dir, threads)
+    if unet_fingerprint is not None and not CompiledGraph.cached("unet", unet_fingerprint, cache_dir):
+        unet_fingerprint = None
+    if unet_fingerprint is None and has_meta_weights(model.unet):
+        if reload_unet is None:
+            raise SDStudioError("the UNet has no weights loaded and none to read them from")
+        assign_weights(model.unet, reload_unet())
+    model.compiled_unet = OpenVINOUNet(model.unet, model.dtype, cache_dir, threads, unet_fingerprint)
     model.compiled_decoder = OpenVINODecoder(model.vae, model.dtype, cache_dir, threads)
     if model.tiny_vae is not None:  # fast mode's decoder (TAESD), converted like the VAE's
         model.compiled_tiny_decoder = OpenVINODecoder(model.tiny_vae, model.dtype, cache_dir, threads, "taesd")
     if reload_unet is not None:
         model.compiled_unet.release_weights(reload_unet)
     return model
+
+
+def has_meta_weights(module: torch.nn.Module) -> bool:
+    """True when ``module``'s parameters are on the ``meta`` device (structure without storage)."""
+    return any(p.is_meta for p in module.parameters())
+
+
+def assign_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Give ``module`` the tensors of ``state_dict`` (same names and shapes; strict), frozen."""
+    module.load_state_dict(state_dict, strict=True, assign=True)
+    module.requires_grad_(False)
 
 
 def memory_available() -> int | None:
