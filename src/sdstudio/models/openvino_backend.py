@@ -689,9 +689,10 @@ def auto_backend_reason(model: Any) -> str | None:
     """Why ``--backend auto`` runs ``model`` on PyTorch (None: it runs on OpenVINO).
 
     OpenVINO is chosen on a CPU when the package is installed, the UNet converts, and memory allows
-    the compiled graph beside PyTorch's weights: measured for SD 1.5 in bf16 at 512 px (1.7 GB of
-    UNet weights), the process holds 6.95 GiB against 3.15 GiB on PyTorch alone, so ``4 x weights +
-    2 GiB`` available is asked for (BENCHMARKS.md run 5).
+    the compiled graph beside PyTorch's weights: ``4 x weights + 2 GiB`` available is asked for, what
+    the first conversion of a checkpoint needs (the PyTorch UNet, its trace and the converted graph;
+    BENCHMARKS.md run 5 measured 6.95 GiB for SD 1.5 in bf16 at 512 px). Once converted, a process
+    holds 3.39 GiB at 512 px against 3.15 GiB on PyTorch alone (run 8).
     """
     if model.device.type != "cpu":
         return f"the model is on {model.device.type}"
