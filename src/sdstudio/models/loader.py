@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default-model"
 CONFIG_METADATA_PREFIX = "sdstudio.config."  # + component name: JSON config embedded by our converter
 UNET_PREFIX = "model.diffusion_model."  # the UNet's keys in the original (LDM) layout
+OTHER_PREFIXES = ("first_stage_model.", "cond_stage_model.", "conditioner.")  # VAE, SD1/2 and SDXL text
 ARCH_INDEX_KEY = "_sdstudio_arch"  # written into model_index.json by save_diffusers
 
 
@@ -169,7 +170,7 @@ def unet_reloader(
 
             unet = _from_pretrained(UNet2DConditionModel, p, "unet")
         else:
-            unet = _load_single_file(p, prediction_type, dtype).unet
+            unet = _load_single_file(p, prediction_type, dtype, unet_only=True).unet
         return own_tensors(unet, device, dtype).state_dict()
 
     return reload
@@ -459,12 +460,18 @@ def _scheduler_config(config: dict[str, Any], prediction_type: str) -> dict[str,
 
 
 def _load_single_file(
-    path: Path, prediction_type: str | None, dtype: torch.dtype | None = None, lazy_unet: bool = False
+    path: Path,
+    prediction_type: str | None,
+    dtype: torch.dtype | None = None,
+    lazy_unet: bool = False,
+    unet_only: bool = False,
 ) -> StableDiffusionModel:
     """Build the model from one file; ``dtype`` converts each tensor as it is read (no full-size copy
     in the file's dtype beside the target one; ``_place`` then finds the tensors already owned).
-    ``lazy_unet`` leaves the UNet's weights unread (``meta``; safetensors only)."""
-    checkpoint = read_checkpoint(path, dtype, skip=(UNET_PREFIX,) if lazy_unet else ())
+    ``lazy_unet`` leaves the UNet's weights unread (``meta``; safetensors only); ``unet_only`` leaves
+    the VAE's and text encoders' unread instead (re-reading the UNet for OpenVINO's released one)."""
+    skip = (UNET_PREFIX,) if lazy_unet else OTHER_PREFIXES if unet_only else ()
+    checkpoint = read_checkpoint(path, dtype, skip=skip)
     state_dict = normalize_original_keys(checkpoint.state_dict)
     arch = detect_architecture(
         state_dict,
