@@ -49,9 +49,10 @@ def _load_cache(cache_file: Path) -> dict:
     return data
 
 
-def _save_cache(cache_file: Path, data: dict) -> None:
+def write_json_atomically(cache_file: Path, data: dict) -> None:
+    """Write ``data`` as JSON to ``cache_file`` through a temporary file and a rename (never half-written)."""
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".hashes-", suffix=".json", dir=cache_file.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{cache_file.stem}-", suffix=".json", dir=cache_file.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, sort_keys=True)
@@ -83,7 +84,7 @@ def sha256_cached(path: str | Path, cache_file: str | Path | None) -> str:
     digest = file_sha256(p)
     data["files"][key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
     try:
-        _save_cache(cache_path, data)
+        write_json_atomically(cache_path, data)
     except OSError:
         pass  # a read-only cache location must not stop loading a model
     return digest

@@ -26,7 +26,6 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sdstudio.checkpoints.hashing import write_json_atomically
 from sdstudio.errors import SDStudioError
 from sdstudio.models.resident_memory import releasing_mapped_pages, trim_heap
 from sdstudio.models.token_downsampling import token_downsampling
@@ -252,13 +252,7 @@ def cached_unet_fingerprint(cache_dir: str | Path | None, source_key: str) -> st
     cached graph; a job that needs the PyTorch UNet reads them then): on a 2 GB SD 1.5 file that is
     1.7 GB neither read nor converted at load, once the first load converted and recorded it.
     """
-    if cache_dir is None:
-        return None
-    try:
-        sources = json.loads((Path(cache_dir) / "openvino" / SOURCES_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    fingerprint = sources.get(source_key) if isinstance(sources, dict) else None
+    fingerprint = _unet_sources(cache_dir).get(source_key)
     if not isinstance(fingerprint, str) or not CompiledGraph.cached("unet", fingerprint, cache_dir):
         return None
     return fingerprint
@@ -268,21 +262,25 @@ def remember_unet_source(cache_dir: str | Path | None, source_key: str, fingerpr
     """Record that ``source_key``'s weights converted to the graph ``fingerprint`` (written atomically)."""
     if cache_dir is None or not CompiledGraph.cached("unet", fingerprint, cache_dir):
         return
-    path = Path(cache_dir) / "openvino" / SOURCES_FILE
-    try:
-        sources = json.loads(path.read_text())
-    except (OSError, ValueError):
-        sources = {}
-    sources = sources if isinstance(sources, dict) else {}  # a damaged index starts again
+    sources = _unet_sources(cache_dir)
     if sources.get(source_key) == fingerprint:
         return
     sources[source_key] = fingerprint
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
-        tmp.write_text(json.dumps(sources, indent=1, sort_keys=True))
-        tmp.replace(path)
+        write_json_atomically(Path(cache_dir) / "openvino" / SOURCES_FILE, sources)
     except OSError:
-        log.warning("could not record the UNet graph in %s", path)
+        log.warning("could not record the UNet graph in %s", cache_dir)
+
+
+def _unet_sources(cache_dir: str | Path | None) -> dict:
+    """The recorded weights-file -> graph map ({} without a cache, or when missing or damaged)."""
+    if cache_dir is None:
+        return {}
+    try:
+        sources = json.loads((Path(cache_dir) / "openvino" / SOURCES_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return sources if isinstance(sources, dict) else {}
 
 
 def _cache_path(cache_dir: str | Path | None, name: str, fingerprint: str) -> Path | None:

@@ -23,19 +23,19 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import logging
+import functools
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-log = logging.getLogger(__name__)
 MADV_DONTNEED = 4  # <sys/mman.h> on Linux
 DROP_INTERVAL_S = 0.02
 
 
+@functools.cache
 def _libc():
-    """The C library (None where it is not glibc/Linux)."""
+    """The C library, loaded once (None where it is not glibc/Linux; ``find_library`` runs ldconfig)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -46,15 +46,23 @@ def _libc():
 
 def trim_heap() -> bool:
     """Return freed heap memory to the system (glibc ``malloc_trim(0)``); False where unavailable."""
-    libc = _libc()
-    trim = getattr(libc, "malloc_trim", None)
+    trim = _malloc_trim()
     if trim is None:
         return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)
     return True
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (None elsewhere)."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+@functools.cache
 def _madvise():
     """libc's ``madvise`` (None where there is none: not Linux, no libc)."""
     libc = _libc()
