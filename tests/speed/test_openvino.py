@@ -84,6 +84,22 @@ def test_decoder_matches_pytorch(ov_model):
     assert torch.allclose(out, ref, atol=ATOL)
 
 
+def test_the_decoder_compiles_per_shape_and_decodes_a_batch_row_by_row(ov_model):
+    """One static compilation per latent shape (B = 1): a batch decodes as its rows do alone, and a
+    shape compiled again (after another) decodes the same bits."""
+    g = torch.Generator().manual_seed(3)
+    c = ov_model.vae.config.latent_channels
+    batch, other = torch.randn(3, c, 8, 8, generator=g), torch.randn(1, c, 12, 8, generator=g)
+    decoder = ov_model.compiled_decoder
+    together = decoder.decode(batch)
+    assert decoder.graph._shapes == [(1, c, 8, 8)]
+    rows = [decoder.decode(row) for row in batch.split(1)]
+    assert torch.equal(together, torch.cat(rows))
+    decoder.decode(other)
+    assert decoder.graph._shapes == [(1, c, 12, 8)]  # the 8x8 compilation was freed
+    assert torch.equal(decoder.decode(batch), together)
+
+
 def test_images_within_the_cross_path_bound_and_repeatable(ov_model):
     plain = tiny_sd1()  # the same weights (fixed seed), PyTorch only
     a = txt2img(ov_model, REQ)[0].image
@@ -289,7 +305,10 @@ def test_a_checkpoint_changed_on_disk_runs_on_pytorch(tmp_path, caplog):
     assert model.unet.conv_out.weight.equal(changed.unet.conv_out.weight)
 
 
-def test_a_lora_job_reloads_the_freed_unet_and_matches_pytorch(tiny_folder, tmp_path):
+def test_a_lora_job_reloads_the_freed_unet_and_matches_pytorch(tiny_folder, tmp_path, monkeypatch):
+    """The LoRA also patches the text encoder, freed since the last job: read back, held (never freed
+    while patched) for the job, then unpatched bit for bit."""
+    from sdstudio.models import loader
     from sdstudio.models.loader import load_model
     from sdstudio.networks import NetworkLibrary
     from sdstudio.pipelines.generate import generate
@@ -300,10 +319,17 @@ def test_a_lora_job_reloads_the_freed_unet_and_matches_pytorch(tiny_folder, tmp_
     save(sd, tmp_path / "Lora" / "style.safetensors")
     library = NetworkLibrary.from_models_dir(tmp_path)
     request = REQ.replace(prompt="a cat <lora:style:1>")
+    monkeypatch.setattr(loader, "IDLE_TEXT_BYTES", 0)
     model = load_model(tiny_folder, precision="fp32", backend="openvino", cache_dir=tmp_path)
     assert model.compiled_unet.released
+    generate(model, REQ, networks=library)
+    assert model.idle_text_encoders.released
     with_lora = np.asarray(generate(model, request, networks=library)[0].image)
     assert not model.compiled_unet.released and model.compiled_unet.matches(model.unet)  # LoRA removed
+    assert not model.idle_text_encoders.released  # held while patched: not freed after the encode
+    for (name, p), q in zip(model.text_encoders[0].state_dict().items(),
+                            reference.text_encoders[0].state_dict().values(), strict=True):  # fmt: skip
+        assert torch.equal(p, q), name
     assert np.array_equal(with_lora, np.asarray(generate(reference, request, networks=library)[0].image))
 
 
@@ -379,11 +405,15 @@ def bytes_read() -> int:
 
 
 @pytest.mark.parametrize("layout", ["single", "folder"])
-def test_a_recorded_checkpoint_loads_without_reading_its_unet(layout, tmp_path):
+def test_a_recorded_checkpoint_loads_without_reading_its_unet(layout, tmp_path, monkeypatch):
     """The first load converts and records the weights file's SHA-256 -> graph; later loads run the
     cached graph without reading the UNet's weights (they stay ``meta``) and make the same pixels.
-    A job that needs the PyTorch UNet reads them then: the same bits as a PyTorch load."""
+    A job that needs the PyTorch UNet reads them then: the same bits as a PyTorch load. Likewise the
+    VAE decoder's weights (freed beside its graph) and the text encoders' (freed between jobs)."""
+    from sdstudio.models import loader
     from sdstudio.models.loader import load_model, save_diffusers, save_single_file
+
+    monkeypatch.setattr(loader, "IDLE_TEXT_BYTES", 0)  # the tiny text encoder is freed like SD 1.5's
 
     source = tiny_sd1()
     path = save_single_file(source, tmp_path / "tiny.safetensors") if layout == "single" else (
@@ -409,13 +439,20 @@ def test_a_recorded_checkpoint_loads_without_reading_its_unet(layout, tmp_path):
     if layout == "single" and sys.platform.startswith("linux"):  # streamed with read(2); folders: mmap
         assert read_fully - read_lazily > 0.9 * unet_bytes, (read_fully, read_lazily, unet_bytes)
     assert all(p.is_meta for p in lazy.unet.parameters()) and lazy.compiled_unet.released
+    assert lazy.compiled_decoder.released and all(p.is_meta for p in lazy.vae.decoder.parameters())
+    assert not any(p.is_meta for p in lazy.vae.encoder.parameters())  # image-to-image encodes with it
     assert lazy.compiled_unet.graph.fingerprint == first.compiled_unet.graph.fingerprint
     assert np.array_equal(image, np.asarray(txt2img(lazy, REQ)[0].image))
+    idle = lazy.idle_text_encoders
+    assert idle.released and all(p.is_meta for p in lazy.text_encoders[0].parameters())  # after encoding
+    assert np.array_equal(image, np.asarray(txt2img(lazy, REQ)[0].image))  # read back: the same pixels
     tiled = np.asarray(txt2img(lazy, REQ.replace(tiling=True))[0].image)  # the PyTorch UNet, read now
-    for (name, p), q in zip(
-        lazy.unet.state_dict().items(), reference.unet.state_dict().values(), strict=True
-    ):
-        assert torch.equal(p, q), name
+    assert not lazy.compiled_decoder.released  # and the PyTorch decoder (tiling pads its convolutions)
+    idle.restore()
+    for module, ref in [(lazy.unet, reference.unet), (lazy.vae, reference.vae),
+                        (lazy.text_encoders[0], reference.text_encoders[0])]:  # fmt: skip
+        for (name, p), q in zip(module.state_dict().items(), ref.state_dict().values(), strict=True):
+            assert torch.equal(p, q), name
     assert np.array_equal(tiled, np.asarray(txt2img(reference, REQ.replace(tiling=True))[0].image))
 
 

@@ -42,11 +42,14 @@ from sdstudio.errors import SDStudioError
 from sdstudio.models.architectures import (
     ARCHITECTURES,
     FAMILIES,
+    UNET_PREFIX,
+    VAE_PREFIX,
     Architecture,
     architecture_for,
     component_config,
     read_json,
 )
+from sdstudio.models.idle_weights import IdleWeights
 from sdstudio.models.openvino_backend import (
     assign_weights,
     auto_backend_reason,
@@ -54,6 +57,7 @@ from sdstudio.models.openvino_backend import (
     has_meta_weights,
     openvino_available,
     remember_unet_source,
+    restore_torch_decoder,
     restore_torch_unet,
     unet_source_key,
     use_openvino,
@@ -65,8 +69,15 @@ from sdstudio.models.tokenizer import clip_tokenizer
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default-model"
 CONFIG_METADATA_PREFIX = "sdstudio.config."  # + component name: JSON config embedded by our converter
-UNET_PREFIX = "model.diffusion_model."  # the UNet's keys in the original (LDM) layout
-OTHER_PREFIXES = ("first_stage_model.", "cond_stage_model.", "conditioner.")  # VAE, SD1/2 and SDXL text
+TEXT_PREFIXES = ("cond_stage_model.", "conditioner.")  # SD 1/2 and SDXL text encoders
+_SKIP_ALL_BUT = {  # the key prefixes not read when reading only one component
+    "unet": (VAE_PREFIX, *TEXT_PREFIXES),
+    "vae": (UNET_PREFIX, *TEXT_PREFIXES),
+    "text": (UNET_PREFIX, VAE_PREFIX),
+}
+# Text encoders this large are freed between jobs on OpenVINO (models.idle_weights): SD 1.5's hold
+# 0.23 GiB and read back in ~0.2 s; a small one (the embedded model's) costs more to re-read than it saves.
+IDLE_TEXT_BYTES = 64 * 2**20
 ARCH_INDEX_KEY = "_sdstudio_arch"  # written into model_index.json by save_diffusers
 
 
@@ -123,21 +134,32 @@ def load_model(
         _replace_vae(model, Path(vae_path), cache_file)
     attach_tiny_vae(model, tiny_vae_path if tiny_vae_path is not None else _folder_tiny_vae(p))
     model = _place(model, target_device, target_dtype).eval()
-    reload = unet_reloader(p, prediction_type, model)
+    reload = component_reloader(p, prediction_type, model, "unet")
+    compile_kwargs = {
+        "reload_unet": reload,
+        "unet_fingerprint": graph,
+        # the VAE decoder's weights are freed too, unless the VAE came from another file
+        "reload_vae": component_reloader(p, prediction_type, model, "vae") if vae_path is None else None,
+    }
     if backend == "openvino":
         if target_device.type != "cpu":
             raise SDStudioError("--backend openvino runs on the CPU; use --device cpu", field="backend")
-        use_openvino(model, cache_file.parent, reload_unet=reload, unet_fingerprint=graph)
+        use_openvino(model, cache_file.parent, **compile_kwargs)
     elif backend == "auto" and auto_backend_reason(model) is None:
         try:
-            use_openvino(model, cache_file.parent, reload_unet=reload, unet_fingerprint=graph)
+            use_openvino(model, cache_file.parent, **compile_kwargs)
         except Exception as exc:  # noqa: BLE001 - an unexpected graph: PyTorch runs it as before
             log.warning(
                 "OpenVINO could not convert %s (%s: %s); running on PyTorch", p, type(exc).__name__, exc
             )
+            restore_torch_decoder(model)
             model.compiled_unet = model.compiled_decoder = model.compiled_tiny_decoder = None
     if model.compiled_unet is None and has_meta_weights(model.unet):  # not read, and PyTorch runs it
         assign_weights(model.unet, reload())
+    if model.compiled_unet is not None and _weights_bytes(model.text_encoders) >= IDLE_TEXT_BYTES:
+        model.idle_text_encoders = IdleWeights(
+            model.text_encoders, text_encoders_reloader(p, prediction_type, model), "text encoder"
+        )
     if model.compiled_unet is not None and graph is None and source:
         remember_unet_source(cache_file.parent, source, model.compiled_unet.graph.fingerprint)
     model.backend = "openvino" if model.compiled_unet is not None else "torch"
@@ -157,23 +179,47 @@ def _unet_source(
     return unet_source_key(sha256_cached(weights, cache_file), dtype)
 
 
-def unet_reloader(
-    p: Path, prediction_type: str | None, model: StableDiffusionModel
+def component_reloader(
+    p: Path, prediction_type: str | None, model: StableDiffusionModel, component: str
 ) -> Callable[[], StateDict]:
-    """A function that reads the UNet's weights from ``p`` again, placed like ``model``'s (for
-    OpenVINO, which frees the PyTorch UNet's weights while its compiled graph runs)."""
+    """A function that reads one component's weights (``component``: "unet" or "vae") from ``p``
+    again, placed like ``model``'s (for OpenVINO, which frees PyTorch weights while its compiled
+    graphs run). From a single file it reads only that component's tensors."""
     device, dtype = model.device, model.dtype
 
     def reload() -> StateDict:
         if p.is_dir():
-            from diffusers import UNet2DConditionModel
+            from diffusers import AutoencoderKL, UNet2DConditionModel
 
-            unet = _from_pretrained(UNet2DConditionModel, p, "unet")
+            cls = UNet2DConditionModel if component == "unet" else AutoencoderKL
+            module = _from_pretrained(cls, p, component)
         else:
-            unet = _load_single_file(p, prediction_type, dtype, unet_only=True).unet
-        return own_tensors(unet, device, dtype).state_dict()
+            module = getattr(_load_single_file(p, prediction_type, dtype, only=component), component)
+        return own_tensors(module, device, dtype).state_dict()
 
     return reload
+
+
+def text_encoders_reloader(
+    p: Path, prediction_type: str | None, model: StableDiffusionModel
+) -> Callable[[], list[StateDict]]:
+    """A function that reads the text encoders' weights from ``p`` again (one state dict each, placed
+    like ``model``'s), for :class:`~sdstudio.models.idle_weights.IdleWeights`."""
+    device, dtype = model.device, model.dtype
+    specs = model_architecture(model).text_encoders
+
+    def reload() -> list[StateDict]:
+        if p.is_dir():
+            encoders = [_from_pretrained(_text_class(spec.class_name), p, spec.subfolder) for spec in specs]
+        else:
+            encoders = _load_single_file(p, prediction_type, dtype, only="text").text_encoders
+        return [own_tensors(encoder, device, dtype).state_dict() for encoder in encoders]
+
+    return reload
+
+
+def _weights_bytes(modules: list[torch.nn.Module]) -> int:
+    return sum(p.numel() * p.element_size() for module in modules for p in module.parameters())
 
 
 def _folder_tiny_vae(p: Path) -> Path | None:
@@ -464,13 +510,13 @@ def _load_single_file(
     prediction_type: str | None,
     dtype: torch.dtype | None = None,
     lazy_unet: bool = False,
-    unet_only: bool = False,
+    only: str | None = None,
 ) -> StableDiffusionModel:
     """Build the model from one file; ``dtype`` converts each tensor as it is read (no full-size copy
     in the file's dtype beside the target one; ``_place`` then finds the tensors already owned).
-    ``lazy_unet`` leaves the UNet's weights unread (``meta``; safetensors only); ``unet_only`` leaves
-    the VAE's and text encoders' unread instead (re-reading the UNet for OpenVINO's released one)."""
-    skip = (UNET_PREFIX,) if lazy_unet else OTHER_PREFIXES if unet_only else ()
+    ``lazy_unet`` leaves the UNet's weights unread (``meta``; safetensors only); ``only`` ("unet", "vae"
+    or "text") leaves every other component's unread instead (re-reading what was freed)."""
+    skip = (UNET_PREFIX,) if lazy_unet else _SKIP_ALL_BUT.get(only, ())
     checkpoint = read_checkpoint(path, dtype, skip=skip)
     state_dict = normalize_original_keys(checkpoint.state_dict)
     arch = detect_architecture(
@@ -633,6 +679,9 @@ def model_components(
     """Return (architecture, diffusers component state dicts, component configs) of a model."""
     arch = model_architecture(model)
     restore_torch_unet(model)  # OpenVINO may have freed the PyTorch UNet's weights
+    restore_torch_decoder(model)  # and the VAE decoder's
+    if model.idle_text_encoders is not None:
+        model.idle_text_encoders.restore()  # and, between jobs, the text encoders'
     components = {"unet": model.unet.state_dict(), "vae": model.vae.state_dict()}
     configs = {"unet": _module_config(model.unet), "vae": _module_config(model.vae)}
     for spec, encoder in zip(arch.text_encoders, model.text_encoders, strict=True):

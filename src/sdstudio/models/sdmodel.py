@@ -77,6 +77,7 @@ class StableDiffusionModel:
     backend: str = "torch"  # what runs the UNet: "torch" or "openvino" (models.loader's backend choice)
     tiny_vae: Any = None  # diffusers.AutoencoderTiny (TAESD, models.tiny_vae): fast mode's decoder
     compiled_tiny_decoder: Any = None  # the tiny VAE's decoder compiled by OpenVINO, while it matches
+    idle_text_encoders: Any = None  # models.idle_weights.IdleWeights: text encoders freed between jobs
 
     @property
     def prediction_type(self) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdstudio.errors import SDStudioError
+from sdstudio.models.idle_weights import held_weights
 from sdstudio.models.openvino_backend import restore_torch_unet
 from sdstudio.networks.embeddings import EncoderEmbeddings, read_embedding
 from sdstudio.networks.keys import ModuleIndex
@@ -50,8 +51,8 @@ def activate_networks(model, library: NetworkLibrary | None, request) -> Iterato
     previous = model.textual_inversion
     if deltas:
         restore_torch_unet(model)  # OpenVINO may have freed the weights the deltas patch
-    with patched_weights(deltas):
-        model.textual_inversion = lookups
+    with held_weights(model.idle_text_encoders if deltas else None), patched_weights(deltas):
+        model.textual_inversion = lookups  # patched text encoders are not freed during the job
         try:
             yield request.replace(extra=extra)
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from sdstudio.errors import SDStudioError
+from sdstudio.models.openvino_backend import restore_torch_decoder
 from sdstudio.models.tiny_vae import tiny_decode
 from sdstudio.prompts.encode import Conditioning
 from sdstudio.sampling.schedules import DiscreteSchedule
@@ -84,15 +85,16 @@ def decode_latents_tiny(model, latents: torch.Tensor) -> torch.Tensor:
 def _decode(model, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     vae = model.vae
     original = next(vae.parameters()).dtype
+    z = model.latent_format.to_vae(latents)  # (B, C, h, w)
+    compiled = model.compiled_decoder
+    if compiled is not None and dtype == original and compiled.matches(vae):
+        if model.compiled_unet is not None:  # sampling is done: the UNet's buffers go first
+            model.compiled_unet.release_scratch()
+        return compiled.decode(z)  # (B, 3, H, W)
+    restore_torch_decoder(model)  # OpenVINO may have freed the PyTorch decoder's weights
     if dtype != original:
         vae.to(dtype)
     try:
-        z = model.latent_format.to_vae(latents)  # (B, C, h, w)
-        compiled = model.compiled_decoder
-        if compiled is not None and dtype == original and compiled.matches(vae):
-            if model.compiled_unet is not None:  # sampling is done: the UNet's buffers go first
-                model.compiled_unet.release_scratch()
-            return compiled.decode(z)  # (B, 3, H, W)
         return vae.decode(z.to(model.device, dtype), return_dict=False)[0].float()
     finally:
         if dtype != original:

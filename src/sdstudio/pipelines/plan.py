@@ -161,7 +161,9 @@ def encode_for_batch(
 ) -> PromptConditioning:
     """Encode ``AND`` parts and their schedules (``[from:to:when]``, ``[a|b]``), repeated for the batch.
 
-    Every distinct text is encoded once, all with the same number of 75-token chunks.
+    Every distinct text is encoded once, all with the same number of 75-token chunks. The text
+    encoders are idle after: where the model frees them between uses (``model.idle_text_encoders``,
+    OpenVINO), they go now, before sampling, and are read back at the next encode.
     """
     steps = steps or request.steps
     parts = [
@@ -179,6 +181,8 @@ def encode_for_batch(
         ):  # SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)
             cond.extra["time_ids"] = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
         encoded[text] = cond.repeat(batch_size)
+    if model.idle_text_encoders is not None:
+        model.idle_text_encoders.release()
     return PromptConditioning(
         [([(end, encoded[text]) for end, text in schedule], w) for schedule, w in parts],
         [(end, encoded[text]) for end, text in negative_sched],

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sdstudio.models.idle_weights import held_weights
+
 CHUNK = 75
 
 
@@ -93,9 +95,7 @@ def tokenize_chunks(
         nonlocal tokens, mults, fixes, last_comma
         body = [bos, *tokens, eos]
         chunks.append(
-            PromptChunk(
-                body + [pad] * (77 - len(body)), [1.0, *mults, 1.0] + [1.0] * (77 - len(body)), fixes
-            )
+            PromptChunk(body + [pad] * (77 - len(body)), [1.0, *mults, 1.0] + [1.0] * (77 - len(body)), fixes)
         )
         tokens, mults, fixes, last_comma = [], [], [], -1
 
@@ -213,6 +213,11 @@ def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def encode_prompts(model, prompts: Sequence[str], clip_skip: int = 1, min_chunks: int = 1) -> Conditioning:
     """Encode one prompt per batch row; returns (B, 77*chunks, D) context (and pooled for SDXL)."""
+    with held_weights(getattr(model, "idle_text_encoders", None)):  # read back if freed since the last job
+        return _encode_prompts(model, prompts, clip_skip, min_chunks)
+
+
+def _encode_prompts(model, prompts: Sequence[str], clip_skip: int, min_chunks: int) -> Conditioning:
     lookups = text_embeddings(model)
     chunks_needed = max([min_chunks] + [count_chunks(model.tokenizers[0], p, lookups[0]) for p in prompts])
     rows, pooled_rows = [], []
