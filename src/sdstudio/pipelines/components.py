@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from sdstudio.errors import SDStudioError
@@ -92,13 +94,9 @@ def _decode(model, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
             model.compiled_unet.release_scratch()
         return compiled.decode(z)  # (B, 3, H, W)
     restore_torch_decoder(model)  # OpenVINO may have freed the PyTorch decoder's weights
-    if dtype != original:
-        vae.to(dtype)
-    try:
-        return vae.decode(z.to(model.device, dtype), return_dict=False)[0].float()
-    finally:
-        if dtype != original:
-            vae.to(original)
+    if dtype != original:  # a cast copy: casting in place and back would give the weights new
+        vae = copy.deepcopy(vae).to(dtype)  # storages, and a compiled decoder would stop matching
+    return vae.decode(z.to(model.device, dtype), return_dict=False)[0].float()
 
 
 @torch.no_grad()

@@ -2,7 +2,9 @@
 
 Layout as A1111: ``<outdir>/<kind>-images/YYYY-MM-DD/00001-<seed>.png``; the number is one more
 than the highest number already in the folder. Files are written to a temp file in the same folder
-and renamed into place, so a crash never leaves a half-written image under a final name.
+and hard-linked into place, so a crash never leaves a half-written image under a final name, and a
+name another process (a second server on the same outputs folder) took in the meantime is never
+overwritten: the next free number is used instead.
 """
 
 from __future__ import annotations
@@ -60,9 +62,12 @@ def save_image(
         raise SDStudioError(f"unsupported image format {ext!r}; use png, jpg or webp")
     try:
         target_dir.mkdir(parents=True, exist_ok=True)
-        with _lock:
-            path = target_dir / f"{next_number(target_dir):05d}-{seed}.{ext}"
-            _write_atomic(image, infotext, path, ext)
+        tmp = _write_temp(image, infotext, target_dir, ext)
+        try:
+            with _lock:
+                path = _publish(tmp, target_dir, seed, ext)
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError as exc:  # disk full, read-only or missing outputs folder: say so, keep serving
         full = exc.errno == errno.ENOSPC
         raise SDStudioError(
@@ -74,8 +79,9 @@ def save_image(
     return path
 
 
-def _write_atomic(image: Image.Image, infotext: str, path: Path, ext: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f".{ext}", dir=path.parent)
+def _write_temp(image: Image.Image, infotext: str, folder: Path, ext: str) -> Path:
+    """Write and fsync ``image`` with its infotext to a hidden temp file in ``folder``."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f".{ext}", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
             if ext == "png":
@@ -85,13 +91,37 @@ def _write_atomic(image: Image.Image, infotext: str, path: Path, ext: str) -> No
             else:
                 exif = Image.Exif()
                 exif[0x9286] = b"UNICODE\x00" + infotext.encode("utf-16-be")  # EXIF UserComment, as A1111
-                image.convert("RGB").save(fh, format="JPEG" if ext in ("jpg", "jpeg") else "WEBP", exif=exif, quality=95)
+                image.convert("RGB").save(
+                    fh, format="JPEG" if ext in ("jpg", "jpeg") else "WEBP", exif=exif, quality=95
+                )
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def _publish(tmp: Path, folder: Path, seed: int, ext: str) -> Path:
+    """Give the written ``tmp`` the next free ``NNNNN-<seed>.<ext>`` name without replacing a file.
+
+    ``os.link`` fails if the name exists (another process numbered from the same listing), so the
+    next number is tried. Filesystems without hard links (FAT, some network mounts) fall back to
+    ``os.replace``: still atomic, but only this process's lock guards the name.
+    """
+    for _ in range(1000):
+        path = folder / f"{next_number(folder):05d}-{seed}.{ext}"
+        try:
+            os.link(tmp, path)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+                raise
+            os.replace(tmp, path)
+            return path
+    raise SDStudioError(f"could not find a free file name in {folder}", field="outdir", status=500)
 
 
 def read_infotext(source) -> str:
