@@ -252,9 +252,12 @@ def test_auto_falls_back_to_pytorch_when_openvino_cannot_run(tiny_folder, tmp_pa
         raise RuntimeError("a graph OpenVINO cannot convert")
 
     monkeypatch.setattr(loader, "use_openvino", broken)
+    monkeypatch.setattr(loader, "IDLE_TEXT_BYTES", 0)  # freed for the conversion, read back for PyTorch
     with caplog.at_level("WARNING"):
         model = loader.load_model(tiny_folder, precision="fp32", backend="auto")
     assert model.backend == "torch" and "running on PyTorch" in caplog.text
+    assert model.idle_text_encoders is None
+    assert not any(p.is_meta for p in model.text_encoders[0].parameters())
     with pytest.raises(RuntimeError, match="cannot convert"):
         loader.load_model(tiny_folder, precision="fp32", backend="openvino")  # asked for: not hidden
 
@@ -421,6 +424,7 @@ def test_a_recorded_checkpoint_loads_without_reading_its_unet(layout, tmp_path, 
     )  # fmt: skip
     cache = tmp_path / "cache"
     first = load_model(path, precision="fp32", backend="openvino", cache_dir=cache)
+    assert first.idle_text_encoders.released  # not resident while the first load converts the UNet
     sources = (cache / "openvino" / openvino_backend.SOURCES_FILE).read_text()
     assert first.compiled_unet.graph.fingerprint in sources
     image = np.asarray(txt2img(first, REQ)[0].image)

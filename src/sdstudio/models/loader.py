@@ -141,11 +141,15 @@ def load_model(
         # the VAE decoder's weights are freed too, unless the VAE came from another file
         "reload_vae": component_reloader(p, prediction_type, model, "vae") if vae_path is None else None,
     }
+    if backend == "openvino" and target_device.type != "cpu":
+        raise SDStudioError("--backend openvino runs on the CPU; use --device cpu", field="backend")
+    openvino = backend == "openvino" or (backend == "auto" and auto_backend_reason(model) is None)
+    idle = _idle_text_encoders(p, prediction_type, model) if openvino else None
+    if idle is not None and graph is None:  # converting the UNet is a first load's memory peak:
+        idle.release()  # the text encoders wait on disk until the first prompt
     if backend == "openvino":
-        if target_device.type != "cpu":
-            raise SDStudioError("--backend openvino runs on the CPU; use --device cpu", field="backend")
         use_openvino(model, cache_file.parent, **compile_kwargs)
-    elif backend == "auto" and auto_backend_reason(model) is None:
+    elif openvino:
         try:
             use_openvino(model, cache_file.parent, **compile_kwargs)
         except Exception as exc:  # noqa: BLE001 - an unexpected graph: PyTorch runs it as before
@@ -156,10 +160,10 @@ def load_model(
             model.compiled_unet = model.compiled_decoder = model.compiled_tiny_decoder = None
     if model.compiled_unet is None and has_meta_weights(model.unet):  # not read, and PyTorch runs it
         assign_weights(model.unet, reload())
-    if model.compiled_unet is not None and _weights_bytes(model.text_encoders) >= IDLE_TEXT_BYTES:
-        model.idle_text_encoders = IdleWeights(
-            model.text_encoders, text_encoders_reloader(p, prediction_type, model), "text encoder"
-        )
+    if model.compiled_unet is not None:
+        model.idle_text_encoders = idle
+    elif idle is not None:
+        idle.restore()
     if model.compiled_unet is not None and graph is None and source:
         remember_unet_source(cache_file.parent, source, model.compiled_unet.graph.fingerprint)
     model.backend = "openvino" if model.compiled_unet is not None else "torch"
@@ -198,6 +202,15 @@ def component_reloader(
         return own_tensors(module, device, dtype).state_dict()
 
     return reload
+
+
+def _idle_text_encoders(
+    p: Path, prediction_type: str | None, model: StableDiffusionModel
+) -> IdleWeights | None:
+    """The text encoders as :class:`IdleWeights` (freed between jobs), or None below ``IDLE_TEXT_BYTES``."""
+    if _weights_bytes(model.text_encoders) < IDLE_TEXT_BYTES:
+        return None
+    return IdleWeights(model.text_encoders, text_encoders_reloader(p, prediction_type, model), "text encoder")
 
 
 def text_encoders_reloader(
