@@ -19,6 +19,7 @@ from sdstudio.runtime.history import HistoryStore, ReconcileReport
 from sdstudio.runtime.jobstore import JobStore, StoredJob
 from sdstudio.runtime.manager import ModelManager
 from sdstudio.runtime.queue import Job, JobContext, JobQueue
+from sdstudio.runtime.server_lock import ServerLock
 from sdstudio.runtime.service import ImageService, JobResult, SavedImage
 from sdstudio.runtime.workers import LocalWorker, ModelWorker, model_key, stored_result
 
@@ -42,8 +43,12 @@ class Studio:
             backend=settings.backend,
             models=models,
         )
+        self.server_lock = ServerLock(settings.history_db)
+        self.sole_server = self.server_lock.acquire()  # False: another live server shares the folder
         self.history = HistoryStore(settings.history_db, self.outdir)
-        self.reconcile_report: ReconcileReport = self.history.reconcile()
+        # a live server's image being written is not an orphan file: only the sole server reconciles
+        skipped = ReconcileReport(rebuilt_database=self.history.rebuilt_from)
+        self.reconcile_report: ReconcileReport = self.history.reconcile() if self.sole_server else skipped
         self.images = ImageService(
             self.outdir,
             self.history,
@@ -58,7 +63,11 @@ class Studio:
             load_result=lambda job: stored_result(self.history, job),
             max_pending=settings.max_queue,
         )  # fmt: skip
-        self.recovered = self.queue.recover(self._rebuild)  # queued when the server last stopped
+        # queued when the server last stopped; a live server's jobs are its own
+        self.recovered = self.queue.recover(self._rebuild, requeue=self.sole_server)
+        self.server_lock.share()
+        if not self.sole_server:
+            log.warning("another sdstudio server uses %s: its jobs are left to it", self.outdir)
         self.options: dict[str, Any] = {}
 
     def _start_workers(self) -> list[ModelWorker]:
@@ -80,6 +89,7 @@ class Studio:
             worker.close()
         self.jobs.close()
         self.history.close()
+        self.server_lock.release()
 
     def image_bytes(self, saved: SavedImage) -> bytes | None:
         """The saved file's bytes (PNG with its ``parameters`` chunk); None if it was deleted since."""

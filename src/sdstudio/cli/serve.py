@@ -164,5 +164,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sdstudio: {len(studio.workers)} Ray model worker(s): {names}")
     if studio.recovered:
         print(f"sdstudio: {len(studio.recovered)} job(s) queued before the last stop are queued again")
+    if not studio.sole_server:
+        print(f"sdstudio: another server uses {settings.outdir}; its queued and running jobs stay its own")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_keep_alive=30)
     return 0

@@ -190,16 +190,20 @@ class JobQueue:
             if thread is not None:
                 thread.join(max(0.0, deadline - time.time()))
 
-    def recover(self, rebuild: Callable[[StoredJob], Callable[[JobContext], Any] | None]) -> list[Job]:
+    def recover(
+        self, rebuild: Callable[[StoredJob], Callable[[JobContext], Any] | None], *, requeue: bool = True
+    ) -> list[Job]:
         """Re-queue the durable jobs the store held as queued, in their order, and return them.
 
         The store marks the job that was running (and queued jobs that cannot run again) failed;
         :meth:`get` reads those back. ``rebuild(stored)`` returns the job function for a stored
-        request (None: it cannot run, and the job is failed).
+        request (None: it cannot run, and the job is failed). ``requeue=False`` (another live
+        server owns those jobs: :mod:`sdstudio.runtime.server_lock`) leaves them alone and only
+        numbers new jobs after them.
         """
         if self.store is None:
             return []
-        stored_jobs = self.store.recover()
+        stored_jobs = self.store.recover() if requeue else []
         with self._lock:
             self._seq = itertools.count(max(self.store.max_seq(), next(self._seq)) + 1)
         jobs = []
