@@ -202,6 +202,23 @@ def test_full_queue_is_429_with_retry_after(tmp_path, tiny_sd1):
         assert wait_job(c, _submit(c, "q", seed=4)["id"])["state"] == "done"
 
 
+def test_one_client_over_its_share_of_the_queue_is_429_and_others_still_queue(tmp_path, tiny_sd1):
+    app = _app(tmp_path, {"tiny": tiny_sd1}, max_queue=10, max_queue_per_client=2)
+    with TestClient(app) as c:
+        running = _submit(c, "greedy", **SLOW, seed=1)
+        deadline = time.time() + 30
+        while c.get(f"/api/jobs/{running['id']}").json()["state"] != "running" and time.time() < deadline:
+            time.sleep(0.02)
+        waiting = [_submit(c, "greedy", seed=2), _submit(c, "greedy", seed=3)]  # its share: 2 waiting
+        r = c.post("/api/jobs/txt2img", json=FAST, headers={"X-Client-Id": "greedy"})
+        assert r.status_code == 429 and "this client's share of the queue is full" in r.json()["detail"]
+        assert int(r.headers["retry-after"]) >= 1
+        polite = _submit(c, "polite", seed=4)  # another client still gets in
+        assert polite["state"] == "queued"
+        for job in (running, *waiting, polite):
+            c.post(f"/api/jobs/{job['id']}/cancel")
+
+
 def test_one_clients_50_jobs_do_not_starve_anothers_one(client):
     greedy = [_submit(client, "greedy", seed=i, steps=1) for i in range(50)]
     polite = _submit(client, "polite", seed=99, steps=1)

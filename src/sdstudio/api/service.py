@@ -61,7 +61,7 @@ class Studio:
         self.queue = JobQueue(
             preview_interval=settings.preview_interval, store=self.jobs, workers=self.workers,
             load_result=lambda job: stored_result(self.history, job),
-            max_pending=settings.max_queue,
+            max_pending=settings.max_queue, max_pending_per_client=settings.max_queue_per_client,
         )  # fmt: skip
         # queued when the server last stopped; a live server's jobs are its own
         self.recovered = self.queue.recover(self._rebuild, requeue=self.sole_server)

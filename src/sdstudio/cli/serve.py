@@ -50,6 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="most queued jobs; more get 429 + Retry-After (default 100)",
     )
     p.add_argument(
+        "--max-queue-per-client",
+        type=int,
+        default=0,
+        metavar="N",
+        help="most queued jobs of one client (X-Client-Id, else user and address); more get 429 "
+        "+ Retry-After (default 0: no cap beyond --max-queue)",
+    )
+    p.add_argument(
         "--precision",
         default="auto",
         choices=["auto", "fp32", "fp16", "bf16"],
@@ -101,6 +109,8 @@ def build_settings(args: argparse.Namespace):
         )
     if args.max_queue < 1:
         raise SDStudioError("--max-queue must be at least 1", field="max_queue")
+    if args.max_queue_per_client < 0:
+        raise SDStudioError("--max-queue-per-client must be 0 (no cap) or more", field="max_queue_per_client")
     if args.model and not Path(args.model).exists():
         raise SDStudioError(f"--model: no such file or folder: {args.model}", field="model")
     limits = Limits(
@@ -120,6 +130,7 @@ def build_settings(args: argparse.Namespace):
         api_auth=auth,
         allowed_hosts=tuple(n.strip() for n in args.allowed_hosts.split(",") if n.strip()),
         max_queue=args.max_queue,
+        max_queue_per_client=args.max_queue_per_client or None,
         device=args.device,
         precision=args.precision,
         backend=args.backend,

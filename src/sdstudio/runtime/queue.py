@@ -139,10 +139,12 @@ class JobQueue:
         workers: Sequence[Worker] | None = None,
         load_result: Callable[[Job], Any] | None = None,
         max_pending: int | None = None,
+        max_pending_per_client: int | None = None,
     ) -> None:
         self.preview_interval = preview_interval
         self.keep_finished = keep_finished
         self.max_pending = max_pending  # queued jobs beyond this are refused (QueueFullError, HTTP 429)
+        self.max_pending_per_client = max_pending_per_client  # the same, counted per client
         self.store = store
         self.load_result = load_result
         self.workers: list[Worker | None] = list(workers) if workers else [None]
@@ -247,6 +249,9 @@ class JobQueue:
         with self._lock:  # before the job is stored: a refused job leaves no row
             if self.max_pending is not None and self._pending_count_locked() >= self.max_pending:
                 raise QueueFullError(self.max_pending, self._retry_after_locked())
+            mine = len(self._pending.get(job.client, ()))
+            if self.max_pending_per_client is not None and mine >= self.max_pending_per_client:
+                raise QueueFullError(self.max_pending_per_client, self._retry_after_locked(), per_client=True)
         job.seq = next(self._seq)
         if self.store is not None:
             try:
@@ -508,9 +513,10 @@ def _job_from(stored: StoredJob) -> Job:
 class QueueFullError(SDStudioError):
     """Too many queued jobs: HTTP 429 with ``Retry-After`` (``retry_after`` seconds)."""
 
-    def __init__(self, limit: int, retry_after: int) -> None:
+    def __init__(self, limit: int, retry_after: int, *, per_client: bool = False) -> None:
+        whose = "this client's share of the queue is full" if per_client else "the queue is full"
         super().__init__(
-            f"the queue is full ({limit} jobs waiting); try again in about {retry_after} s",
+            f"{whose} ({limit} jobs waiting); try again in about {retry_after} s",
             field="queue",
             status=429,
         )
