@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from sdstudio.errors import SDStudioError
 from sdstudio.runtime.history import HistoryStore, ImageRecord, safe_join
 
 
@@ -136,3 +137,18 @@ def test_corrupt_database_is_moved_aside_and_rebuilt(tmp_path):
     store.close()
     with sqlite3.connect(db) as conn:  # the new file is a valid database
         assert conn.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 1
+
+
+def test_a_locked_database_is_an_error_and_never_moved_aside(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    db = out / "history.sqlite3"
+    HistoryStore(db, out).close()  # a valid database, in use by another server
+    before = db.read_bytes()
+
+    def locked(self):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(HistoryStore, "_connect", locked)
+    with pytest.raises(SDStudioError, match="database is locked"):
+        HistoryStore(db, out)
+    assert db.read_bytes() == before and not list(out.glob("*.corrupt-*"))

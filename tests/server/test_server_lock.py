@@ -87,3 +87,16 @@ def test_a_second_server_does_not_fail_or_rerun_a_live_servers_jobs(tmp_path, ti
     studio = app.state.studio
     assert studio.sole_server is True and [j.id for j in studio.recovered] == [waiting.id]
     studio.stop()
+
+
+def test_where_locks_are_unsupported_a_server_starts_as_the_only_one(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, kind):
+        raise OSError(errno.ENOLCK, "No locks available")  # NFS without a lock daemon
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    lock = ServerLock(tmp_path / "history.sqlite3")
+    assert lock.acquire() is True
+    lock.release()

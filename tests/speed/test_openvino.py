@@ -460,6 +460,31 @@ def test_a_recorded_checkpoint_loads_without_reading_its_unet(layout, tmp_path, 
     assert np.array_equal(tiled, np.asarray(txt2img(reference, REQ.replace(tiling=True))[0].image))
 
 
+def test_a_pickled_checkpoint_keeps_the_weights_it_could_only_reread_whole(tmp_path, monkeypatch):
+    """A .ckpt is unpickled whole: its text encoders and VAE decoder stay loaded (a re-read per job
+    would read the whole file), while OpenVINO still runs the UNet and the decoder."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from sdstudio.checkpoints.io import METADATA_KEY
+    from sdstudio.models import loader
+    from sdstudio.models.loader import load_model, save_single_file
+
+    monkeypatch.setattr(loader, "IDLE_TEXT_BYTES", 0)
+    single = save_single_file(tiny_sd1(), tmp_path / "tiny.safetensors")
+    with safe_open(single, "pt") as f:
+        metadata = f.metadata()  # the tiny architecture (a .ckpt carries it under METADATA_KEY)
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": load_file(single), METADATA_KEY: metadata}, ckpt)
+    model = load_model(ckpt, precision="fp32", backend="openvino", cache_dir=tmp_path / "cache")
+    assert model.compiled_unet is not None and model.compiled_decoder is not None
+    assert model.idle_text_encoders is None and not model.compiled_decoder.released
+    image = np.asarray(txt2img(model, REQ)[0].image)
+    assert not any(p.is_meta for p in model.text_encoders[0].parameters())
+    reference = load_model(single, precision="fp32", backend="openvino", cache_dir=tmp_path / "cache")
+    assert np.array_equal(image, np.asarray(txt2img(reference, REQ)[0].image))  # same weights
+
+
 def test_a_stale_or_damaged_record_reads_and_converts_the_unet_again(tiny_folder, tmp_path, monkeypatch):
     from sdstudio.models.loader import load_model
 

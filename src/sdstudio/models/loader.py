@@ -35,7 +35,13 @@ from sdstudio.checkpoints.convert import (
 )
 from sdstudio.checkpoints.detect import detect_architecture, normalize_prediction_type
 from sdstudio.checkpoints.hashing import default_cache_dir, diffusers_weights_file, model_hash, sha256_cached
-from sdstudio.checkpoints.io import check_model_path, metadata_json, read_checkpoint, write_safetensors
+from sdstudio.checkpoints.io import (
+    SAFETENSORS_SUFFIXES,
+    check_model_path,
+    metadata_json,
+    read_checkpoint,
+    write_safetensors,
+)
 from sdstudio.config import BACKENDS, default_backend
 from sdstudio.devices import resolve_device, resolve_dtype
 from sdstudio.errors import SDStudioError
@@ -138,8 +144,10 @@ def load_model(
     compile_kwargs = {
         "reload_unet": reload,
         "unet_fingerprint": graph,
-        # the VAE decoder's weights are freed too, unless the VAE came from another file
-        "reload_vae": component_reloader(p, prediction_type, model, "vae") if vae_path is None else None,
+        # the VAE decoder's weights are freed too, unless the VAE came from another file or a pickle
+        "reload_vae": component_reloader(p, prediction_type, model, "vae")
+        if vae_path is None and _reads_in_part(p)
+        else None,
     }
     if backend == "openvino" and target_device.type != "cpu":
         raise SDStudioError("--backend openvino runs on the CPU; use --device cpu", field="backend")
@@ -207,8 +215,9 @@ def component_reloader(
 def _idle_text_encoders(
     p: Path, prediction_type: str | None, model: StableDiffusionModel
 ) -> IdleWeights | None:
-    """The text encoders as :class:`IdleWeights` (freed between jobs), or None below ``IDLE_TEXT_BYTES``."""
-    if _weights_bytes(model.text_encoders) < IDLE_TEXT_BYTES:
+    """The text encoders as :class:`IdleWeights` (freed between jobs), or None below ``IDLE_TEXT_BYTES``
+    or where they cannot be read back alone (a pickle is unpickled whole: every job would)."""
+    if _weights_bytes(model.text_encoders) < IDLE_TEXT_BYTES or not _reads_in_part(p):
         return None
     return IdleWeights(model.text_encoders, text_encoders_reloader(p, prediction_type, model), "text encoder")
 
@@ -229,6 +238,12 @@ def text_encoders_reloader(
         return [own_tensors(encoder, device, dtype).state_dict() for encoder in encoders]
 
     return reload
+
+
+def _reads_in_part(p: Path) -> bool:
+    """True where one component's weights can be read without the rest (a diffusers folder, a
+    safetensors file); a pickled ``.ckpt`` is read whole."""
+    return p.is_dir() or p.suffix.lower() in SAFETENSORS_SUFFIXES
 
 
 def _weights_bytes(modules: list[torch.nn.Module]) -> int:

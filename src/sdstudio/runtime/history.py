@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdstudio.errors import SDStudioError
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -129,6 +131,10 @@ class HistoryStore:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             return self._connect()
+        except sqlite3.OperationalError as exc:  # locked (another server, busy) or unreachable: not
+            raise SDStudioError(  # corrupt, and a live database is never moved aside
+                f"could not open the history database {self.db_path}: {exc}", field="outdir", status=503
+            ) from exc
         except sqlite3.DatabaseError as exc:
             aside = self.db_path.with_name(f"{self.db_path.name}.corrupt-{int(time.time())}")
             log.warning("history database %s is unreadable (%s); moved to %s", self.db_path, exc, aside)

@@ -106,8 +106,8 @@ def _publish(tmp: Path, folder: Path, seed: int, ext: str) -> Path:
     """Give the written ``tmp`` the next free ``NNNNN-<seed>.<ext>`` name without replacing a file.
 
     ``os.link`` fails if the name exists (another process numbered from the same listing), so the
-    next number is tried. Filesystems without hard links (FAT, some network mounts) fall back to
-    ``os.replace``: still atomic, but only this process's lock guards the name.
+    next number is tried. Where linking fails otherwise (FAT, some network and FUSE mounts) a free
+    name is taken with ``os.replace``: still atomic, but only this process's lock guards the name.
     """
     for _ in range(1000):
         path = folder / f"{next_number(folder):05d}-{seed}.{ext}"
@@ -116,9 +116,9 @@ def _publish(tmp: Path, folder: Path, seed: int, ext: str) -> Path:
             return path
         except FileExistsError:
             continue
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
-                raise
+        except OSError:  # no hard links here (EPERM, ENOTSUP, EINVAL, ENOSYS, ...): a plain rename
+            if path.exists():
+                continue
             os.replace(tmp, path)
             return path
     raise SDStudioError(f"could not find a free file name in {folder}", field="outdir", status=500)

@@ -15,6 +15,7 @@ exclude each other; where ``fcntl`` is missing (Windows) every server counts as 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
+
+log = logging.getLogger(__name__)
 
 _BUSY = (errno.EACCES, errno.EAGAIN)
 
@@ -45,25 +48,36 @@ class ServerLock:
         """
         if fcntl is None:
             return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            if _try_lock(fd, fcntl.LOCK_EX):
-                self._fd = fd
-                return True
-            deadline = time.monotonic() + self.wait_seconds
-            while not _try_lock(fd, fcntl.LOCK_SH):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only outputs folder: saving says so, job by job
+            log.warning("cannot create %s (%s); assuming no other server uses this folder", self.path, exc)
+            return True
+        deadline = time.monotonic() + self.wait_seconds
+        try:
+            while True:
+                if _try_lock(fd, fcntl.LOCK_EX):  # again each round: the other may have just stopped
+                    sole = True
+                    break
+                if _try_lock(fd, fcntl.LOCK_SH):
+                    sole = False
+                    break
                 if time.monotonic() > deadline:
                     raise SDStudioError(
                         f"another sdstudio server holds {self.path} and did not finish starting in "
                         f"{self.wait_seconds:.0f} s; stop it or use another --outdir"
                     )
                 time.sleep(0.1)
+        except OSError as exc:  # no locks on this filesystem (NFS without lockd, some FUSE mounts)
+            os.close(fd)
+            log.warning("cannot lock %s (%s); assuming no other server uses this folder", self.path, exc)
+            return True
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
-        return False
+        return sole
 
     def share(self) -> None:
         """Turn an exclusive hold into a shared one (start-up recovery is done)."""
