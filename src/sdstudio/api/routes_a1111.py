@@ -291,6 +291,27 @@ async def refresh_checkpoints(request: Request) -> None:
     await run_in_threadpool(studio(request).manager.refresh)
 
 
+@router.post("/unload-checkpoint")
+async def unload_checkpoint(request: Request) -> dict[str, Any]:
+    """Drop the loaded checkpoint from memory (a job running with it finishes first); the next job,
+    or ``/reload-checkpoint``, loads it again."""
+    await run_in_threadpool(_unload_all, studio(request))
+    return {}
+
+
+@router.post("/reload-checkpoint")
+async def reload_checkpoint(request: Request) -> dict[str, Any]:
+    """Read the selected checkpoint from its file again, before the next job (a file replaced on
+    disk is picked up). sdstudio loads lazily: the model is read when the next job starts."""
+    await run_in_threadpool(_unload_all, studio(request))
+    return {}
+
+
+def _unload_all(st) -> None:
+    for worker in st.workers:
+        worker.unload()
+
+
 @router.post("/refresh-vae")
 async def refresh_vae() -> None:
     """VAE files are listed fresh on every call (files are re-read when their mtime changes)."""

@@ -327,6 +327,12 @@ class ModelManager:
 
         use_vae(model, resolve_vae(choice, model.path or None, self.networks))
 
+    def unload(self) -> None:
+        """Drop the loaded model (A1111 ``/sdapi/v1/unload-checkpoint``): its memory goes once a job
+        still running with it ends, and the next job reads it from its file again."""
+        with self._lock:
+            self._unload_locked()
+
     def _unload_locked(self) -> None:
         self.loaded, self.loaded_name = None, None
         gc.collect()

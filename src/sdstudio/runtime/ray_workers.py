@@ -93,6 +93,10 @@ class ModelActor:
         self._jobs: dict[str, _ActorJob] = {}
         self._lock = threading.Lock()
 
+    def unload(self) -> None:
+        """Drop the model this actor holds loaded (``ModelManager.unload``)."""
+        self.manager.unload()
+
     def ping(self) -> dict[str, Any]:
         """Where this actor runs: its process id and node."""
         import ray
@@ -267,6 +271,13 @@ class RayWorker:
             raise SDStudioError(outcome["error"], field=outcome["field"], status=outcome["status"])
         self._model_key = outcome["model_key"]
         return result
+
+    def unload(self) -> None:
+        """Drop the actor's loaded model; its next job loads it again."""
+        import ray
+
+        ray.get(self.actor.unload.remote(), timeout=START_TIMEOUT_S)
+        self._model_key = None
 
     def close(self) -> None:
         import ray

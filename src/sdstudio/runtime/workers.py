@@ -44,6 +44,9 @@ class ModelWorker(Protocol):
         """Run ``request`` on ``model_name`` (None: the current model) with the VAE choice ``vae``
         (A1111 ``sd_vae``; None: the model's own) for the job in ``ctx``."""
 
+    def unload(self) -> None:
+        """Drop the loaded model; the next job loads it again (``ModelManager.unload``)."""
+
     def close(self) -> None:
         """Release the worker (its process, its models)."""
 
@@ -77,6 +80,9 @@ class LocalWorker:
             model, request, job_id=ctx.job.id, result=result, progress=ctx.progress, cancel=ctx.cancel,
             on_saved=lambda saved: ctx.touch(), prepared=True,
         )  # fmt: skip
+
+    def unload(self) -> None:
+        self.manager.unload()
 
     def close(self) -> None:
         pass
