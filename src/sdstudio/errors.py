@@ -14,3 +14,11 @@ class SDStudioError(ValueError):
         super().__init__(message)
         self.field = field
         self.status = status
+
+
+class CheckpointChangedError(SDStudioError):
+    """The loaded model's checkpoint file changed on disk since it was loaded (a weights re-read no
+    longer matches): the job fails, and the worker drops the model so the next job loads the file anew."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="model", status=409)

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import torch
 
-from sdstudio.errors import SDStudioError
+from sdstudio.errors import CheckpointChangedError
 from sdstudio.models.resident_memory import trim_heap
 
 StateDict = dict[str, torch.Tensor]
@@ -75,7 +75,7 @@ class IdleWeights:
             self._holders -= 1
 
     def restore(self) -> None:
-        """Read the freed weights back (no-op when loaded); SDStudioError if they changed on disk."""
+        """Read the freed weights back (no-op when loaded); CheckpointChangedError if they changed on disk."""
         if not self.released:
             return
         state_dicts = self.reload()
@@ -88,9 +88,9 @@ class IdleWeights:
         self.released = False
         if weights_sample(self.modules) != self._sample:
             self._free()  # never encode with another checkpoint's weights
-            raise SDStudioError(
-                f"the checkpoint's {self.what} changed on disk since the model was loaded; load it again",
-                field="model",
+            raise CheckpointChangedError(
+                f"the checkpoint's {self.what} changed on disk since the model was loaded; "
+                "the next job loads the new file"
             )
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sdstudio.config import GenerationRequest, Limits
-from sdstudio.errors import SDStudioError
+from sdstudio.errors import CheckpointChangedError, SDStudioError
 from sdstudio.runtime.jobstore import open_png, png_bytes
 from sdstudio.runtime.queue import JobContext
 from sdstudio.runtime.service import ImageService, JobResult
@@ -129,6 +129,9 @@ class ModelActor:
                 networks=self.manager.networks,
             )  # fmt: skip
             return {"model_key": self.manager.loaded_name}
+        except CheckpointChangedError as exc:
+            self.manager.unload()  # the next job reads the file as it is now
+            return {"error": str(exc), "field": exc.field, "status": exc.status}
         except SDStudioError as exc:
             return {"error": str(exc), "field": exc.field, "status": exc.status}
         except Exception as exc:  # noqa: BLE001 - reported to the server as the job's error

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from sdstudio.config import GenerationRequest
+from sdstudio.errors import CheckpointChangedError
 from sdstudio.runtime.history import HistoryStore
 from sdstudio.runtime.jobstore import decode_request
 from sdstudio.runtime.manager import ModelManager
@@ -76,10 +77,14 @@ class LocalWorker:
         ctx.job.meta["model"] = self.manager.loaded_title()  # as the model list names it
         result = JobResult(request)
         ctx.job.result = result  # images appear here one by one (kept if the job is interrupted)
-        return images.run(
-            model, request, job_id=ctx.job.id, result=result, progress=ctx.progress, cancel=ctx.cancel,
-            on_saved=lambda saved: ctx.touch(), prepared=True,
-        )  # fmt: skip
+        try:
+            return images.run(
+                model, request, job_id=ctx.job.id, result=result, progress=ctx.progress, cancel=ctx.cancel,
+                on_saved=lambda saved: ctx.touch(), prepared=True,
+            )  # fmt: skip
+        except CheckpointChangedError:
+            self.manager.unload()  # the next job reads the file as it is now
+            raise
 
     def unload(self) -> None:
         self.manager.unload()
