@@ -292,7 +292,8 @@ def test_loaded_model_frees_the_pytorch_unet_until_a_job_needs_it(tiny_folder, t
     )
 
 
-def test_a_checkpoint_changed_on_disk_runs_on_pytorch(tmp_path, caplog):
+def test_a_checkpoint_changed_on_disk_fails_the_job_never_mixes_two(tmp_path):
+    from sdstudio.errors import CheckpointChangedError
     from sdstudio.models.loader import load_model, save_diffusers
 
     folder = save_diffusers(tiny_sd1(), tmp_path / "m")
@@ -301,11 +302,9 @@ def test_a_checkpoint_changed_on_disk_runs_on_pytorch(tmp_path, caplog):
     with torch.no_grad():
         changed.unet.conv_out.weight.mul_(1.5)
     save_diffusers(changed, folder)  # overwritten while the model is loaded
-    with caplog.at_level("WARNING"):
-        model.compiled_unet.restore_weights()
-    assert "changed since it was loaded" in caplog.text
-    assert not model.compiled_unet.matches(model.unet)  # the graph has the old weights: PyTorch runs
-    assert model.unet.conv_out.weight.equal(changed.unet.conv_out.weight)
+    with pytest.raises(CheckpointChangedError, match="UNet changed on disk"):
+        txt2img(model, REQ.replace(tiling=True))  # a job that needs the PyTorch UNet reads it now
+    assert not model.compiled_unet.matches(model.unet)  # the graph has the old weights: never used again
 
 
 def test_a_lora_job_reloads_the_freed_unet_and_matches_pytorch(tiny_folder, tmp_path, monkeypatch):

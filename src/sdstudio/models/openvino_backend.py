@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from sdstudio.checkpoints.hashing import write_json_atomically
-from sdstudio.errors import SDStudioError
+from sdstudio.errors import CheckpointChangedError, SDStudioError
 from sdstudio.models.resident_memory import releasing_mapped_pages, trim_heap
 from sdstudio.models.token_downsampling import token_downsampling
 from sdstudio.models.unet_split import full_forward, shallow_forward, supports_split
@@ -375,7 +375,10 @@ class _StandIn:
 
     def restore_weights(self) -> None:
         """Load the PyTorch weights back (no-op unless released). If they no longer are the ones
-        converted (the checkpoint changed on disk), the graph stops matching: PyTorch runs."""
+        converted (the checkpoint changed on disk), the graph stops matching and
+        :class:`~sdstudio.errors.CheckpointChangedError` is raised: the rest of the model in memory
+        is the old file's, and a job never runs on a mix of two checkpoints (the worker loads the
+        model again for the next job)."""
         if self._reload is None:
             return
         log.info("reading the PyTorch %s's weights (a job needs the PyTorch path)", self.what)
@@ -387,10 +390,11 @@ class _StandIn:
         if weights_fingerprint(self.module, self.dtype) == self.graph.fingerprint:
             self.state = (module_state(self.module)[0], *self.state[1:])  # processors as converted
         else:
-            log.warning(
-                "the checkpoint's %s changed since it was loaded: the PyTorch %s runs", self.what, self.what
-            )
             self.state = ()
+            raise CheckpointChangedError(
+                f"the checkpoint's {self.what} changed on disk since the model was loaded; "
+                "the next job loads the new file"
+            )
 
 
 class _GraphUNet:
