@@ -100,6 +100,18 @@ def test_the_decoder_compiles_per_shape_and_decodes_a_batch_row_by_row(ov_model)
     assert torch.equal(decoder.decode(batch), together)
 
 
+def test_an_unloaded_graph_is_read_back_from_the_cache_and_computes_the_same(ov_model):
+    """``unload`` frees a compilation (the int8 build does so to the bf16 UNet's); the next call
+    reads the cached graph and compiles it again, with the same outputs."""
+    unet, decoder = ov_model.compiled_unet.graph, ov_model.compiled_decoder.graph
+    x = ov_model.compiled_unet.example  # (sample, timesteps, context)
+    z = torch.randn(1, ov_model.vae.config.latent_channels, 8, 8, generator=torch.Generator().manual_seed(5))
+    before = unet.run(*x), decoder.run(z)
+    assert unet.unload() and decoder.unload()
+    assert unet._request is None and unet.graph is None and decoder._request is None
+    assert torch.equal(unet.run(*x), before[0]) and torch.equal(decoder.run(z), before[1])
+
+
 def test_images_within_the_cross_path_bound_and_repeatable(ov_model):
     plain = tiny_sd1()  # the same weights (fixed seed), PyTorch only
     a = txt2img(ov_model, REQ)[0].image

@@ -160,6 +160,7 @@ class CompiledGraph:
         self.ov, self.core, self.name, self.fingerprint = ov, ov.Core(), name, fingerprint
         self.config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": _precision(dtype)}
         path = _cache_path(cache_dir, name, fingerprint)
+        self._path = path
         self.graph = self._read(path)
         self.shares_source = False
         if self.graph is None:
@@ -204,10 +205,21 @@ class CompiledGraph:
         self._infer(inputs)
         return [self._output(i) for i in range(len(self._request.model_outputs))]
 
+    def unload(self) -> bool:
+        """Free the compilation and its repacked weights; the next call reads the graph from the
+        cache and compiles it again (seconds). False (nothing freed) for a graph not cached."""
+        if self.shares_source or not _is_cached(self._path):
+            return False
+        self._request, self._shapes, self.graph, self._repacked = None, None, None, False
+        trim_heap()
+        return True
+
     def compile(self) -> None:
         """Compile the graph for the CPU now (else on the first call); the graph is freed after.
         With ``static_shapes`` the graph stays (each new shape compiles it again) and compiling
         waits for the first call's shapes."""
+        if self.graph is None and self._request is None:  # unloaded: read back from the cache
+            self.graph = self._read(self._path)
         if self._request is None and not self.static_shapes:
             compiled = self.core.compile_model(self.graph, "CPU", self.config)
             self._request = compiled.create_infer_request()
@@ -219,6 +231,8 @@ class CompiledGraph:
             return
         self._request, self._shapes = None, None  # its repacked weights and buffers go before the next
         trim_heap()
+        if self.graph is None:  # unloaded: read back from the cache
+            self.graph = self._read(self._path)
         self.graph.reshape(
             {port: self.ov.PartialShape(list(shape)) for port, shape in zip(self.graph.inputs, shapes)}
         )
@@ -597,6 +611,7 @@ class Int8UNet(_GraphUNet):
 
     def _quantize(self, calibration: list[list[np.ndarray]], shallow: bool) -> Any:
         parent = self.parent
+        parent.graph.unload()  # its repacked weights (1.6 GiB for SD 1.5 in bf16) wait on disk meanwhile
         if self._float32 is None:
             self._float32 = parent.float32_copy()  # the fp32 graphs are traced from the PyTorch UNet
         unet = self._float32
@@ -609,7 +624,8 @@ class Int8UNet(_GraphUNet):
         return quantize_int8(graph, calibration)
 
 
-INT8_BUILD_MEMORY = 2.5  # x the fp32 UNet's bytes: SD 1.5 (3.4 GB) peaked ~8 GiB above the loaded process
+INT8_BUILD_MEMORY = 2.5  # x the fp32 UNet's bytes (SD 1.5: 8.0 GiB); its build peaked 6.7 GiB above the
+# loaded process (9.4 GiB in all, the bf16 graph's compilation freed meanwhile: BENCHMARKS.md run 9)
 
 
 def _check_int8_build_memory(unet: Any) -> None:
