@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sdstudio.config import GenerationRequest, HiresSettings
@@ -109,3 +111,35 @@ def test_graceful_stop_keeps_queued_jobs_for_the_next_start(tmp_path):
     q2 = JobQueue(store=JobStore(db))
     assert [j.id for j in q2.recover(lambda stored: lambda ctx: None)] == [job.id]
     q2.stop()
+
+
+def test_concurrent_submits_never_pass_the_queue_caps(tmp_path):
+    """The capacity check happens before the job is stored (a refused job leaves no row); submits
+    storing at the same moment hold their slots, so eight at once from one client get exactly its share."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sdstudio.runtime.queue import QueueFullError
+
+    class SlowStore(JobStore):
+        def add(self, job, request):
+            time.sleep(0.2)  # a slow disk: every submit is between check and queue at once
+            super().add(job, request)
+
+    q = JobQueue(store=SlowStore(tmp_path / "h.sqlite3"), max_pending=3, max_pending_per_client=2)
+
+    def submit(i: int) -> str:
+        try:
+            q.submit(lambda ctx: None, client="greedy", request=_request(f"p{i}"))
+            return "queued"
+        except QueueFullError as exc:
+            return "share" if "this client's share" in str(exc) else "full"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(submit, range(8)))
+    assert outcomes.count("queued") == 2 and outcomes.count("share") == 6
+    assert len(q.pending()) == 2
+    other = q.submit(lambda ctx: None, client="polite", request=_request("x"))  # the third slot
+    assert other.state == QUEUED
+    with pytest.raises(QueueFullError, match="the queue is full"):  # 3 jobs: a fourth is refused
+        q.submit(lambda ctx: None, client="third", request=_request("y"))
+    q.stop()

@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -150,6 +150,7 @@ class JobQueue:
         self.workers: list[Worker | None] = list(workers) if workers else [None]
         self._lock = threading.Condition()
         self._pending: OrderedDict[str, deque[Job]] = OrderedDict()  # client -> its queued jobs
+        self._reserved: Counter[str] = Counter()  # client -> submits past the capacity check, not yet queued
         self._last_client: str | None = None
         self._jobs: OrderedDict[str, Job] = OrderedDict()  # every known job, oldest first
         self._busy: dict[int, Job] = {}  # slot index -> its running job
@@ -247,20 +248,23 @@ class JobQueue:
         if self._stopping:
             raise SDStudioError("the server is shutting down", status=503)
         with self._lock:  # before the job is stored: a refused job leaves no row
-            if self.max_pending is not None and self._pending_count_locked() >= self.max_pending:
-                raise QueueFullError(self.max_pending, self._retry_after_locked())
-            mine = len(self._pending.get(job.client, ()))
-            if self.max_pending_per_client is not None and mine >= self.max_pending_per_client:
-                raise QueueFullError(self.max_pending_per_client, self._retry_after_locked(), per_client=True)
-        job.seq = next(self._seq)
-        if self.store is not None:
-            try:
-                self.store.add(job, request)
-            except Exception as exc:  # disk full, read-only, locked: refuse the job clearly
-                raise SDStudioError(
-                    f"could not record the job ({type(exc).__name__}: {exc})", status=503
-                ) from exc
+            self._check_capacity_locked(job.client)
+            self._reserved[job.client] += 1  # its slot, until it is queued or refused
+        try:
+            job.seq = next(self._seq)
+            if self.store is not None:
+                try:
+                    self.store.add(job, request)
+                except Exception as exc:  # disk full, read-only, locked: refuse the job clearly
+                    raise SDStudioError(
+                        f"could not record the job ({type(exc).__name__}: {exc})", status=503
+                    ) from exc
+        except BaseException:
+            with self._lock:
+                self._release_slot_locked(job.client)
+            raise
         with self._lock:
+            self._release_slot_locked(job.client)
             if self._stopping:
                 self._finish_locked(job, CANCELLED, error="server shutting down")
                 raise SDStudioError("the server is shutting down", status=503)
@@ -475,6 +479,21 @@ class JobQueue:
 
     def _pending_count_locked(self) -> int:
         return sum(len(q) for q in self._pending.values())
+
+    def _check_capacity_locked(self, client: str) -> None:
+        """QueueFullError when the queue, or ``client``'s share of it, is full; jobs being stored
+        by concurrent submits count (their slots are reserved)."""
+        waiting = self._pending_count_locked() + sum(self._reserved.values())
+        if self.max_pending is not None and waiting >= self.max_pending:
+            raise QueueFullError(self.max_pending, self._retry_after_locked())
+        mine = len(self._pending.get(client, ())) + self._reserved[client]
+        if self.max_pending_per_client is not None and mine >= self.max_pending_per_client:
+            raise QueueFullError(self.max_pending_per_client, self._retry_after_locked(), per_client=True)
+
+    def _release_slot_locked(self, client: str) -> None:
+        self._reserved[client] -= 1
+        if not self._reserved[client]:
+            del self._reserved[client]
 
     def _retry_after_locked(self) -> int:
         """Seconds until a slot is likely free: the mean run time of the last finished jobs (>= 1)."""
