@@ -19,6 +19,23 @@ def test_listen_requires_auth_or_insecure(capsys):
     assert main(["serve", "--api-auth", "nopass"]) == 2
 
 
+def test_serve_tiny_vae_is_checked_at_start_and_reaches_the_manager(tmp_path, tiny_sd1, capsys):
+    from sdstudio.api import create_app
+    from sdstudio.cli import build_parser
+    from sdstudio.cli.serve import build_settings
+    from sdstudio.models.tiny_vae import save_tiny_vae, tiny_vae_for
+
+    assert main(["serve", "--tiny-vae", str(tmp_path / "missing"), "--outdir", str(tmp_path)]) == 2
+    assert "tiny VAE not found" in capsys.readouterr().err
+    folder = save_tiny_vae(tiny_vae_for(tiny_sd1, channels=4, blocks=1), tmp_path / "taesd")
+    args = build_parser().parse_args(["serve", "--tiny-vae", str(folder), "--outdir", str(tmp_path / "o")])
+    settings = build_settings(args)
+    assert settings.tiny_vae == folder
+    app = create_app(settings)
+    assert app.state.studio.manager.tiny_vae == str(folder)
+    app.state.studio.stop()
+
+
 def test_build_settings_rules(tmp_path):
     from sdstudio.cli import build_parser
     from sdstudio.cli.serve import build_settings

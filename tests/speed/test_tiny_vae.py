@@ -142,6 +142,27 @@ def test_model_folder_taesd_is_attached_and_explicit_path_wins(tiny_sd1, tmp_pat
     assert load_model(save_diffusers(tiny_sd1, tmp_path / "bare")).tiny_vae is None
 
 
+def test_a_servers_tiny_vae_serves_models_without_their_own_and_skips_misfits(tiny_sd1, tmp_path, caplog):
+    """``serve --tiny-vae`` (``default_tiny_vae_path``): used where a model has no taesd/ of its
+    own, never over it, and skipped with a warning where it does not decode the model's latents."""
+    from sdstudio.models.loader import save_single_file
+
+    shared = save_tiny_vae(tiny_vae_for(tiny_sd1, channels=4, blocks=1, seed=2), tmp_path / "shared")
+    single = save_single_file(tiny_sd1, tmp_path / "tiny.safetensors")
+    model = load_model(single, default_tiny_vae_path=shared, precision="fp32")
+    assert tuple(model.tiny_vae.config.decoder_block_out_channels) == (4, 4)
+    folder = save_diffusers(tiny_sd1, tmp_path / "model")
+    save_tiny_vae(tiny_vae_for(tiny_sd1, channels=8, blocks=1, seed=1), folder / TINY_VAE_FOLDER)
+    own = load_model(folder, default_tiny_vae_path=shared, precision="fp32")
+    assert tuple(own.tiny_vae.config.decoder_block_out_channels) == (8, 8)  # its own wins
+    misfit = save_tiny_vae(build_tiny_vae(16, 8, 4, 1), tmp_path / "sd3-like")  # 16 latent channels
+    with caplog.at_level("WARNING"):
+        plain = load_model(single, default_tiny_vae_path=misfit, precision="fp32")
+    assert plain.tiny_vae is None and "full VAE" in caplog.text
+    with pytest.raises(SDStudioError):  # asked for by name (txt2img --tiny-vae): an error
+        load_model(single, tiny_vae_path=misfit, precision="fp32")
+
+
 def test_bad_tiny_vae_paths_raise_clear_errors(tiny_sd1, tmp_path):
     with pytest.raises(SDStudioError, match="tiny VAE not found"):
         load_tiny_vae(tmp_path / "missing")

@@ -41,6 +41,7 @@ class Studio:
             device=settings.device,
             precision=settings.precision,
             backend=settings.backend,
+            tiny_vae=settings.tiny_vae,
             models=models,
         )
         self.server_lock = ServerLock(settings.history_db)

@@ -26,6 +26,7 @@ class ServerSettings:
     device: str = "cpu"
     precision: str = "auto"
     backend: str | None = None  # what runs the UNet: "auto", "torch", "openvino"; None: config.default_backend()
+    tiny_vae: Path | None = None  # TAESD folder --fast decodes with, for models without their own taesd/
     limits: Limits = field(default_factory=Limits)
     max_body_bytes: int = 64 * 1024 * 1024  # whole request body
     preview_interval: float = 0.5  # seconds between live previews

@@ -58,6 +58,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "+ Retry-After (default 0: no cap beyond --max-queue)",
     )
     p.add_argument(
+        "--tiny-vae",
+        default=None,
+        metavar="FOLDER",
+        help="tiny VAE (TAESD AutoencoderTiny folder) that --fast decodes with, for every model without "
+        "a taesd/ of its own whose latents it fits (e.g. from `sdstudio train taesd`)",
+    )
+    p.add_argument(
         "--precision",
         default="auto",
         choices=["auto", "fp32", "fp16", "bf16"],
@@ -109,6 +116,10 @@ def build_settings(args: argparse.Namespace):
         )
     if args.max_queue < 1:
         raise SDStudioError("--max-queue must be at least 1", field="max_queue")
+    if args.tiny_vae is not None:
+        from sdstudio.models.tiny_vae import load_tiny_vae
+
+        load_tiny_vae(args.tiny_vae)  # a wrong folder is an error now, not at the first fast job
     if args.max_queue_per_client < 0:
         raise SDStudioError("--max-queue-per-client must be 0 (no cap) or more", field="max_queue_per_client")
     if args.model and not Path(args.model).exists():
@@ -134,6 +145,7 @@ def build_settings(args: argparse.Namespace):
         device=args.device,
         precision=args.precision,
         backend=args.backend,
+        tiny_vae=Path(args.tiny_vae).expanduser() if args.tiny_vae else None,
         limits=limits,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         workers=args.workers,

@@ -98,6 +98,7 @@ def load_model(
     cache_dir: str | Path | None = None,
     backend: str | None = None,
     tiny_vae_path: str | Path | None = None,
+    default_tiny_vae_path: str | Path | None = None,
 ) -> StableDiffusionModel:
     """Return a ready (eval, no-grad) model from ``path``: a diffusers folder or single-file checkpoint.
 
@@ -111,7 +112,9 @@ def load_model(
     it (CPU, package installed, a convertible UNet, enough memory) and torch otherwise; ``model.backend``
     says which. None is :func:`sdstudio.config.default_backend` ("auto", or ``$SDSTUDIO_BACKEND``). ``tiny_vae_path``
     is a tiny VAE (TAESD, diffusers ``AutoencoderTiny`` folder) for fast mode; without it a model
-    folder's own ``taesd/`` subfolder is used when there is one (``model.tiny_vae``, else None).
+    folder's own ``taesd/`` subfolder is used when there is one (``model.tiny_vae``, else None), else
+    ``default_tiny_vae_path`` (a server's ``--tiny-vae``: skipped with a warning where it does not
+    decode this model's latents, as it is meant for every model of a family).
     """
     backend = backend or default_backend()
     if backend not in BACKENDS:
@@ -138,7 +141,13 @@ def load_model(
     model.model_hash = model_hash(hash_file, cache_file) if hash_file else ""
     if vae_path is not None:
         _replace_vae(model, Path(vae_path), cache_file)
-    attach_tiny_vae(model, tiny_vae_path if tiny_vae_path is not None else _folder_tiny_vae(p))
+    own_tiny = tiny_vae_path if tiny_vae_path is not None else _folder_tiny_vae(p)
+    attach_tiny_vae(model, own_tiny)
+    if own_tiny is None and default_tiny_vae_path is not None:
+        try:
+            attach_tiny_vae(model, default_tiny_vae_path)
+        except SDStudioError as exc:
+            log.warning("%s: --fast decodes %s with its full VAE", exc, p.name)
     model = _place(model, target_device, target_dtype).eval()
     reload = component_reloader(p, prediction_type, model, "unet")
     compile_kwargs = {

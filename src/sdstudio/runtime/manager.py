@@ -108,6 +108,7 @@ class ModelManager:
         device: str = "cpu",
         precision: str = "auto",
         backend: str | None = None,
+        tiny_vae: str | os.PathLike | None = None,
         loader: Callable[..., Any] | None = None,
         models: dict[str, Any] | None = None,
     ) -> None:
@@ -116,6 +117,7 @@ class ModelManager:
         self.device = device
         self.precision = precision
         self.backend = backend
+        self.tiny_vae = str(tiny_vae) if tiny_vae else None  # for models without a taesd/ of their own
         self._loader = loader
         self._lock = threading.RLock()
         self._memory: dict[str, Any] = dict(models or {})
@@ -311,6 +313,8 @@ class ModelManager:
         loader = self._loader or _default_loader
         path = entry.filename if entry is not None and not entry.embedded else None
         extra = {"backend": self.backend} if self.backend is not None else {}  # custom loaders need not know it
+        if self.tiny_vae is not None:
+            extra["default_tiny_vae_path"] = self.tiny_vae
         model = loader(path, device=self.device, precision=self.precision, **extra)
         if entry is not None and (entry.embedded or Path(entry.filename).is_dir()):
             entry.short_hash = model.model_hash or None
@@ -359,10 +363,12 @@ class ModelManager:
         return ModelEntry(model_name=rel.rsplit(".", 1)[0], filename=str(path.resolve()), sha256=cached)
 
 
-def _default_loader(path: str | None, *, device: str, precision: str, backend: str | None = None) -> Any:
+def _default_loader(path: str | None, *, device: str, precision: str, backend: str | None = None,
+                    default_tiny_vae_path: str | None = None) -> Any:  # fmt: skip
     from sdstudio.models.loader import load_model
 
-    return load_model(path, device=device, precision=precision, backend=backend)
+    return load_model(path, device=device, precision=precision, backend=backend,
+                      default_tiny_vae_path=default_tiny_vae_path)  # fmt: skip
 
 
 def _embedded_folder() -> Path | None:

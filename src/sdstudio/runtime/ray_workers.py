@@ -58,6 +58,7 @@ class ActorSpec:
     preview_interval: float
     threads: int = 0  # torch CPU threads (0 = torch's default)
     backend: str | None = None  # what runs the UNet and VAE decoder (--backend; None: the default)
+    tiny_vae: str | None = None  # --tiny-vae: for models without a taesd/ of their own
 
 
 # -- actor side ------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ class ModelActor:
         self.spec = spec
         self.manager = ModelManager(
             spec.models_dir, default_model=spec.default_model, device=spec.device, precision=spec.precision,
-            backend=spec.backend,
+            backend=spec.backend, tiny_vae=spec.tiny_vae,
         )
         self._jobs: dict[str, _ActorJob] = {}
         self._lock = threading.Lock()
@@ -367,6 +368,7 @@ def start_ray_workers(settings: Any, *, resolve: Callable[[str | None], str]) ->
         default_model=str(Path(settings.model).resolve()) if settings.model else None,
         device=device, precision=settings.precision, limits=settings.limits,
         preview_interval=settings.preview_interval, threads=threads, backend=settings.backend,
+        tiny_vae=str(Path(settings.tiny_vae).resolve()) if settings.tiny_vae else None,
     )  # fmt: skip
     options = {**options, "runtime_env": actor_env()}
     workers = [RayWorker(f"ray-{i}", spec, options, resolve) for i in range(count)]
