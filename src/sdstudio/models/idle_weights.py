@@ -27,14 +27,20 @@ from sdstudio.models.resident_memory import trim_heap
 StateDict = dict[str, torch.Tensor]
 
 
-def weights_sample(modules: Sequence[torch.nn.Module]) -> str:
-    """A hash of every parameter's name, shape, dtype and a strided sample of its values."""
-    h = hashlib.blake2b(digest_size=10)
+def hash_weight_samples(h, module: torch.nn.Module) -> None:
+    """Feed the hash ``h`` every parameter's name and shape and 1 value in 4096 of it: different
+    checkpoints (or fine-tunes) differ in every weight, so that tells them apart cheaply."""
     with torch.no_grad():
-        for module in modules:
-            for name, p in module.named_parameters():
-                h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
-                h.update(p.detach().flatten()[::4096].float().numpy().tobytes())
+        for name, p in module.named_parameters():
+            h.update(f"{name}{tuple(p.shape)}".encode())
+            h.update(p.detach().flatten()[::4096].float().numpy().tobytes())
+
+
+def weights_sample(modules: Sequence[torch.nn.Module]) -> str:
+    """A short hash of :func:`hash_weight_samples` over ``modules``."""
+    h = hashlib.blake2b(digest_size=10)
+    for module in modules:
+        hash_weight_samples(h, module)
     return h.hexdigest()
 
 

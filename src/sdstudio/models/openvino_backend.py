@@ -37,6 +37,7 @@ import torch
 
 from sdstudio.checkpoints.hashing import write_json_atomically
 from sdstudio.errors import CheckpointChangedError, SDStudioError
+from sdstudio.models.idle_weights import hash_weight_samples
 from sdstudio.models.resident_memory import releasing_mapped_pages, trim_heap
 from sdstudio.models.token_downsampling import token_downsampling
 from sdstudio.models.unet_split import full_forward, shallow_forward, supports_split
@@ -113,20 +114,13 @@ def _versions(dtype: torch.dtype) -> str:
 
 
 def weights_fingerprint(module: Any, dtype: torch.dtype) -> str:
-    """A short hash of a module's config, parameter names/shapes and a strided sample of its values.
-
-    Different checkpoints (or fine-tunes) differ in every weight, so 1 value in 4096 per tensor is
-    enough to tell them apart; versions are included because a newer OpenVINO or diffusers may
-    trace differently.
-    """
+    """A short hash of a module's config, the package versions (a newer OpenVINO or diffusers may
+    trace differently) and :func:`~sdstudio.models.idle_weights.hash_weight_samples`."""
     h = hashlib.blake2b(digest_size=10)
     config = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}  # not diffusers'
     h.update(repr(sorted(config.items())).encode())  # `_use_default_values`: a list in set order
     h.update(_versions(dtype).encode())
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            h.update(name.encode() + str(tuple(p.shape)).encode())
-            h.update(p.detach().flatten()[::4096].float().numpy().tobytes())
+    hash_weight_samples(h, module)
     return h.hexdigest()
 
 
@@ -214,14 +208,18 @@ class CompiledGraph:
         trim_heap()
         return True
 
+    def _source(self):
+        """The ``ov.Model`` to compile: read back from the cache after :meth:`unload`."""
+        if self.graph is None:
+            self.graph = self._read(self._path)
+        return self.graph
+
     def compile(self) -> None:
         """Compile the graph for the CPU now (else on the first call); the graph is freed after.
         With ``static_shapes`` the graph stays (each new shape compiles it again) and compiling
         waits for the first call's shapes."""
-        if self.graph is None and self._request is None:  # unloaded: read back from the cache
-            self.graph = self._read(self._path)
         if self._request is None and not self.static_shapes:
-            compiled = self.core.compile_model(self.graph, "CPU", self.config)
+            compiled = self.core.compile_model(self._source(), "CPU", self.config)
             self._request = compiled.create_infer_request()
             self.graph = None  # the compiled model holds its own (repacked) weights: free the graph's
 
@@ -231,12 +229,9 @@ class CompiledGraph:
             return
         self._request, self._shapes = None, None  # its repacked weights and buffers go before the next
         trim_heap()
-        if self.graph is None:  # unloaded: read back from the cache
-            self.graph = self._read(self._path)
-        self.graph.reshape(
-            {port: self.ov.PartialShape(list(shape)) for port, shape in zip(self.graph.inputs, shapes)}
-        )
-        self._request = self.core.compile_model(self.graph, "CPU", self.config).create_infer_request()
+        graph = self._source()
+        graph.reshape({port: self.ov.PartialShape(list(shape)) for port, shape in zip(graph.inputs, shapes)})
+        self._request = self.core.compile_model(graph, "CPU", self.config).create_infer_request()
         self._shapes, self._repacked = shapes, False
 
     def _infer(self, inputs: tuple[torch.Tensor, ...]) -> None:
