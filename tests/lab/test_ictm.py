@@ -129,3 +129,121 @@ def test_bad_arguments_raise():
         ictm.segment(np.zeros((8, 8)), 2, tau=0)
     with pytest.raises(ValueError, match="init"):
         ictm.segment(np.zeros((8, 8)), 2, init="random")
+
+
+# --- CLI and API ----------------------------------------------------------------------------------
+def _png(array: np.ndarray, path):
+    from PIL import Image
+
+    Image.fromarray((np.clip(array, 0, 1) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_cli_segment_writes_regions_energy_and_animation(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from sdstudio.cli import main
+
+    image, truth = two_regions(48, sigma=0.25)
+    src = _png(image, tmp_path / "in.png")
+    out = tmp_path / "seg"
+    assert (
+        main(["lab", "segment", str(src), "--phases", "2", "--tau", "4", "--lambda", "1", "--out", str(out)])
+        == 0
+    )
+    summary = json.loads((out / "segment.json").read_text())
+    assert summary["converged"] and summary["phases"] == 2 and summary["lambda"] == 1.0
+    rows = (out / "energy.csv").read_text().splitlines()
+    assert rows[0] == "iteration,energy" and len(rows) == summary["iterations"] + 2
+    energy = [float(r.split(",")[1]) for r in rows[1:]]
+    assert energy == sorted(energy, reverse=True)
+    labels = np.asarray(Image.open(out / "labels.png"))
+    bright = labels == (255 if summary["means"][1][0] > summary["means"][0][0] else 0)
+    assert iou(bright, truth) > 0.9
+    gif = Image.open(out / "iterations.gif")
+    assert gif.n_frames == summary["iterations"] + 1 and gif.width == 2 * 48 * 2
+    assert Image.open(out / "regions.png").size == (48, 48) and (out / "energy.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "argv, field",
+    [(["--phases", "9"], "phases"), (["--tau", "0"], "tau"), (["--max-iter", "501"], "max_iter")],
+)
+def test_cli_segment_rejects_bad_arguments(tmp_path, capsys, argv, field):
+    from sdstudio.cli import main
+
+    src = _png(np.zeros((8, 8)), tmp_path / "in.png")
+    assert main(["lab", "segment", str(src), "--out", str(tmp_path / "o"), *argv]) == 2
+    assert field.replace("_", "-") in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_segment_rejects_missing_and_non_images(tmp_path, capsys):
+    from sdstudio.cli import main
+
+    (tmp_path / "text.png").write_text("not an image")
+    for name, message in (("missing.png", "image not found"), ("text.png", "not an image file")):
+        assert main(["lab", "segment", str(tmp_path / name), "--out", str(tmp_path / "o")]) == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from sdstudio.api import ServerSettings, create_app
+    from sdstudio.lab.routes import router
+    from tests.server.conftest import TEST_HOSTS
+
+    root = tmp_path_factory.mktemp("lab-segment")
+    settings = ServerSettings(allowed_hosts=TEST_HOSTS, outdir=root / "outputs", models_dir=root / "models")
+    app = create_app(settings, routers=[router])
+    with TestClient(app) as c:
+        yield c
+    app.state.studio.stop()
+
+
+def test_api_segment_returns_regions_labels_and_energy(client):
+    from PIL import Image
+
+    from tests.server.conftest import decode_png, png_b64
+
+    image, truth = two_regions(48, sigma=0.25)
+    picture = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
+    r = client.post("/api/lab/segment", json={"image": png_b64(picture), "phases": 2, "lambda": 1.0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    info = body["info"]
+    assert body["labels"] == ["boundaries", "regions"] and info["lambda"] == 1.0 and info["converged"]
+    assert len(info["energy"]) == info["iterations"] + 1
+    assert all(b <= a for a, b in zip(info["energy"], info["energy"][1:]))
+    labels = np.asarray(decode_png(info["label_map"]))
+    assert iou(labels == int(np.argmax(np.array(info["means"])[:, 0])), truth) > 0.9
+    assert decode_png(body["image"]).width == 2 * 48
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({"phases": 9}, "phases"),
+        ({"phases": 1}, "phases"),
+        ({"max_iter": 501}, "max_iter"),
+        ({"tau": 0}, "tau"),
+        ({"lambda": -1}, "lambda"),
+        ({"size": 4096}, "size"),
+        ({"size": 512, "phases": 8, "max_iter": 500}, "max_iter"),  # over the work budget
+        ({"image": "not base64!!"}, "image"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_api_segment_rejects_bad_input_with_422(client, payload, field):
+    from PIL import Image
+
+    from tests.server.conftest import png_b64
+
+    body = {"image": png_b64(Image.new("RGB", (16, 16)))} | payload
+    r = client.post("/api/lab/segment", json=body)
+    assert r.status_code == 422, r.text
+    assert field in r.text

@@ -127,3 +127,30 @@ def test_bad_arguments_raise():
         m.example("torus")
     with pytest.raises(ValueError, match="tau"):
         m.denoise(np.ones((4, 4, 2)), m.sphere(2), tau=0)
+
+
+@pytest.mark.parametrize("name", m.EXAMPLES)
+def test_to_rgb_pictures_are_images(name):
+    ex = m.example(name, size=8)
+    rgb = m.to_rgb(ex.truth, ex.target)
+    assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
+
+
+def test_cli_denoise_manifold_writes_fields_errors_and_json(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from sdstudio.cli import main
+
+    out = tmp_path / "dm"
+    assert main(["lab", "denoise-manifold", "--example", "s2", "--size", "24", "--out", str(out)]) == 0
+    data = json.loads((out / "denoise.json").read_text())
+    assert data["target"] == "S2" and data["size"] == [24, 24] and data["tau"] == 0.5
+    assert data["error_denoised"] < data["error_noisy"] == data["error_per_iteration"][0]
+    rows = (out / "error.csv").read_text().splitlines()
+    assert rows[0] == "iteration,error,energy" and len(rows) == data["iterations"] + 2
+    assert Image.open(out / "fields.png").width == 4 * 24 * 3 and (out / "error.png").stat().st_size > 0
+    assert "error" in capsys.readouterr().out
+    assert main(["lab", "denoise-manifold", "--example", "s1", "--lambda", "-1", "--out", str(out)]) == 2
+    assert main(["lab", "denoise-manifold", "--example", "s1", "--size", "4", "--out", str(out)]) == 2

@@ -56,11 +56,12 @@ def register(subparsers) -> None:
     p.add_argument("--scale", type=int, default=2)
     p.set_defaults(func=_build)
 
-    from sdstudio.cli import lab_attention, lab_scripts, lab_study
+    from sdstudio.cli import lab_attention, lab_diffgen, lab_scripts, lab_study
 
     lab_scripts.register(sub)
     lab_attention.register(sub)
     lab_study.register(sub)
+    lab_diffgen.register(sub)
 
 
 def default_out(name: str) -> Path:

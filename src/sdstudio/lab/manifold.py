@@ -172,6 +172,23 @@ def blur_project(noisy: np.ndarray, target: Target, sigma: float, boundary: str 
     return target.project(_diffuse(f, sigma**2 / 2, boundary), f)
 
 
+def to_rgb(field: np.ndarray, target: Target) -> np.ndarray:
+    """Return a uint8 RGB picture (H, W, 3) of a field: S¹ as hue, S² as (n + 1)/2 (normal-map
+    colours), a 3×3 frame by its third column (R e_z + 1)/2, other matrices by their first column."""
+    if target.shape == (2,):
+        hue = (np.arctan2(field[..., 1], field[..., 0]) / (2 * np.pi)) % 1.0
+        k = (np.array([5.0, 3.0, 1.0]) + hue[..., None] * 6) % 6  # HSV -> RGB with S = V = 1
+        rgb = 1 - np.clip(np.minimum(k, 4 - k), 0, 1)
+    elif target.shape == (3,):
+        rgb = (field + 1) / 2
+    else:
+        column = field[..., :, 2] if target.shape == (3, 3) else field[..., :, 0]
+        rgb = (column[..., :3] + 1) / 2
+        if rgb.shape[-1] < 3:
+            rgb = np.concatenate([rgb, np.zeros(rgb.shape[:-1] + (3 - rgb.shape[-1],))], -1)
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+
+
 # --- synthetic examples ---------------------------------------------------------------------------
 @dataclass
 class Example:
@@ -233,10 +250,15 @@ def example(name: str, size: int = 64, noise: float | None = None, seed: int = 0
 
 
 def compare(
-    ex: Example, tau: float = 0.5, lam: float = 0.3, sigmas=(0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+    ex: Example,
+    tau: float = 0.5,
+    lam: float = 0.3,
+    sigmas=(0.5, 0.75, 1.0, 1.5, 2.0, 3.0),
+    max_iter: int = 300,
 ) -> tuple[dict, Denoised]:
-    """Run the method and the naive baseline (every σ in ``sigmas``) on ``ex``; return the figures."""
-    result = denoise(ex.noisy, ex.target, tau, lam, truth=ex.truth)
+    """Run the method and the naive baseline (every σ in ``sigmas``) on ``ex``; return the figures and
+    the method's result. The baseline's best σ is chosen against the truth (an oracle)."""
+    result = denoise(ex.noisy, ex.target, tau, lam, max_iter, truth=ex.truth)
     naive = {s: float(ex.target.error(blur_project(ex.noisy, ex.target, s), ex.truth).mean()) for s in sigmas}
     best = min(naive, key=naive.get)
     return {
