@@ -15,6 +15,7 @@ from typing import Any
 from sdstudio.errors import SDStudioError
 
 MAX_SEED = 4294967294  # A1111: random.randrange(4294967294)
+MAX_HR_SCALE = 16.0  # hires fix upscale factor (the target size is held to the width/height limits too)
 MAX_TOKEN_MERGING_RATIO = 0.9  # A1111's slider range for token_merging_ratio: [0, 0.9]
 
 BACKENDS = ("auto", "torch", "openvino")  # what runs the UNet and VAE decoder (--backend; models.loader)
@@ -205,12 +206,23 @@ class GenerationRequest:
         _check(
             0 <= self.cfg_scale <= 100, "cfg_scale", f"cfg_scale must be in [0, 100], got {self.cfg_scale}"
         )
+        _check(self.eta is None or 0 <= self.eta <= 10, "eta", f"eta must be in [0, 10], got {self.eta!r}")
+        _check(0 <= self.s_noise <= 10, "s_noise", f"s_noise must be in [0, 10], got {self.s_noise!r}")
         _check(1 <= self.clip_skip <= 12, "clip_skip", f"clip_skip must be in [1, 12], got {self.clip_skip}")
         _check(
             -1 <= self.seed <= MAX_SEED and -1 <= self.subseed <= MAX_SEED,
             "seed",
             f"seed must be -1 (random) or in [0, {MAX_SEED}]",
         )
+        for name, value, top in (
+            ("seed_resize_from_w", self.seed_resize_from_w, limits.max_width),
+            ("seed_resize_from_h", self.seed_resize_from_h, limits.max_height),
+        ):  # the noise is drawn at this size: as bounded as the image size
+            _check(
+                isinstance(value, int) and 0 <= value <= top,
+                name,
+                f"{name} must be 0 (off) or at most {top}, got {value!r}",
+            )
         _check(
             0.0 <= self.subseed_strength <= 1.0,
             "subseed_strength",
@@ -253,6 +265,23 @@ class GenerationRequest:
         if self.mask is not None:
             _check(bool(self.init_images), "init_images", "a mask needs an init image")
         if self.hires is not None:
+            _check(
+                isinstance(self.hires.scale, (int, float)) and 0 < self.hires.scale <= MAX_HR_SCALE,
+                "hr_scale",
+                f"hr_scale must be a number in (0, {MAX_HR_SCALE:g}], got {self.hires.scale!r}",
+            )
+            _check(
+                isinstance(self.hires.second_pass_steps, int)
+                and 0 <= self.hires.second_pass_steps <= limits.max_steps,
+                "hr_second_pass_steps",
+                f"hr_second_pass_steps must be 0 (as the first pass) or at most {limits.max_steps}, "
+                f"got {self.hires.second_pass_steps!r}",
+            )
+            for name, value, top in (
+                ("hr_resize_x", self.hires.resize_x, limits.max_width),
+                ("hr_resize_y", self.hires.resize_y, limits.max_height),
+            ):
+                _check(isinstance(value, int) and 0 <= value <= top, name, f"{name} must be in [0, {top}]")
             w, h = self.hires.target_size(self.width, self.height)
             _check(
                 w <= limits.max_width and h <= limits.max_height,

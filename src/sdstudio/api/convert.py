@@ -15,6 +15,7 @@ import binascii
 import datetime
 import io
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,7 +153,7 @@ def convert(
     if req.script_name:  # A1111 scripts: X/Y/Z plot, prompt matrix, SD upscale (unknown -> 422)
         from sdstudio.pipelines.scripts.registry import parse_script
 
-        script = parse_script(req.script_name, req.script_args, kind, request)
+        script = parse_script(req.script_name, req.script_args, kind, request, limits)
     return ConvertedRequest(request, model_name, warnings, _echo(req), vae=vae, script=script)
 
 
@@ -181,6 +182,13 @@ def _img2img_fields(req: Img2ImgRequest, limits: Limits) -> dict[str, Any]:
         raise SDStudioError(
             "init_images: at least one base64 image is required for img2img", field="init_images"
         )
+    usable = 1 if _outpaint_requested(req) else max(1, min(req.batch_size, limits.max_batch_size))
+    if len(req.init_images) > usable:  # refused before any is decoded (A1111: "bad number of images")
+        raise SDStudioError(
+            f"init_images: {len(req.init_images)} images sent, this request can use at most {usable} "
+            "(one for the whole batch, or one per image of the batch: batch_size)",
+            field="init_images",
+        )
     images = tuple(
         decode_image(data, field_name=f"init_images[{i}]", limits=limits)
         for i, data in enumerate(req.init_images)
@@ -208,6 +216,10 @@ def _img2img_fields(req: Img2ImgRequest, limits: Limits) -> dict[str, Any]:
         "inpaint_full_res_padding": req.inpaint_full_res_padding,
         "inpainting_mask_invert": bool(req.inpainting_mask_invert) and outpaint is None,
     }
+
+
+def _outpaint_requested(req: Img2ImgRequest) -> bool:
+    return any((req.outpaint_left, req.outpaint_right, req.outpaint_top, req.outpaint_bottom))
 
 
 def _hires(req: Txt2ImgRequest) -> HiresSettings | None:
@@ -342,16 +354,27 @@ def _apply_overrides(overrides: dict[str, Any], warnings: list[str]) -> tuple[st
     ignored = sorted(k for k in overrides if k not in _HARMLESS_OPTIONS)
     if ignored:
         warnings.append(f"override_settings ignored: {', '.join(ignored)}")
-    return model, int(clip_skip) if clip_skip is not None else None
+    if clip_skip is None:
+        return model, None
+    value = _float_option(clip_skip, "CLIP_stop_at_last_layers")
+    if value != int(value) or not 1 <= value <= 12:
+        raise SDStudioError(
+            "override_settings.CLIP_stop_at_last_layers must be an integer in [1, 12]",
+            field="CLIP_stop_at_last_layers",
+        )
+    return model, int(value)
 
 
 def _float_option(value: Any, name: str) -> float:
-    """An override_settings number, or a 422 naming it."""
+    """An override_settings number (finite), or a 422 naming it."""
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        message = f"override_settings.{name}: expected a number, got {value!r}"
-        raise SDStudioError(message, field=name) from None
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        message = f"override_settings.{name}: expected a finite number, got {value!r}"
+        raise SDStudioError(message, field=name)
+    return number
 
 
 def _echo(req: _A1111Base) -> dict[str, Any]:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 
@@ -20,6 +22,8 @@ from sdstudio.api.routes_a1111 import convert_for_studio, read_png_info
 from sdstudio.errors import SDStudioError
 from sdstudio.runtime.history import IMAGE_SUFFIXES, ImageRecord
 from sdstudio.runtime.queue import Job
+
+ImageId = Annotated[int, PathParam(ge=0, le=s.SQLITE_MAX_INT)]  # SQLite integers are 64-bit
 
 router = APIRouter(prefix="/api", tags=["sdstudio"])
 
@@ -218,7 +222,7 @@ async def history(
     date_from: str = Query("", pattern=r"^(\d{4}-\d{2}-\d{2})?$"),
     date_to: str = Query("", pattern=r"^(\d{4}-\d{2}-\d{2})?$"),
     job_id: str = "",
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=s.SQLITE_MAX_INT),
     limit: int = Query(48, ge=1, le=500),
 ) -> s.HistoryPage:
     """Gallery page: saved images filtered by prompt text, model, sampler and date, newest first."""
@@ -243,7 +247,7 @@ async def history(
 
 
 @router.get("/history/{image_id}", response_model=s.HistoryItem)
-async def history_item(image_id: int, request: Request) -> s.HistoryItem:
+async def history_item(image_id: ImageId, request: Request) -> s.HistoryItem:
     record = studio(request).history.get(image_id)
     if record is None:
         raise SDStudioError(f"no image with id {image_id}", field="image_id", status=404)
@@ -251,7 +255,7 @@ async def history_item(image_id: int, request: Request) -> s.HistoryItem:
 
 
 @router.delete("/history/{image_id}", response_model=s.DeletedImage)
-async def delete_history_item(image_id: int, request: Request) -> dict:
+async def delete_history_item(image_id: ImageId, request: Request) -> dict:
     """Delete an image: its file and its row together."""
     record = await run_in_threadpool(studio(request).history.delete, image_id)
     if record is None:

@@ -4,6 +4,12 @@ A1111 field names and defaults follow ``modules/api/models.py`` and the v1.10
 ``StableDiffusionProcessing*`` dataclasses (e.g. steps 50, cfg_scale 7.0, sampler_index
 "Euler", img2img denoising_strength 0.75, inpaint_full_res True). Unknown fields are kept
 (``extra="allow"``) so the API can list them in a warning instead of failing.
+
+Every number a request carries has a lower and an upper bound here (a 422 naming the field before
+anything is decoded or allocated; ``tests/security/test_bounds.py`` walks every request schema to
+keep it so). These are hard ceilings, the same on every server; the server's own limits
+(``--max-width``, ``--max-steps``, ...) are checked after them, by ``GenerationRequest.validate``.
+NaN and infinity are refused in every float field.
 """
 
 from __future__ import annotations
@@ -14,11 +20,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from sdstudio.api.text import find_lone_surrogate, surrogate_message
+from sdstudio.config import MAX_HR_SCALE, MAX_SEED, MAX_TOKEN_MERGING_RATIO
+
+MAX_PIXELS_SIDE = 16384  # any pixel size or margin; the server's --max-width/--max-height are lower
+MAX_STEPS = 1_000_000  # steps of any pass; the server's --max-steps is lower (and named when it refuses)
+MAX_COUNT = 1_000_000  # batch size, batch count; --max-batch-size/--max-batch-count are lower
+MAX_SIGMA = 1000.0  # s_tmin / s_tmax (accepted for A1111 clients, not used)
+SQLITE_MAX_INT = 2**63 - 1  # ids and offsets of the history database
 
 
 class TextSafeModel(BaseModel):
     """Base of every request body: any text field (declared or extra, nested in lists and dicts)
-    holding a lone UTF-16 surrogate is a 422 naming the field, before anything stores it."""
+    holding a lone UTF-16 surrogate is a 422 naming the field, before anything stores it; NaN and
+    infinity are refused in every float field."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -38,34 +54,34 @@ class _A1111Base(TextSafeModel):
     prompt: str = ""
     negative_prompt: str | None = ""
     styles: list[str] | None = None
-    seed: int = -1
-    subseed: int = -1
-    subseed_strength: float = 0.0
-    seed_resize_from_h: int = -1
-    seed_resize_from_w: int = -1
+    seed: int = Field(-1, ge=-1, le=MAX_SEED)
+    subseed: int = Field(-1, ge=-1, le=MAX_SEED)
+    subseed_strength: float = Field(0.0, ge=0, le=1)
+    seed_resize_from_h: int = Field(-1, ge=-1, le=MAX_PIXELS_SIDE)  # -1 / 0 = off; else also <= --max-height
+    seed_resize_from_w: int = Field(-1, ge=-1, le=MAX_PIXELS_SIDE)
     sampler_name: str | None = None
     scheduler: str | None = None
-    batch_size: int = 1
-    n_iter: int = 1
-    steps: int = 50
-    cfg_scale: float = 7.0
-    width: int = 512
-    height: int = 512
+    batch_size: int = Field(1, ge=1, le=MAX_COUNT)  # the server's --max-batch-size is checked after this
+    n_iter: int = Field(1, ge=1, le=MAX_COUNT)
+    steps: int = Field(50, ge=1, le=MAX_STEPS)  # and --max-steps
+    cfg_scale: float = Field(7.0, ge=0, le=100)
+    width: int = Field(512, ge=16, le=MAX_PIXELS_SIDE)  # and --max-width
+    height: int = Field(512, ge=16, le=MAX_PIXELS_SIDE)
     restore_faces: bool | None = None
     tiling: bool | None = None
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
-    eta: float | None = None
-    denoising_strength: float | None = None
-    s_min_uncond: float | None = None
-    s_churn: float | None = None
-    s_tmax: float | None = None
-    s_tmin: float | None = None
-    s_noise: float | None = None
+    eta: float | None = Field(None, ge=0, le=10)
+    denoising_strength: float | None = Field(None, ge=0, le=1)
+    s_min_uncond: float | None = Field(None, ge=0, le=100)
+    s_churn: float | None = Field(None, ge=0, le=100)
+    s_tmax: float | None = Field(None, ge=0, le=MAX_SIGMA)
+    s_tmin: float | None = Field(None, ge=0, le=MAX_SIGMA)
+    s_noise: float | None = Field(None, ge=0, le=10)
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool = True
     refiner_checkpoint: str | None = None
-    refiner_switch_at: float | None = None
+    refiner_switch_at: float | None = Field(None, ge=0, le=1)
     disable_extra_networks: bool = False
     firstpass_image: str | None = None
     comments: dict[str, Any] | None = None
@@ -78,20 +94,31 @@ class _A1111Base(TextSafeModel):
     force_task_id: str | None = None
     infotext: str | None = None
     # sdstudio extension (ignored by A1111 clients): clip skip without override_settings
-    clip_skip: int | None = Field(None, description="sdstudio: CLIP skip (A1111: CLIP_stop_at_last_layers)")
-    fast: bool | None = Field(None, description="sdstudio: opt-in fast mode (DeepCache, tiny VAE, int8 UNet on OpenVINO, token downsampling from 512x512; BENCHMARKS.md)")
+    clip_skip: int | None = Field(
+        None, ge=1, le=12, description="sdstudio: CLIP skip (A1111: CLIP_stop_at_last_layers)"
+    )
+    fast: bool | None = Field(
+        None,
+        description="sdstudio: opt-in fast mode (DeepCache, tiny VAE, int8 UNet on OpenVINO, token downsampling from 512x512; BENCHMARKS.md)",
+    )
     token_merging_ratio: float | None = Field(
-        None, description="sdstudio: ToMe ratio in [0, 0.9] (A1111: override_settings.token_merging_ratio)"
+        None,
+        ge=0,
+        le=MAX_TOKEN_MERGING_RATIO,
+        description="sdstudio: ToMe ratio in [0, 0.9] (A1111: override_settings.token_merging_ratio)",
     )
 
     @field_validator("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt", check_fields=False)
     @classmethod
     def _bounded_nesting(cls, value: str | None, info: Any) -> str | None:
-        """Brackets nested too deep for the prompt grammar: 422 now, not a failed job later."""
-        from sdstudio.prompts.schedule import check_prompt_nesting
+        """Brackets nested too deep for the prompt grammar, too many ``AND`` parts (positive prompts;
+        A1111 leaves ``AND`` in a negative prompt as text): 422 now, not a failed job later."""
+        from sdstudio.prompts.schedule import check_and_parts, check_prompt_nesting
 
         if value:
             check_prompt_nesting(value, field=info.field_name)
+            if info.field_name in ("prompt", "hr_prompt"):
+                check_and_parts(value, field=info.field_name)
         return value
 
 
@@ -99,14 +126,14 @@ class Txt2ImgRequest(_A1111Base):
     """POST /sdapi/v1/txt2img body (A1111 StableDiffusionTxt2ImgProcessingAPI)."""
 
     enable_hr: bool = False
-    denoising_strength: float | None = 0.75
-    firstphase_width: int = 0
-    firstphase_height: int = 0
-    hr_scale: float = 2.0
+    denoising_strength: float | None = Field(0.75, ge=0, le=1)
+    firstphase_width: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
+    firstphase_height: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
+    hr_scale: float = Field(2.0, gt=0, le=MAX_HR_SCALE)  # the target size is also held to --max-width/height
     hr_upscaler: str | None = None
-    hr_second_pass_steps: int = 0
-    hr_resize_x: int = 0
-    hr_resize_y: int = 0
+    hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS)  # 0 = as the first pass; and --max-steps
+    hr_resize_x: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
+    hr_resize_y: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
     hr_checkpoint_name: str | None = None
     hr_sampler_name: str | None = None
     hr_scheduler: str | None = None
@@ -117,27 +144,31 @@ class Txt2ImgRequest(_A1111Base):
 class Img2ImgRequest(_A1111Base):
     """POST /sdapi/v1/img2img body (A1111 StableDiffusionImg2ImgProcessingAPI)."""
 
-    init_images: list[str] | None = Field(None, description="Base64 images, with or without data: prefix.")
-    resize_mode: int = 0
-    denoising_strength: float | None = 0.75
-    image_cfg_scale: float | None = None
+    init_images: list[str] | None = Field(
+        None,
+        max_length=MAX_COUNT,
+        description="Base64 images, with or without data: prefix (at most batch_size).",
+    )
+    resize_mode: int = Field(0, ge=0, le=3)
+    denoising_strength: float | None = Field(0.75, ge=0, le=1)
+    image_cfg_scale: float | None = Field(None, ge=0, le=100)
     mask: str | None = Field(None, description="Base64 mask image: white = repaint.")
-    mask_blur_x: int = 4
-    mask_blur_y: int = 4
-    mask_blur: int | None = None
+    mask_blur_x: int = Field(4, ge=0, le=64)
+    mask_blur_y: int = Field(4, ge=0, le=64)
+    mask_blur: int | None = Field(None, ge=0, le=64)
     mask_round: bool = True
-    inpainting_fill: int = 0
+    inpainting_fill: int = Field(0, ge=0, le=3)
     inpaint_full_res: bool = True
-    inpaint_full_res_padding: int = 0
-    inpainting_mask_invert: int = 0
-    initial_noise_multiplier: float | None = None
+    inpaint_full_res_padding: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    initial_noise_multiplier: float | None = Field(None, ge=0, le=2)
     latent_mask: str | None = None
     include_init_images: bool = False
     # sdstudio extension: outpainting margins in pixels (the UI's outpaint fields)
-    outpaint_left: int = 0
-    outpaint_right: int = 0
-    outpaint_top: int = 0
-    outpaint_bottom: int = 0
+    outpaint_left: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
+    outpaint_right: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
+    outpaint_top: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
+    outpaint_bottom: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
 
 
 class GenerationResponse(BaseModel):

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdstudio.api.schemas import TextSafeModel
+from sdstudio.config import MAX_SEED
 from sdstudio.errors import SDStudioError
 
 router = APIRouter(prefix="/api/lab", tags=["lab"])
@@ -32,7 +33,7 @@ class DemolishRequest(TextSafeModel):
     timesteps: str = Field("0,50,100,200,300,500,700,999", description="comma-separated t in [0, 1000)")
     schedule: str = Field("scaled_linear", pattern="^(linear|cosine|scaled_linear)$")
     size: int = Field(64, ge=16, le=256, description="the image is resized to size x size first")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class BuildRequest(TextSafeModel):
@@ -43,7 +44,7 @@ class BuildRequest(TextSafeModel):
     scheduler: str = "Automatic"
     steps: int = Field(10, ge=1, le=50)
     cfg_scale: float = Field(7.0, ge=0, le=30)
-    seed: int = Field(-1, ge=-1)
+    seed: int = Field(-1, ge=-1, le=MAX_SEED)
     model: str | None = Field(None, description="checkpoint title; default: the current model")
 
 
@@ -53,7 +54,7 @@ class LabPicture(BaseModel):
     info: dict[str, Any] = Field(default_factory=dict)
 
 
-class StudyRequest(BaseModel):
+class StudyRequest(TextSafeModel):
     model_config = ConfigDict(extra="forbid")
     kind: str = Field(pattern="^(word-order|separators|punctuation|custom)$")
     a: str = Field("girl", max_length=100, description="first concept")
@@ -63,7 +64,7 @@ class StudyRequest(BaseModel):
     )
     concepts: bool = Field(False, description="custom: measure dominance of a vs b")
     seeds: int = Field(32, ge=2, le=256)
-    first_seed: int = Field(1, ge=0)
+    first_seed: int = Field(1, ge=0, le=MAX_SEED)
     steps: int = Field(10, ge=1, le=50)
     sampler_name: str = "DPM++ 2M"
     cfg_scale: float = Field(7.0, ge=0, le=30)

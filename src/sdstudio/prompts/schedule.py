@@ -119,6 +119,27 @@ def bracket_depth(prompt: str) -> int:
     return deepest
 
 
+MAX_AND_PARTS = 16  # composable-prompt parts: each is one more UNet batch item at every step
+MAX_AND_WEIGHT = 100.0
+
+
+def check_and_parts(prompt: str, field: str = "prompt") -> None:
+    """Raise :class:`SDStudioError` for more than :data:`MAX_AND_PARTS` ``AND`` parts, or a part weight
+    that is not a finite number within +-:data:`MAX_AND_WEIGHT` (A1111 sets no limit; 400 parts are
+    one 400-image UNet batch)."""
+    count = len(RE_AND.findall(prompt)) + 1
+    if count > MAX_AND_PARTS:
+        raise SDStudioError(f"{field}: {count} AND parts; at most {MAX_AND_PARTS} are allowed", field=field)
+    if count > 1:
+        for text, weight in split_and(prompt):
+            if not abs(weight) <= MAX_AND_WEIGHT:
+                raise SDStudioError(
+                    f"{field}: AND part {text.strip()[:40]!r} has weight {weight}; "
+                    f"weights must be within +-{MAX_AND_WEIGHT:g}",
+                    field=field,
+                )
+
+
 def check_prompt_nesting(prompt: str, field: str = "prompt") -> None:
     """Raise :class:`SDStudioError` when brackets nest deeper than :data:`MAX_NESTING`: the grammar
     is recursive, so a prompt like ``"[a:" * 300`` would otherwise end in a RecursionError."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sdstudio.config import GenerationRequest, HiresSettings
+from sdstudio.config import GenerationRequest, HiresSettings, Limits
 from sdstudio.errors import SDStudioError
 
 RE_RANGE = re.compile(r"\s*([+-]?\s*\d+)\s*-\s*([+-]?\s*\d+)(?:\s*\(([+-]\d+)\s*\))?\s*")
@@ -35,6 +35,7 @@ RE_RANGE_COUNT_FLOAT = re.compile(
     r"\s*([+-]?\s*\d+(?:.\d*)?)\s*-\s*([+-]?\s*\d+(?:.\d*)?)(?:\s*\[(\d+(?:.\d*)?)\s*])?\s*"
 )
 MAX_VALUES = 256  # per axis: a typo like 1-100000 must not queue a day of work
+MAX_DIGITS = 20  # a number in an axis value: enough for any seed, and int() of 4,300 digits never runs
 
 
 @dataclass
@@ -251,45 +252,85 @@ def _bracket_list(text: str) -> str:
     return t[1:-1] if t.startswith("[") and t.endswith("]") and "[" not in t[1:-1] else t
 
 
+def _number(text: str, kind: type, val: str) -> Any:
+    """``int`` or ``float`` of one number of a range; over :data:`MAX_DIGITS` digits or not finite: 422."""
+    text = text.replace(" ", "")
+    if sum(ch.isdigit() for ch in text) > MAX_DIGITS:
+        raise SDStudioError(
+            f"range {val[:60]!r}: numbers have at most {MAX_DIGITS} digits", field="script_args"
+        )
+    try:
+        number = kind(text)
+    except ValueError:
+        raise SDStudioError(
+            f"range {val[:60]!r}: {text[:30]!r} is not a number", field="script_args"
+        ) from None
+    if not math.isfinite(number):
+        raise SDStudioError(f"range {val[:60]!r}: {text[:30]!r} is not a finite number", field="script_args")
+    return number
+
+
+def _too_many(val: str, count: float) -> SDStudioError:
+    return SDStudioError(
+        f"range {val[:60]!r} gives {count:.0f} values (at most {MAX_VALUES} per axis)", field="script_args"
+    )
+
+
 def _expand_int(val: str) -> list[Any]:
+    """One value of an integer axis: ``a-b``, ``a-b (+step)``, ``a-b [count]``; counted before it is
+    expanded, so ``1-30000000`` is refused without building the list."""
     m, mc = RE_RANGE.fullmatch(val), RE_RANGE_COUNT.fullmatch(val)
     if m is not None:
-        start, end = int(m.group(1).replace(" ", "")), int(m.group(2).replace(" ", "")) + 1
-        step = int(m.group(3)) if m.group(3) is not None else 1
-        return list(range(start, end, step)) if step else []
+        start, end = _number(m.group(1), int, val), _number(m.group(2), int, val) + 1
+        step = _number(m.group(3), int, val) if m.group(3) is not None else 1
+        values = range(start, end, step) if step else range(0)
+        if len(values) > MAX_VALUES:
+            raise _too_many(val, len(values))
+        return list(values)
     if mc is not None:
-        start, end = int(mc.group(1).replace(" ", "")), int(mc.group(2).replace(" ", ""))
-        num = int(mc.group(3)) if mc.group(3) is not None else 1
+        start, end = _number(mc.group(1), int, val), _number(mc.group(2), int, val)
+        num = _number(mc.group(3), int, val) if mc.group(3) is not None else 1
+        if num > MAX_VALUES:
+            raise _too_many(val, num)
         return [int(x) for x in np.linspace(start, end, num).tolist()]
     return [val]
 
 
 def _expand_float(val: str) -> list[Any]:
+    """One value of a float axis, as :func:`_expand_int` (``np.arange`` / ``np.linspace``), counted first."""
     m, mc = RE_RANGE_FLOAT.fullmatch(val), RE_RANGE_COUNT_FLOAT.fullmatch(val)
     if m is not None:
-        start, end = float(m.group(1).replace(" ", "")), float(m.group(2).replace(" ", ""))
-        step = float(m.group(3)) if m.group(3) is not None else 1.0
-        if step == 0 or (end - start) / step > MAX_VALUES:
-            raise SDStudioError(f"range {val!r} gives too many values", field="script_args")
+        start, end = _number(m.group(1), float, val), _number(m.group(2), float, val)
+        step = _number(m.group(3), float, val) if m.group(3) is not None else 1.0
+        count = (end - start) / step if step else math.inf
+        if not math.isfinite(count) or count > MAX_VALUES:
+            raise _too_many(val, count)
         return np.arange(start, end + step, step).tolist()
     if mc is not None:
-        start, end = float(mc.group(1).replace(" ", "")), float(mc.group(2).replace(" ", ""))
-        num = int(float(mc.group(3))) if mc.group(3) is not None else 1
-        return np.linspace(start, end, min(num, MAX_VALUES + 1)).tolist()
+        start, end = _number(mc.group(1), float, val), _number(mc.group(2), float, val)
+        num = int(_number(mc.group(3), float, val)) if mc.group(3) is not None else 1
+        if num > MAX_VALUES:
+            raise _too_many(val, num)
+        return np.linspace(start, end, num).tolist()
     return [val]
 
 
 def _cast(axis: Axis, value: Any) -> Any:
+    if axis.type not in ("int", "float"):
+        return value if axis.type == "perm" else str(value)
+    if isinstance(value, str) and sum(ch.isdigit() for ch in value) > MAX_DIGITS:
+        raise SDStudioError(
+            f"{axis.label}: {value[:30]!r}... has more than {MAX_DIGITS} digits", field="script_args"
+        )
     try:
-        if axis.type == "int":
-            return int(value)
-        if axis.type == "float":
-            return float(value)
+        number = int(value) if axis.type == "int" else float(value)
     except (TypeError, ValueError):
         raise SDStudioError(
             f"{axis.label}: {value!r} is not a valid {axis.type}", field="script_args"
         ) from None
-    return value if axis.type == "perm" else str(value)
+    if not math.isfinite(number):
+        raise SDStudioError(f"{axis.label}: {value!r} is not a finite number", field="script_args")
+    return number
 
 
 def parse_values(
@@ -302,10 +343,16 @@ def parse_values(
         values: list[Any] = [str(v) for v in dropdown]
     else:
         values = csv_values(_bracket_list(text))
-    if axis.type == "int":
-        values = [x for v in values for x in _expand_int(v)]
-    elif axis.type == "float":
-        values = [x for v in values for x in _expand_float(v)]
+    if len(values) > MAX_VALUES:
+        raise SDStudioError(f"{axis.label}: {len(values)} values (at most {MAX_VALUES})", field="script_args")
+    if axis.type in ("int", "float"):
+        expand = _expand_int if axis.type == "int" else _expand_float
+        expanded: list[Any] = []
+        for v in values:
+            expanded += expand(v)
+            if len(expanded) > MAX_VALUES:
+                raise SDStudioError(f"{axis.label}: more than {MAX_VALUES} values", field="script_args")
+        values = expanded
     elif axis.type == "perm":
         if len(values) > 6:
             raise SDStudioError("Prompt order takes at most 6 values (720 permutations)", field="script_args")
@@ -322,11 +369,18 @@ def check_supported(axis: Axis) -> None:
         raise SDStudioError(f"X/Y/Z axis {axis.label!r} is not supported: {axis.why}", field="script_args")
 
 
-def confirm(axis: Axis, values: list, base: Cell) -> None:
-    """Fail before any work if a value cannot apply (A1111 ``confirm_*``): try it on the base cell."""
+def confirm(axis: Axis, values: list, base: Cell, limits: Limits | None = None) -> None:
+    """Fail before any work if a value cannot apply (A1111 ``confirm_*``): try it on the base cell,
+    and with ``limits`` check the cell as a request is checked (Steps 100000, Size 4096x4096 and
+    CFG 1e30 are refused at submit time, naming the axis)."""
     check_supported(axis)
     for v in values:
-        axis.apply(base, v, values)
+        cell = axis.apply(base, v, values)
+        if limits is not None:
+            try:
+                cell.request.validate(limits)
+            except SDStudioError as exc:
+                raise SDStudioError(f"{axis.label} {v!r}: {exc}", field="script_args") from None
 
 
 def grid_megapixels(counts: tuple[int, int, int], width: int, height: int) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sdstudio.config import GenerationRequest
+from sdstudio.config import GenerationRequest, Limits
 from sdstudio.errors import SDStudioError
 from sdstudio.pipelines.scripts import prompt_matrix, sd_upscale, xyz_grid
 from sdstudio.pipelines.scripts.grid import Runner, ScriptResult
@@ -56,12 +56,17 @@ class ScriptCall:
 
 
 def parse_script(
-    name: str, script_args: list | None, kind: str, base: GenerationRequest | None = None
+    name: str,
+    script_args: list | None,
+    kind: str,
+    base: GenerationRequest | None = None,
+    limits: Limits | None = None,
 ) -> ScriptCall:
     """Validate ``script_name``/``script_args``; unknown names list the known ones (422).
 
     With ``base`` the X/Y/Z plan is built once as a dry run, so every axis value (unknown sampler,
-    Prompt S/R word missing from the prompt, ...) fails here rather than inside a queued job.
+    Prompt S/R word missing from the prompt, ...) fails here rather than inside a queued job; with
+    ``limits`` too, every axis value is held to them (Steps, Hires steps, Size, CFG, ...).
     """
     key = (name or "").strip().lower()
     if key not in SCRIPTS or kind not in SCRIPTS[key]:
@@ -73,7 +78,7 @@ def parse_script(
     if key == "x/y/z plot":
         options: Any = xyz_grid.options_from_args(args, kind)
         if base is not None:
-            xyz_grid.plan_xyz(base, options)
+            xyz_grid.plan_xyz(base, options, limits=limits)
     elif key == "prompt matrix":
         options = prompt_matrix.options_from_args(args)
     else:

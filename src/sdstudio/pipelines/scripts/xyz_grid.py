@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from sdstudio.config import MAX_SEED, GenerationRequest
+from sdstudio.config import MAX_SEED, GenerationRequest, Limits
 from sdstudio.errors import SDStudioError
 from sdstudio.pipelines.scripts import axes as ax
 from sdstudio.pipelines.scripts.grid import (
@@ -93,8 +93,10 @@ def plan_xyz(
     model: str | None = None,
     rng: random.Random | None = None,
     max_megapixels: float = MAX_GRID_MP,
+    limits: Limits | None = None,
 ) -> Plan:
-    """Parse the three axes and build every cell's request (nothing runs)."""
+    """Parse the three axes and build every cell's request (nothing runs); with ``limits`` every axis
+    value is checked as a request is (:func:`axes.confirm`)."""
     rng = rng or random.Random()
     if not options.no_fixed_seeds:
         base = base.with_resolved_seeds(rng)  # A1111 fix_seed: one seed for the whole grid
@@ -104,7 +106,7 @@ def plan_xyz(
         vals = ax.parse_values(choice.axis, choice.text, choice.dropdown, options.csv_mode)
         if not options.no_fixed_seeds:
             vals = _fix_seeds(choice.axis, vals, rng)
-        ax.confirm(choice.axis, vals, start)
+        ax.confirm(choice.axis, vals, start, limits)
         values.append(vals)
     xs, ys, zs = values
     mp = ax.grid_megapixels((len(xs), len(ys), len(zs)), base.width, base.height)

@@ -1,0 +1,124 @@
+"""Admission (issue 33): requests whose cost is out of bounds are refused at submit time, as a 422
+naming the field, before anything large is built or decoded."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import pytest
+from PIL import Image
+
+from sdstudio.errors import SDStudioError
+from sdstudio.pipelines.scripts import axes as ax
+from tests.server.conftest import FAST, png_b64
+
+
+def _xyz(x_type: str, x_values: str) -> dict:
+    return {"script_name": "x/y/z plot", "script_args": [x_type, x_values, []]}
+
+
+@pytest.mark.parametrize(
+    "label, text",
+    [
+        ("Seed", "1-30000000"),
+        ("Seed", "1-30000000 (+1)"),
+        ("Steps", "1-10 [100000000]"),
+        ("CFG Scale", "1-10000000"),
+        ("CFG Scale", "0-1 (+0.0000000001)"),
+        ("CFG Scale", "1-10 [100000000]"),
+        ("Seed", "1-" + "9" * 4300),
+        ("CFG Scale", "1-" + "9" * 400),
+    ],
+)
+def test_huge_axis_ranges_are_refused_before_they_are_expanded(label, text):
+    axis = ax.find_axis(label)
+    tracemalloc.start()
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(SDStudioError) as err:
+            ax.parse_values(axis, text)
+        elapsed = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert err.value.field == "script_args"
+    assert peak < 1_000_000, f"{peak} bytes allocated before the refusal"
+    assert elapsed < 0.5
+
+
+def test_ranges_within_the_cap_still_expand_as_a1111():
+    assert ax.parse_values(ax.find_axis("Seed"), "1-5") == [1, 2, 3, 4, 5]
+    assert ax.parse_values(ax.find_axis("Steps"), "10-1 (-3)") == [
+        10,
+        7,
+        4,
+    ]  # A1111: end + 1 whatever the step
+    assert ax.parse_values(ax.find_axis("CFG Scale"), "1-2 [3]") == [1.0, 1.5, 2.0]
+    assert len(ax.parse_values(ax.find_axis("Seed"), "1-256")) == 256
+    with pytest.raises(SDStudioError):
+        ax.parse_values(ax.find_axis("Seed"), "1-257")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _xyz("Steps", "2, 100000"),
+        _xyz("Size", "64x64, 4096x4096"),
+        _xyz("CFG Scale", "7, 1e30"),
+        _xyz("CFG Scale", "7, nan"),
+        _xyz("Seed", "1-" + "9" * 4300),
+        {"enable_hr": True, "hr_scale": 1.0, **_xyz("Hires steps", "2, 100000")},
+    ],
+)
+def test_xyz_axis_values_are_held_to_the_request_limits_at_submit(client, body):
+    r = client.post("/api/jobs/txt2img", json={**FAST, **body})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "script_args"
+    assert client.get("/api/jobs").json()["queued"] == 0
+
+
+def test_xyz_values_within_the_limits_are_accepted(client):
+    r = client.post("/sdapi/v1/txt2img", json={**FAST, **_xyz("Steps", "1, 2")})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["images"]) == 1  # the grid
+
+
+def _png(size: int = 8) -> str:
+    return png_b64(Image.new("RGB", (size, size), "red"))
+
+
+def test_more_init_images_than_the_batch_can_use_are_refused_before_decoding(client, monkeypatch):
+    from sdstudio.api import convert
+
+    decoded = []
+    real = convert.decode_image
+    monkeypatch.setattr(convert, "decode_image", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    body = {**FAST, "batch_size": 2, "init_images": [_png()] * 3}
+    r = client.post("/sdapi/v1/img2img", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "init_images" and "at most 2" in r.json()["detail"]
+    assert decoded == []
+    body = {**FAST, "init_images": [_png()] * 2, "outpaint_left": 8}  # outpainting uses one image
+    assert client.post("/sdapi/v1/img2img", json=body).json()["field"] == "init_images"
+
+
+def test_init_images_up_to_the_batch_size_are_accepted(client):
+    body = {**FAST, "batch_size": 2, "init_images": [_png(64), _png(64)], "denoising_strength": 0.5}
+    r = client.post("/sdapi/v1/img2img", json=body)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["images"]) == 2
+
+
+def test_and_parts_are_capped(client):
+    from sdstudio.prompts.schedule import MAX_AND_PARTS
+
+    too_many = " AND ".join(f"part {i}" for i in range(MAX_AND_PARTS + 1))
+    r = client.post("/sdapi/v1/txt2img", json={**FAST, "prompt": too_many})
+    assert r.status_code == 422 and r.json()["field"] == "prompt", r.text
+    assert str(MAX_AND_PARTS) in r.json()["detail"]
+    r = client.post("/sdapi/v1/txt2img", json={**FAST, "prompt": "a cat AND a hat :" + "9" * 400})
+    assert r.status_code == 422 and r.json()["field"] == "prompt", r.text
+    # a negative prompt keeps AND as text (A1111), so it is not counted
+    body = {**FAST, "prompt": "a AND b", "negative_prompt": too_many}
+    assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200
