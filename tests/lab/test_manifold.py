@@ -117,7 +117,7 @@ def test_fixed_boundary_values_give_the_smooth_frame_field_inside():
     target = m.orthogonal(3, special=True)
     result = m.denoise(truth, target, tau=1.0, lam=0.0, fixed=fixed, start=start, truth=truth, tol=1e-8)
     assert result.converged and np.array_equal(result.field[fixed], truth[fixed])
-    assert result.error[0] > 20 and result.error[-1] < 0.5
+    assert result.error[0] > 20 and result.error[-1] < 0.1  # measured 26.3 -> 0.010 degrees
     e = np.array(result.energy)
     assert np.all(np.diff(e) <= 1e-12 * abs(e[0]))
 

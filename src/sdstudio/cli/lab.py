@@ -12,7 +12,8 @@ def register(subparsers) -> None:
     """Add ``lab demolish`` and ``lab build`` to the CLI."""
     parser = subparsers.add_parser(
         "lab",
-        help="diffusion lab: forward/reverse processes, X/Y/Z plots, prompt matrix, attention maps, prompt studies",
+        help="diffusion lab: forward/reverse processes, X/Y/Z plots, prompt matrix, attention maps, "
+        "prompt studies, ICTM segmentation, manifold denoising",
     )
     sub = parser.add_subparsers(dest="lab_command", metavar="EXPERIMENT", required=True)
 
