@@ -234,3 +234,223 @@ def test_offline_api_reference(browser, server):
     SHOTS.mkdir(parents=True, exist_ok=True)
     pg.screenshot(path=str(SHOTS / "api-docs.png"))
     ctx.close()
+
+
+# ---------------------------------------------------------------- layout at the widths people use
+# Every tab at a laptop (1440) and a small-window (1024) width: the tab bar stays one row, no visible
+# control sticks out of the window or sits under the sticky header, and the sticky Generate /
+# Interrupt / Skip row stays below the header while the page scrolls.
+
+TABS = ("txt2img", "img2img", "gallery", "pnginfo", "lab", "models")
+LONG_MODEL = "v1-5-pruned-emaonly-with-a-rather-long-file-name.safetensors [6ce0161689]"
+
+# For each visible control: its box, whether it lies inside the window's width, and whether the point
+# at its centre belongs to it (so nothing, the header included, is drawn over it).
+_CONTROLS_JS = """
+() => {
+  const header = document.querySelector('header.topbar').getBoundingClientRect();
+  const out = [];
+  const sel = 'main button, main input, main select, main textarea, main a.button, main label.check, main summary';
+  for (const el of document.querySelectorAll(sel)) {
+    const r = el.getBoundingClientRect();
+    const st = getComputedStyle(el);
+    if (r.width <= 1 || r.height <= 1 || st.visibility === 'hidden' || el.closest('[hidden]')) continue;
+    const x = r.left + r.width / 2, y = r.top + r.height / 2;
+    let covered = null;
+    if (y > 0 && y < innerHeight) {
+      const hit = document.elementFromPoint(x, y);
+      const owner = hit && (hit === el || el.contains(hit) || hit.contains(el) || (el.labels && [...el.labels].some((l) => l.contains(hit))));
+      if (!owner) covered = hit ? (hit.closest('header') ? 'header' : hit.tagName + '.' + hit.className) : 'nothing';
+    }
+    out.push({ name: el.id || el.name || el.textContent.trim().slice(0, 30) || el.tagName, left: r.left, right: r.right,
+               top: r.top, bottom: r.bottom, covered, headerBottom: header.bottom });
+  }
+  return out;
+}
+"""
+
+
+def _open_everything(page) -> None:
+    """Show the controls that start folded: Hires. fix, Scripts with the X/Y/Z plot."""
+    page.evaluate("document.querySelectorAll('main details').forEach((d) => { d.open = true; })")
+    page.select_option("#script-name", "x/y/z plot")
+
+
+@pytest.mark.parametrize("width", [1440, 1024])
+def test_every_tab_fits_the_window_and_clears_the_header(browser, server, width):
+    ctx = browser.new_context(viewport={"width": width, "height": 800})
+    pg = ctx.new_page()
+    pg.goto(server.url + "/")
+    pg.wait_for_selector("body[data-ready='1']", timeout=15000)
+    # a real checkpoint's title is long: the header must still hold the tabs on one row
+    pg.evaluate(
+        "(t) => { const s = document.querySelector('#model-select'); s.append(new Option(t, t)); s.value = t; }",
+        LONG_MODEL,
+    )
+    problems = []
+    for tab in TABS:
+        pg.click(f"button[data-tab='{tab}']")
+        if tab == "txt2img":
+            _open_everything(pg)
+        if tab == "lab":
+            pg.wait_for_selector("#study-start")
+        pg.evaluate("window.scrollTo(0, 0)")
+        pg.wait_for_timeout(150)
+        tops = pg.evaluate("[...document.querySelectorAll('.tabs button')].map((b) => b.getBoundingClientRect().top)")
+        header = pg.evaluate("document.querySelector('header.topbar').getBoundingClientRect().height")
+        if len(set(tops)) != 1 or header > 60:
+            problems.append(f"{tab}: tab bar wraps (tops {sorted(set(tops))}, header {header}px)")
+        controls = pg.evaluate(_CONTROLS_JS)
+        assert len(controls) >= 3, f"{tab}: no controls found"
+        for c in controls:
+            if c["left"] < -0.5 or c["right"] > width + 0.5:
+                problems.append(f"{tab}: {c['name']!r} clipped ({c['left']:.0f}..{c['right']:.0f} of {width})")
+            if c["covered"]:
+                problems.append(f"{tab}: {c['name']!r} covered by {c['covered']}")
+        pg.evaluate("document.activeElement && document.activeElement.blur()")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(SHOTS / f"layout-{tab}-{width}.png"))
+    # scrolled: the sticky Generate / Interrupt / Skip row stays whole and below the header
+    for tab in ("txt2img", "img2img"):
+        pg.click(f"button[data-tab='{tab}']")
+        for y in (300, 900, 100000):
+            pg.evaluate(f"window.scrollTo(0, {y})")
+            pg.wait_for_timeout(100)
+            for c in pg.evaluate(_CONTROLS_JS):
+                if c["name"] in ("Generate", "Interrupt", "Skip") and (c["covered"] or c["top"] < c["headerBottom"]):
+                    problems.append(f"{tab} scrolled to {y}: {c['name']} under the header ({c})")
+        pg.screenshot(path=str(SHOTS / f"layout-{tab}-scrolled-{width}.png"))
+    ctx.close()
+    assert not problems, "\n".join(problems)
+
+
+def test_xyz_value_boxes_are_wide_enough(page):
+    _open_everything(page)
+    for axis in "xyz":
+        box = page.locator(f"#xyz-{axis}-values").bounding_box()
+        assert box["width"] >= 150, (axis, box)  # "1-5, 1-5 (+2)" fits; it was ~20 px
+    hires = page.locator("#hires-enable_hr").bounding_box()
+    label = page.locator("label[for='hires-enable_hr']").bounding_box()
+    card = page.locator("details.card", has=page.locator("#hires-enable_hr")).bounding_box()
+    assert label["x"] <= hires["x"] and hires["x"] + hires["width"] <= label["x"] + 30  # box beside its text
+    assert hires["x"] - card["x"] >= 10  # the card has inner padding
+
+
+def test_rejected_submit_says_so(page):
+    _small_job(page, "txt2img")
+    _set(page, "#txt2img-width", 70)
+    page.click('[data-output="txt2img"] .generate')
+    out = page.locator('[data-output="txt2img"]')
+    page.wait_for_function(
+        "document.querySelector('[data-output=txt2img] .generate').disabled === false", timeout=10000
+    )
+    assert "multiple of 8" in out.locator(".message").inner_text()
+    status = out.locator(".progress-text").inner_text()
+    assert "Submitting" not in status and "Not submitted" in status
+    assert out.locator(".interrupt").is_disabled()
+    assert page.evaluate("document.activeElement.id") == "txt2img-width"
+
+
+def test_xyz_run_counts_every_image(page):
+    _small_job(page, "txt2img", steps=2, prompt="a plot")
+    page.locator("#scripts-panel summary").click()
+    page.select_option("#script-name", "x/y/z plot")
+    page.fill("#xyz-x-values", "1-3")
+    page.fill("#xyz-y-values", "3,5")
+    page.click('[data-output="txt2img"] .generate')
+    page.wait_for_function(
+        "document.querySelector('[data-output=txt2img] .progress-text').textContent.startsWith('Done')",
+        timeout=120000,
+    )
+    out = page.locator('[data-output="txt2img"]')
+    assert out.locator(".thumbs img").count() == 7
+    assert out.locator(".progress-text").inner_text() == "Done — 6 images + 1 grid"
+
+
+def test_upload_with_odd_size_rounds_visibly(page, tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (1440, 900), (200, 80, 40)).save(path)
+    page.click("button[data-tab='img2img']")
+    page.set_input_files("#init-file", str(path))
+    page.wait_for_selector("#init-size-note:not([hidden])")
+    note = page.locator("#init-size-note").inner_text()
+    w, h = page.input_value("#img2img-width"), page.input_value("#img2img-height")
+    assert (w, h) == ("1440", "904")
+    assert "1440×900" in note and "1440×904" in note
+    # an image whose size is already allowed is taken as it is, without a note
+    Image.new("RGB", (96, 64), "white").save(tmp_path / "ok.png")
+    page.set_input_files("#init-file", str(tmp_path / "ok.png"))
+    page.wait_for_function("document.querySelector('#img2img-width').value === '96'")
+    assert page.locator("#init-size-note").is_hidden()
+
+
+# ---------------------------------------------------------------- the form follows the model's defaults
+
+
+@pytest.fixture(scope="module")
+def carded_server(tmp_path_factory, tiny_sd1):
+    """Two tiny models; "carded" declares steps and sampler in its sdstudio.json, as the embedded one."""
+    import dataclasses
+    import json
+
+    from sdstudio.api import ServerSettings, create_app
+
+    root = tmp_path_factory.mktemp("carded")
+    card = root / "carded-model"
+    card.mkdir()
+    (card / "sdstudio.json").write_text(json.dumps({"default_steps": 7, "default_sampler": "DDIM"}))
+    carded = dataclasses.replace(tiny_sd1, name="carded", path=str(card))
+    assert carded.defaults.steps == 7
+    settings = ServerSettings(outdir=root / "outputs", models_dir=None, preview_interval=0.0)
+    app = create_app(settings, models={"plain": tiny_sd1, "carded": carded})
+    with LiveServer(app) as live:
+        yield live
+    app.state.studio.stop()
+
+
+def test_form_follows_the_selected_models_defaults(browser, carded_server):
+    import base64
+    import json
+    import urllib.request
+
+    ctx = browser.new_context(viewport={"width": 1440, "height": 820})
+    pg = ctx.new_page()
+    pg.goto(carded_server.url + "/")
+    pg.wait_for_selector("body[data-ready='1']", timeout=15000)
+    pg.select_option("#model-select", "plain")
+    pg.wait_for_function("JSON.parse(document.body.dataset.defaults || '{}').steps === null")
+    assert pg.input_value("#txt2img-steps") == "20" and pg.input_value("#txt2img-sampler_name") == "Euler a"
+    _set(pg, "#txt2img-width", 128)  # the user's size gives way to the next model's native size
+    pg.click("button[data-tab='img2img']")
+    _set(pg, "#img2img-steps", 30)  # a knob the user set stays
+    pg.click("button[data-tab='txt2img']")
+    pg.select_option("#model-select", "carded")
+    pg.wait_for_function("JSON.parse(document.body.dataset.defaults || '{}').steps === 7")
+    for tab in ("txt2img", "img2img"):
+        assert pg.input_value(f"#{tab}-sampler_name") == "DDIM"
+        assert pg.input_value(f"#{tab}-width") == pg.input_value(f"#{tab}-height") == "32"
+    assert pg.input_value("#txt2img-steps") == "7" and pg.input_value("#img2img-steps") == "30"
+    # untouched, the form gives the image the API gives for the same prompt and seed
+    pg.fill("#txt2img-prompt", "a red kite")
+    _set(pg, "#txt2img-seed", 5)
+    pg.click('[data-output="txt2img"] .generate')
+    pg.wait_for_function(
+        "document.querySelector('[data-output=txt2img] .progress-text').textContent.startsWith('Done')",
+        timeout=60000,
+    )
+    ui_info = pg.locator('[data-output="txt2img"] .infotext').inner_text()
+    ui_png = urllib.request.urlopen(
+        carded_server.url + pg.locator('[data-output="txt2img"] .main-image').get_attribute("src")
+    ).read()
+    ctx.close()
+    body = json.dumps({"prompt": "a red kite", "seed": 5}).encode()
+    req = urllib.request.Request(
+        carded_server.url + "/sdapi/v1/txt2img", data=body, headers={"Content-Type": "application/json"}
+    )
+    api = json.loads(urllib.request.urlopen(req).read())
+    api_info = json.loads(api["info"])["infotexts"][0]
+    assert "Steps: 7, Sampler: DDIM" in ui_info and "Size: 32x32" in ui_info
+    assert ui_info == api_info
+    ui_img = Image.open(io.BytesIO(ui_png)).convert("RGB")
+    api_img = Image.open(io.BytesIO(base64.b64decode(api["images"][0]))).convert("RGB")
+    assert ui_img.tobytes() == api_img.tobytes()

@@ -169,6 +169,16 @@ async def select_model(body: s.SelectModelRequest, request: Request) -> s.Models
     return await models(request)
 
 
+@router.get("/models/defaults")
+async def model_defaults(request: Request, name: str | None = None) -> dict:
+    """What omitted knobs get on a model (``name``, else the selected one), known before loading:
+    ``size`` (native), ``steps``, ``sampler`` and ``cfg_scale`` from its card; null = not declared.
+    The web UI shows these so a prompt and seed give the same image there as in the API and CLI."""
+    from dataclasses import asdict
+
+    return asdict(await run_in_threadpool(studio(request).defaults_for, name))
+
+
 @router.get("/samplers", response_model=s.StudioSamplers)
 async def samplers() -> dict:
     """Sampler names with aliases and default schedule, and the schedule types."""

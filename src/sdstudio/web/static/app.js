@@ -65,7 +65,7 @@ function generationKnobs() {
     { name: "cfg_scale", label: "Classifier Free Guidance Scale", help: "how strongly the image should follow the prompt", type: "range", min: 1, max: 30, step: 0.5, value: 7, wide: true },
     { name: "seed", label: "Seed", help: "blank or -1 to randomize", type: "seed", value: "" },
     { name: "clip_skip", label: "Clip skip", help: "use an earlier text-encoder layer", type: "range", min: 1, max: 12, step: 1, value: 1 },
-    { name: "fast", label: "Fast mode", help: "reuse deep UNet features between steps (DeepCache), tiny VAE decode, int8 UNet on OpenVINO, token downsampling (ToDo) from 512x512; small quality cost, see BENCHMARKS.md", type: "check", value: false },
+    { name: "fast", label: "Fast mode", help: "reuse deep UNet features between steps (DeepCache), tiny VAE decode, int8 UNet on OpenVINO, token downsampling (ToDo) from 512x512; small quality cost, see BENCHMARKS.md", type: "check", value: false, wide: true },
   ];
 }
 
@@ -113,7 +113,7 @@ function el(tag, attrs = {}, children = []) {
 
 function buildKnob(group, spec) {
   const id = `${group}-${spec.name}`;
-  const wrap = el("div", { class: "knob" + (spec.wide ? " wide" : ""), "data-name": spec.name });
+  const wrap = el("div", { class: "knob" + (spec.wide ? " wide" : "") + (spec.type === "check" ? " check" : ""), "data-name": spec.name });
   const head = el("div", { class: "head" }, [el("label", { for: id, text: spec.label })]);
   wrap.append(head);
   if (spec.help) wrap.append(el("div", { class: "help", text: spec.help }));
@@ -132,7 +132,7 @@ function buildKnob(group, spec) {
   } else if (spec.type === "check") {
     const box = el("input", { type: "checkbox", id, name: spec.name });
     box.checked = !!spec.value;
-    head.prepend(box);
+    $("label", head).prepend(box);
   } else if (spec.type === "seed") {
     const input = el("input", { type: "text", id, name: spec.name, value: spec.value, placeholder: "-1 (random)", inputmode: "numeric" });
     const dice = el("button", { type: "button", class: "ghost small", title: "Random seed (-1)", text: "Random" });
@@ -254,6 +254,15 @@ class Output {
     this.q(".infotext").hidden = true;
   }
 
+  reject(err) {
+    // the server refused the request (422 naming a field, 429 queue full, ...): nothing is running
+    this.busy(false);
+    this.job = null;
+    this.setProgress(0, err.status === 429 ? "Not queued — the queue is full" : "Not submitted — fix the request and try again");
+    this.message(err.message, "error");
+    if (err.field) highlightField(this.kind, err.field);
+  }
+
   setProgress(fraction, text) {
     this.q(".fill").style.width = `${Math.round(Math.max(0, Math.min(1, fraction)) * 100)}%`;
     this.q(".progress-text").textContent = text;
@@ -340,10 +349,10 @@ class Output {
   finish(job) {
     this.closeStream();
     this.busy(false);
-    const n = job.images.length;
-    if (job.state === "done" && n) this.showInJobOrder(job.images);
-    if (job.state === "done") this.setProgress(1, `Done — ${n} image${n === 1 ? "" : "s"}`);
-    else if (job.state === "cancelled") this.setProgress(job.progress, `Interrupted — ${n} image${n === 1 ? "" : "s"} kept`);
+    const n = this.shown.size;
+    if (job.state === "done" && job.images.length) this.showInJobOrder(job.images);
+    if (job.state === "done") this.setProgress(1, `Done — ${countImages([...this.shown])}`);
+    else if (job.state === "cancelled") this.setProgress(job.progress, `Interrupted — ${countImages([...this.shown])} kept`);
     else this.setProgress(job.progress, "Failed");
     if (job.state === "failed") this.message(job.error || "generation failed", "error");
     else if (job.warnings && job.warnings.length) this.message(job.warnings.join("; "), "warn");
@@ -358,6 +367,20 @@ class Output {
 }
 
 const outputs = {};
+
+function countImages(urls) {
+  // "9 images + 1 grid": grids are saved under *-grids/ (A1111's outdir_txt2img_grids)
+  const grids = urls.filter((u) => /-grids\//.test(u)).length;
+  const n = urls.length - grids;
+  const text = `${n} image${n === 1 ? "" : "s"}`;
+  return grids ? `${text} + ${grids} grid${grids === 1 ? "" : "s"}` : text;
+}
+
+function highlightField(kind, field) {
+  // focus the control a 422 names (its field), if this form has one
+  const input = $(`#tab-${kind} [name="${field}"]`);
+  if (input) input.focus();
+}
 
 async function generate(kind) {
   const out = outputs[kind];
@@ -381,9 +404,7 @@ async function generate(kind) {
     out.follow(job);
     refreshQueue();
   } catch (e) {
-    out.busy(false);
-    out.q(".progress").hidden = true;
-    out.message(e.field ? `${e.message}` : e.message, "error");
+    out.reject(e);
   }
 }
 
@@ -404,7 +425,7 @@ function setupScripts() {
     for (const label of XYZ_AXES) type.append(el("option", { value: label, text: label }));
     type.value = defaults[axis][0];
     const values = el("input", { type: "text", id: `xyz-${axis}-values`, value: defaults[axis][1], placeholder: "1-5, 1-5 (+2), 1-10 [5], a,b", "aria-label": `${axis.toUpperCase()} values` });
-    xyz.append(el("div", { class: "row" }, [el("span", { text: `${axis.toUpperCase()} type` }), type, values]));
+    xyz.append(el("div", { class: "row xyz-axis" }, [el("span", { text: axis.toUpperCase() }), type, values]));
   }
   const check = (id, text, on) => el("label", { class: "check" }, [el("input", { type: "checkbox", id, ...(on ? { checked: "" } : {}) }), el("span", { text })]);
   xyz.append(el("div", { class: "row wrap" }, [check("xyz-legend", "Draw legend", true), check("xyz-lone", "Include sub images", false), check("xyz-subgrids", "Include sub grids", false)]));
@@ -458,9 +479,17 @@ function setInitImage(dataURL) {
     c.width = img.naturalWidth;
     c.height = img.naturalHeight;
     c.getContext("2d").clearRect(0, 0, c.width, c.height);
-    setKnob("img2img", "width", Math.max(64, Math.round(img.naturalWidth / 8) * 8));
-    setKnob("img2img", "height", Math.max(64, Math.round(img.naturalHeight / 8) * 8));
-    $("#img2img-width").dataset.touched = $("#img2img-height").dataset.touched = "1";
+    const lim = (state.info && state.info.limits) || {};
+    const w = fitSize(img.naturalWidth, lim.max_width || 2048);
+    const h = fitSize(img.naturalHeight, lim.max_height || 2048);
+    setKnob("img2img", "width", w);
+    setKnob("img2img", "height", h);
+    touch("img2img", "width");
+    touch("img2img", "height");
+    const note = $("#init-size-note");
+    note.hidden = w === img.naturalWidth && h === img.naturalHeight;
+    note.textContent = `The image is ${img.naturalWidth}×${img.naturalHeight}; sizes must be multiples of 8 ` +
+      `from 64 to ${lim.max_width || 2048}, so the output is ${w}×${h} and the image is resized to it (Resize mode below).`;
   };
   img.src = dataURL;
   $("#canvas-stack").hidden = false;
@@ -468,8 +497,14 @@ function setInitImage(dataURL) {
   $("#mask-tools").hidden = false;
 }
 
+function fitSize(px, max) {
+  // the nearest allowed output size: a multiple of 8 within [64, max]
+  return Math.min(Math.floor(max / 8) * 8, Math.max(64, Math.round(px / 8) * 8));
+}
+
 function clearInitImage() {
   i2i.dataURL = null;
+  $("#init-size-note").hidden = true;
   $("#canvas-stack").hidden = true;
   $("#init-hint").hidden = false;
   $("#mask-tools").hidden = true;
@@ -581,7 +616,7 @@ function applyParams(kind, p) {
     steps: p.Steps, sampler_name: p.Sampler, scheduler: p["Schedule type"], cfg_scale: p["CFG scale"], seed: p.Seed,
     width: size[0], height: size[1], clip_skip: p["Clip skip"],
   };
-  for (const [k, v] of Object.entries(map)) setKnob(kind, k, v);
+  for (const [k, v] of Object.entries(map)) if (setKnob(kind, k, v) && MODEL_DEFAULTED.includes(k)) touch(kind, k);
   if (kind === "img2img" && p["Denoising strength"]) setKnob("img2img-extra", "denoising_strength", p["Denoising strength"]);
   if (kind === "txt2img") {
     setKnob("hires", "enable_hr", !!p["Hires upscale"]);
@@ -746,7 +781,6 @@ async function loadModels() {
   const selected = data.models.find((m) => m.selected) || {};
   fillSelect(sel, data.models.map((m) => [m.title, m.title]), selected.title);
   if (!data.models.length) fillSelect(sel, [["", "no model"]], "");
-  if (selected.native_size) applyNativeSize(selected.native_size);
 }
 
 /* Extra-network cards (A1111's extra networks page): a click puts the LoRA tag or the embedding's
@@ -784,14 +818,39 @@ function networkCards(data) {
     });
 }
 
-function applyNativeSize(size) {
-  // The model's training size as the default Width/Height, unless the user already chose one.
+/* Model defaults: the knobs a request may leave out take the model's values on the server (native size,
+   the steps/sampler/CFG its sdstudio.json declares). The form shows the same values, so a prompt and
+   seed give the same image here, in the CLI and through the API. A knob the user set is left alone,
+   except Width/Height, which follow a newly selected model's native size. */
+const MODEL_DEFAULTED = ["width", "height", "steps", "sampler_name", "cfg_scale"];
+
+function knobOf(group, name) {
+  const box = $(`[data-knobs="${group}"]`);
+  return box && $$(".knob", box).find((k) => k.spec.name === name);
+}
+
+function touch(group, name) {
+  const knob = knobOf(group, name);
+  if (knob) knob.dataset.touched = "1";
+}
+
+async function loadModelDefaults(newModel) {
+  let d;
+  try { d = await api("GET", "/api/models/defaults"); } catch { return; }
+  const values = { width: d.size, height: d.size, steps: d.steps, sampler_name: d.sampler, cfg_scale: d.cfg_scale };
   for (const group of ["txt2img", "img2img"]) {
-    for (const name of ["width", "height"]) {
-      const input = $(`#${group}-${name}`);
-      if (input && !input.dataset.touched) setKnob(group, name, size);
+    for (const name of MODEL_DEFAULTED) {
+      const knob = knobOf(group, name);
+      const size = name === "width" || name === "height";
+      const follow = newModel && size && !(group === "img2img" && i2i.dataURL); // an init image keeps its size
+      if (!knob || (knob.dataset.touched && !follow)) continue;
+      const value = values[name] ?? (size ? null : knob.spec.value); // undeclared: the form's own default
+      if (value === null || value === undefined) continue;
+      setKnob(group, name, value);
+      if (follow) delete knob.dataset.touched;
     }
   }
+  document.body.dataset.defaults = JSON.stringify(d); // for tests and the curious
 }
 
 const EMBEDDED_NOTE = "The embedded model draws 64×64 emoji-style pictures. It was trained from scratch on ~3,600 " +
@@ -801,6 +860,7 @@ const EMBEDDED_NOTE = "The embedded model draws 64×64 emoji-style pictures. It 
 
 async function selectModel(title) {
   try { await api("POST", "/api/models/select", { name: title }); } catch (e) { alert(e.message); }
+  await loadModelDefaults(true);
   loadModels();
 }
 
@@ -888,9 +948,13 @@ function setupStudies(body) {
   body.append(
     el("h3", { text: "Prompt study" }),
     el("p", { class: "muted", text: "Every variant at the same seeds; image change vs the seed-to-seed noise floor, concept dominance and attention, with 95% bootstrap CIs. The report opens offline." }),
-    el("div", { class: "row wrap" }, [kind, el("span", { text: "a" }), a, el("span", { text: "b" }), b, el("span", { text: "seeds" }), seeds, el("span", { text: "steps" }), steps, start]),
-    variants, status, list,
+    el("div", { class: "row wrap study-form" }, [kind, el("span", { text: "a" }), a, el("span", { text: "b" }), b, el("span", { text: "seeds" }), seeds, el("span", { text: "steps" }), steps]),
+    variants, el("div", { class: "row" }, [start]), status, list,
   );
+  // the variants box belongs to the custom study only, and sits above the Run button
+  const syncKind = () => { variants.hidden = kind.value !== "custom"; };
+  kind.addEventListener("change", syncKind);
+  syncKind();
   const refresh = async () => {
     const data = await api("GET", "/api/lab/studies");
     list.innerHTML = "";
@@ -940,14 +1004,17 @@ async function init() {
     document.body.prepend(el("div", { class: "message error", text: `Cannot reach the server API: ${e.message}` }));
   }
   renderKnobs();
-  for (const id of ["txt2img-width", "txt2img-height", "img2img-width", "img2img-height"]) {
-    const knob = $(`#${id}`).closest(".knob");
-    knob.addEventListener("input", () => { $(`#${id}`).dataset.touched = "1"; });
+  for (const group of ["txt2img", "img2img"]) {
+    for (const name of MODEL_DEFAULTED) {
+      const knob = knobOf(group, name);
+      for (const ev of ["input", "change"]) knob.addEventListener(ev, () => touch(group, name));
+    }
   }
   outputs.txt2img = new Output("txt2img");
   outputs.img2img = new Output("img2img");
   for (const b of $$(".tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
   $("#model-select").addEventListener("change", (e) => e.target.value && selectModel(e.target.value));
+  await loadModelDefaults(false);
   $("#models-refresh").addEventListener("click", async () => { await api("POST", "/api/models/refresh"); loadModels(); });
   setupImg2img();
   setupScripts();
