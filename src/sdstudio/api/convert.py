@@ -117,7 +117,9 @@ def convert(
     warnings = _unknown_field_warnings(req)
     _refuse_unsupported(req)
     overrides = dict(req.override_settings or {})
-    vae = overrides.pop("sd_vae", None) or None  # checked against models/VAE when the job runs
+    vae = overrides.pop("sd_vae", None) or None  # checked against models/VAE when it is queued
+    if vae is not None and not isinstance(vae, str):
+        raise SDStudioError("override_settings.sd_vae must be a VAE name", field="sd_vae")
     tome = overrides.pop("token_merging_ratio", None)  # A1111's option, per request
     model_name, clip_skip = _apply_overrides(overrides, warnings)
     sent = req.model_fields_set

@@ -48,7 +48,7 @@ def vae_for(args):
         from sdstudio.runtime.outputs import read_infotext
 
         choice = parse_infotext(read_infotext(args.from_png) or "").get("VAE") or choice
-    return resolve_vae(choice, args.model, networks_from_args(args))
+    return resolve_vae(choice, args.model, networks_from_args(args), any_path=True)  # the local user's files
 
 
 def use_vae(model, vae) -> None:

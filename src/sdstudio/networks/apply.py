@@ -23,7 +23,7 @@ from sdstudio.networks.keys import ModuleIndex
 from sdstudio.networks.library import NetworkLibrary
 from sdstudio.networks.lora import group_keys, network_deltas
 from sdstudio.networks.patch import patched_weights
-from sdstudio.networks.tags import NetworkTag, parse_network_tags, strip_network_tags
+from sdstudio.networks.tags import NetworkTag, fold_network_tags, parse_network_tags, strip_network_tags
 
 
 @contextmanager
@@ -87,21 +87,31 @@ def request_tags(request) -> list[NetworkTag]:
 
 
 def lora_deltas(model, library: NetworkLibrary, tags: list[NetworkTag]) -> tuple[list, list[str]]:
-    """Checked deltas of every LoRA tag and the A1111 ``Lora hashes`` entries (``alias: hash12``)."""
+    """Checked deltas of the LoRA tags, one per layer, and the A1111 ``Lora hashes`` entries
+    (``alias: hash12``).
+
+    Tags naming the same file are folded into one (weights summed, :func:`fold_network_tags`), and
+    each file's deltas are added into one running total per layer as it is read, so 40 tags hold
+    one delta per patched layer, not 40.
+    """
     if not tags:
         return [], []
     index = ModuleIndex(model)
-    deltas, hashes = [], []
-    for tag in tags:
+    totals: dict[int, tuple] = {}  # id(layer weight) -> (target, summed delta)
+    hashes = []
+    for tag in fold_network_tags(tags):
         f = library.find("lora", tag.name)
         groups = library.cached(f.path, _read_lora)
-        deltas += network_deltas(
+        for target, delta in network_deltas(
             groups, index, Path(f.path), te_weight=tag.te_weight, unet_weight=tag.unet_weight, dyn=tag.dyn
-        )
+        ):
+            key = id(target.module.weight)
+            seen = totals.get(key)
+            totals[key] = (target, delta if seen is None else seen[1].add_(delta))
         entry = f"{tag.name.replace(':', '').replace(',', '')}: {library.lora_hash(f.path)}"
         if entry not in hashes:
             hashes.append(entry)
-    return deltas, hashes
+    return list(totals.values()), hashes
 
 
 def _read_lora(path: Path) -> dict:
@@ -124,16 +134,28 @@ def prompt_texts(request) -> list[str]:
 
 
 def encoder_embeddings(model, library: NetworkLibrary, texts: list[str]) -> list[EncoderEmbeddings] | None:
-    """One lookup per text encoder over the embeddings whose name occurs in ``texts`` and fit the model.
+    """One lookup per text encoder over the embeddings the texts use that fit the model.
 
-    Only files whose name appears (case-insensitively, as CLIP lowercases) are read, so a broken
-    file elsewhere in the folder does not stop other jobs; a broken file that is used raises.
+    A name is used where its tokens occur in a text's tokens, as A1111's ``EmbeddingDatabase``
+    matches token ids (CLIP's tokenizer lowercases and splits words from brackets and ``:``): a
+    file ``e.pt`` is not used by "cat face". Only used files are read, so a broken file elsewhere in
+    the folder never stops a job (:meth:`NetworkLibrary.cached` logs it once); a broken file that
+    is used raises.
     """
-    lowered = " ".join(texts).lower()
+    tokenizer = model.tokenizers[0]
+    text_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    present = {i for ids in text_ids for i in ids}
     per_encoder: list[dict] = [{} for _ in model.text_encoders]
     for f in library.files("embeddings"):
         name = Path(f.name).name
-        if name.lower() not in lowered or name in per_encoder[0]:
+        if name in per_encoder[0]:
+            continue
+        name_ids = tokenizer(name, add_special_tokens=False)["input_ids"]
+        if (
+            not name_ids
+            or name_ids[0] not in present
+            or not any(_contains(ids, name_ids) for ids in text_ids)
+        ):
             continue
         vectors = library.cached(f.path, read_embedding).for_model(model)
         if vectors is None:  # made for another architecture: A1111 skips it (the name stays text)
@@ -143,6 +165,12 @@ def encoder_embeddings(model, library: NetworkLibrary, texts: list[str]) -> list
     if not per_encoder[0]:
         return None
     return [EncoderEmbeddings(tok, table) for tok, table in zip(model.tokenizers, per_encoder)]
+
+
+def _contains(ids: list[int], part: list[int]) -> bool:
+    """Whether ``part`` occurs in ``ids`` as a contiguous run."""
+    n = len(part)
+    return any(ids[i : i + n] == part for i in range(len(ids) - n + 1) if ids[i] == part[0])
 
 
 def used_embedding_hashes(model, library, lookups, texts: list[str]) -> list[str]:

@@ -26,6 +26,8 @@ import torch
 
 from sdstudio.errors import SDStudioError
 
+MAX_VECTORS = 75  # one CLIP prompt chunk (A1111 puts an embedding in one chunk of 75 tokens)
+
 
 @dataclass
 class Embedding:
@@ -113,7 +115,13 @@ def _vectors(data: dict, p: Path) -> dict[str, torch.Tensor]:
 def _2d(t, p: Path) -> torch.Tensor:
     if not isinstance(t, torch.Tensor) or t.ndim not in (1, 2) or t.numel() == 0:
         raise SDStudioError(f"{p.name}: embedding vectors must be a (n, D) tensor", field="prompt")
-    return (t[None] if t.ndim == 1 else t).detach().float()
+    t = t[None] if t.ndim == 1 else t
+    if t.shape[0] > MAX_VECTORS:
+        raise SDStudioError(
+            f"{p.name}: embedding has {t.shape[0]} vectors; at most {MAX_VECTORS} fit one prompt chunk",
+            field="prompt",
+        )
+    return t.detach().float()
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import struct
 import threading
 from collections import OrderedDict
@@ -26,6 +27,8 @@ VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
 HYPERNETWORK_SUFFIXES = (".pt",)
 SUBFOLDERS = {"lora": "Lora", "embeddings": "embeddings", "vae": "VAE", "hypernetworks": "hypernetworks"}
 CACHE_SIZE = 16  # LoRA / embedding files kept in memory
+FAILED_CACHE_SIZE = 1024  # unreadable files remembered (each logged once)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class NetworkLibrary:
         }
         self._lock = threading.RLock()
         self._files: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
+        self._failed: dict[tuple[str, int, int], SDStudioError] = {}  # unreadable files, by file state
         self._hashes: dict[tuple[str, int, int, str], Any] = {}  # hashes and LoRA metadata by file state
 
     @classmethod
@@ -118,13 +122,27 @@ class NetworkLibrary:
 
     # -- reading (cached) ------------------------------------------------------------------
     def cached(self, path: str, reader) -> Any:
-        """``reader(Path)`` of a file, cached while its size and mtime stay the same."""
+        """``reader(Path)`` of a file, cached while its size and mtime stay the same.
+
+        A file the reader refuses (SDStudioError) is logged once as a warning and its error kept
+        for the same file state: later calls raise it again without reading the file."""
         key = _stat_key(path)
         with self._lock:
             if key in self._files:
                 self._files.move_to_end(key)
                 return self._files[key]
-        value = reader(Path(path))
+            if key in self._failed:
+                raise self._failed[key]
+        try:
+            value = reader(Path(path))
+        except SDStudioError as exc:
+            with self._lock:
+                if key not in self._failed:
+                    log.warning("skipping %s: %s", path, exc)
+                self._failed[key] = exc
+                while len(self._failed) > FAILED_CACHE_SIZE:
+                    self._failed.pop(next(iter(self._failed)))
+            raise
         with self._lock:
             self._files[key] = value
             while len(self._files) > CACHE_SIZE:

@@ -101,6 +101,7 @@ def _split(key: str, path: Path) -> tuple[str, str]:
 def layer_delta(patch: LayerPatch, weight_shape: torch.Size, dyn: int | None = None) -> torch.Tensor:
     """``delta * scale`` for one layer (fp32, the layer's weight shape), before the tag's multiplier."""
     p = {k: v.float() for k, v in patch.parts.items()}
+    _check_shapes(p)
     if "up" in p and "down" in p:
         up, down = p["up"], p["down"]
         rank = down.shape[0]
@@ -124,6 +125,18 @@ def layer_delta(patch: LayerPatch, weight_shape: torch.Size, dyn: int | None = N
             f"delta of shape {tuple(delta.shape)} does not fit the layer's {tuple(weight_shape)}"
         )
     return delta.reshape(weight_shape) * _scale(p, rank)
+
+
+def _check_shapes(p: dict[str, torch.Tensor]) -> None:
+    """ValueError for parts no real network has: scalar or rank-0 matrices, non-scalar alpha/scale."""
+    for name in ("up", "down", "mid", "w1a", "w1b", "w2a", "w2b"):
+        if name in p and (p[name].ndim < 2 or 0 in p[name].shape):
+            raise ValueError(f"{name} weight of shape {tuple(p[name].shape)}: expected a matrix of rank >= 1")
+    if "up" in p and "down" in p and p["up"].shape[1] != p["down"].shape[0]:
+        raise ValueError(f"up {tuple(p['up'].shape)} and down {tuple(p['down'].shape)} ranks differ")
+    for name in ("alpha", "scale"):
+        if name in p and p[name].numel() != 1:
+            raise ValueError(f"{name} must be one number, got shape {tuple(p[name].shape)}")
 
 
 def _scale(parts: dict[str, torch.Tensor], rank: int | None) -> float:
@@ -162,7 +175,7 @@ def network_deltas(
                 raise SDStudioError(f"{path.name}: key {patch.keys[part]!r} holds NaN/Inf", field="prompt")
         try:
             delta = layer_delta(patch, target.module.weight.shape, dyn)
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, IndexError, ZeroDivisionError) as exc:
             raise SDStudioError(f"{path.name}: key {patch.key!r}: {exc}", field="prompt") from exc
         if not torch.isfinite(delta).all():
             raise SDStudioError(f"{path.name}: key {patch.key!r} gives a NaN/Inf delta", field="prompt")

@@ -14,10 +14,15 @@ the encoder unchanged, as in A1111).
 NetworkTag(kind='lora', name='b', te_weight=0.2, unet_weight=1.5, dyn=None)
 >>> parse_network_tags("plain (words:1.2) [a:b:5]")
 ('plain (words:1.2) [a:b:5]', [])
+
+Weights must be finite and within +-:data:`MAX_WEIGHT` (``<lora:x:nan>``, ``inf`` and ``1e30`` are a
+422 at parse time, not a job that runs and ends in NaN pixels); ``dyn`` is a rank in
+[1, :data:`MAX_DYN`]. :func:`fold_network_tags` merges tags that name the same file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -25,6 +30,8 @@ from sdstudio.errors import SDStudioError
 
 RE_EXTRA_NET = re.compile(r"<(\w+):([^>]+)>")
 ALIASES = {"lyco": "lora"}
+MAX_WEIGHT = 10.0  # |te| and |unet| of one tag (A1111's UI goes to 2; past 10 a LoRA gives noise)
+MAX_DYN = 100_000
 
 
 @dataclass(frozen=True)
@@ -72,4 +79,34 @@ def _tag(kind: str, args: str, text: str) -> NetworkTag:
         raise SDStudioError(
             f"extra network tag {text}: weights must be numbers (<{kind}:name:weight>)", field="prompt"
         ) from exc
+    for weight in (te, unet):
+        if not abs(weight) <= MAX_WEIGHT:  # also NaN
+            raise SDStudioError(
+                f"extra network tag {text}: weight {weight} is out of range; weights must be finite "
+                f"numbers within +-{MAX_WEIGHT:g}",
+                field="prompt",
+            )
+    if dyn is not None and not 1 <= dyn <= MAX_DYN:
+        raise SDStudioError(f"extra network tag {text}: dyn must be in [1, {MAX_DYN}]", field="prompt")
     return NetworkTag(kind, positional[0].strip(), te, unet, dyn)
+
+
+def fold_network_tags(tags: list[NetworkTag]) -> list[NetworkTag]:
+    """Tags naming the same network (and ``dyn``) as one tag with the weights summed, in first-seen order.
+
+    A1111 applies every tag, so ``<lora:x:0.5> <lora:x:0.5>`` is ``x`` at 1.0: a LoRA's delta is linear
+    in its weight, so the folded tag gives the same weights while holding one delta instead of one
+    per tag.
+
+    >>> fold_network_tags(parse_network_tags("<lora:a:0.5> <lora:b> <lora:a:0.25:1>")[1])
+    [NetworkTag(kind='lora', name='a', te_weight=0.75, unet_weight=1.5, dyn=None), NetworkTag(kind='lora', name='b', te_weight=1.0, unet_weight=1.0, dyn=None)]
+    """
+    folded: dict[tuple, NetworkTag] = {}
+    for tag in tags:
+        key = (tag.kind, tag.name, tag.dyn)
+        seen = folded.get(key)
+        if seen is not None:
+            te, unet = seen.te_weight + tag.te_weight, seen.unet_weight + tag.unet_weight
+            tag = dataclasses.replace(seen, te_weight=te, unet_weight=unet)
+        folded[key] = tag
+    return list(folded.values())

@@ -4,8 +4,12 @@ Choices, as A1111's ``sd_vae`` option: ``"Automatic"`` uses a VAE named after th
 (``<stem>.vae.safetensors|.pt|.ckpt`` beside it, else a file in ``models/VAE/`` whose name starts
 with the checkpoint's stem, A1111 ``find_vae_near_checkpoint``), or the checkpoint's own VAE;
 ``"None"`` always uses the checkpoint's own; any other value names a file of ``models/VAE/`` or is a
-path (file or diffusers folder). The checkpoint's own VAE module is kept while another is in use,
-so switching back costs nothing. Infotext ``VAE`` is the file's stem, ``VAE hash`` sha256[:10].
+path (file or diffusers folder). The server takes only names and paths inside ``models/VAE/``
+(``any_path=False``: a request must not probe or load files elsewhere on the server); the CLI takes
+any path. Either way the path must be a VAE: a weights file (.safetensors, .ckpt, .pt, .pth, .sft)
+or a diffusers folder with a ``config.json``. The checkpoint's own VAE module is kept while another
+is in use, so switching back costs nothing. Infotext ``VAE`` is the file's stem, ``VAE hash``
+sha256[:10].
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sdstudio.errors import SDStudioError
-from sdstudio.networks.library import NetworkLibrary
+from sdstudio.networks.library import VAE_SUFFIXES, NetworkLibrary
 
 AUTOMATIC, NONE = "Automatic", "None"
 NEAR_SUFFIXES = (".vae.safetensors", ".vae.pt", ".vae.ckpt")
@@ -30,8 +34,15 @@ class CheckpointVae:
     hash: str
 
 
-def resolve_vae(choice: str | None, checkpoint: str | None, library: NetworkLibrary | None) -> Path | None:
-    """The VAE file or folder ``choice`` means for the checkpoint at ``checkpoint`` (None: its own)."""
+def resolve_vae(
+    choice: str | None, checkpoint: str | None, library: NetworkLibrary | None, *, any_path: bool = False
+) -> Path | None:
+    """The VAE file or folder ``choice`` means for the checkpoint at ``checkpoint`` (None: its own).
+
+    A path outside ``models/VAE/`` is taken only with ``any_path`` (the CLI); a path that is not a
+    VAE (a README, an arbitrary folder) never is. Refusals give the same message as a missing
+    name, so the answer tells nothing about the server's other files.
+    """
     choice = (choice or AUTOMATIC).strip()
     if choice == NONE:
         return None
@@ -42,7 +53,7 @@ def resolve_vae(choice: str | None, checkpoint: str | None, library: NetworkLibr
             if choice in (f.name, Path(f.name).name, Path(f.name).stem, f.path):
                 return Path(f.path)
     p = Path(choice).expanduser()
-    if p.exists():
+    if _is_vae(p) and (any_path or _inside(p, library.dirs["vae"] if library is not None else None)):
         return p
     near = near_checkpoint(checkpoint, library)
     if near is not None and choice in (near.name, near.name.rsplit(".", 1)[0]):  # an infotext's "VAE"
@@ -52,6 +63,17 @@ def resolve_vae(choice: str | None, checkpoint: str | None, library: NetworkLibr
         f"sd_vae: VAE {choice!r} not found (choose Automatic, None, a file of models/VAE: {known or 'none'}, or a path)",
         field="sd_vae",
     )
+
+
+def _is_vae(p: Path) -> bool:
+    """A VAE weights file, or a diffusers VAE folder (``config.json``, or ``vae/config.json``)."""
+    if p.is_file():
+        return p.name.lower().endswith(VAE_SUFFIXES)
+    return p.is_dir() and ((p / "config.json").is_file() or (p / "vae" / "config.json").is_file())
+
+
+def _inside(p: Path, root: Path | None) -> bool:
+    return root is not None and p.resolve().is_relative_to(root.resolve())
 
 
 def near_checkpoint(checkpoint: str | None, library: NetworkLibrary | None) -> Path | None:
