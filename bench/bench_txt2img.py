@@ -25,9 +25,9 @@ def build_sd15():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sdstudio.models.architectures import ARCHITECTURES, component_config
+    from sdstudio.families.sd.architectures import ARCHITECTURES, component_config
+    from sdstudio.families.sd.tokenizer import clip_tokenizer
     from sdstudio.models.sdmodel import StableDiffusionModel
-    from sdstudio.models.tokenizer import clip_tokenizer
 
     arch = ARCHITECTURES["sd1"]
     torch.manual_seed(0)

@@ -57,7 +57,7 @@ def race(contenders: dict, repeats: int) -> dict[str, dict[str, float]]:
 def sd15_speed(sizes: list[int], repeats: int) -> dict[int, dict]:
     from diffusers import AutoencoderKL
 
-    from sdstudio.models.architectures import ARCHITECTURES, component_config
+    from sdstudio.families.sd.architectures import ARCHITECTURES, component_config
     from sdstudio.models.tiny_vae import build_tiny_vae, tiny_decode
 
     torch.manual_seed(0)

@@ -39,7 +39,7 @@ def sd15_unet():
     if (folder / "config.json").is_file():
         unet = UNet2DConditionModel.from_pretrained(folder, torch_dtype=torch.float32)
         return unet.eval(), str(folder)
-    from sdstudio.models.architectures import ARCHITECTURES, component_config
+    from sdstudio.families.sd.architectures import ARCHITECTURES, component_config
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(component_config(ARCHITECTURES["sd1"], "unet"))

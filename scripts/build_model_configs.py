@@ -1,4 +1,4 @@
-"""Regenerate the shipped diffusers config folders in src/sdstudio/models/assets/configs/.
+"""Regenerate the shipped diffusers config folders in src/sdstudio/families/sd/assets/configs/.
 
 The values are those of the public diffusers repositories the single-file loaders default to
 (diffusers.loaders.single_file_utils.DIFFUSERS_DEFAULT_PIPELINE_PATHS):
@@ -11,8 +11,8 @@ The values are those of the public diffusers repositories the single-file loader
   sdxl          stabilityai / stable-diffusion-xl-base-1.0
   sdxl-inpaint  diffusers / stable-diffusion-xl-1.0-inpainting-0.1 (sdxl with a 9-channel UNet)
 
-Only JSON is written; the CLIP tokenizer vocabulary ships once in models/assets/tokenizer and is
-copied in by ``sdstudio.models.architectures.materialize_config_folder`` when diffusers needs a
+Only JSON is written; the CLIP tokenizer vocabulary ships once in families/sd/assets/tokenizer and is
+copied in by ``sdstudio.families.sd.architectures.materialize_config_folder`` when diffusers needs a
 complete folder. Run: ``python3 scripts/build_model_configs.py``.
 """
 
@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "src" / "sdstudio" / "models" / "assets" / "configs"
+OUT = ROOT / "src" / "sdstudio" / "families" / "sd" / "assets" / "configs"
 
 DOWN4 = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
 UP4 = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]

@@ -1,4 +1,4 @@
-"""Regenerate the CLIP tokenizer files shipped in ``src/sdstudio/models/assets/tokenizer``.
+"""Regenerate the CLIP tokenizer files shipped in ``src/sdstudio/families/sd/assets/tokenizer``.
 
 Source: ``bpe_simple_vocab_16e6.txt.gz`` (OpenAI CLIP, MIT licence) from the PyPI package
 ``clip-anytorch`` (install it with ``pip install --no-deps clip-anytorch``).
@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "src/sdstudio/models/assets/tokenizer"
+OUT = Path(__file__).resolve().parents[1] / "src/sdstudio/families/sd/assets/tokenizer"
 NUM_MERGES = 49152 - 256 - 2  # 48,894 merges, as in OpenAI's simple_tokenizer.py
 
 LICENSE = """CLIP tokenizer vocabulary (vocab.json, merges.txt)

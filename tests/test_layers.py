@@ -13,14 +13,17 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "sdstudio"
 # Lower number = lower layer; a module may import its own layer or below. Top-level apps share a rank.
 RANKS = {
     "config": 0, "errors": 0, "devices": 0, "fields": 0, "infotext": 0, "assets": 0,
-    "checkpoints": 1, "models": 1,
-    "networks": 2, "sampling": 2,
-    "prompts": 3,
-    "pipelines": 4,
-    "runtime": 5,
-    "api": 6,
-    "web": 7,
-    "lab": 8, "training": 8, "cli": 8,
+    "checkpoints": 1,  # file I/O only: what is in a file is a family's business
+    "prompts": 2,  # grammar and chunked CLIP encoding, handed the model's encoders
+    "families": 3,  # one folder per model family (sdstudio/families/<name>/)
+    "backends": 4, "sampling": 4,
+    "models": 5,  # the loaded model and the loader (read -> build -> place -> attach a backend)
+    "networks": 6,
+    "pipelines": 7,
+    "runtime": 8,
+    "api": 9,
+    "web": 10,
+    "lab": 11, "training": 11, "cli": 11,
 }  # fmt: skip
 FORBIDDEN = {("training", "api"), ("training", "lab")}  # top-level apps that must stay apart
 
@@ -93,3 +96,13 @@ def test_no_import_circles():
         if node not in state:
             visit(node, [])
     assert not circles, "import circles:\n" + "\n".join(circles)
+
+
+def test_no_package_circles():
+    """Package level too: no ``a -> b -> a`` between sdstudio's packages (models <-> checkpoints was one)."""
+    packages: dict[str, set[str]] = {}
+    for mod, targets in import_graph().items():
+        src = _layer(mod)
+        packages.setdefault(src, set()).update(_layer(t) for t in targets if _layer(t) not in ("", src))
+    circles = [f"{a} <-> {b}" for a in packages for b in packages.get(a, ()) if a in packages.get(b, ())]
+    assert not circles, "package circles: " + ", ".join(sorted(set(circles)))

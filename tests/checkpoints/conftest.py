@@ -8,7 +8,7 @@ import torch
 
 def original_state_dict(model):
     """Return (architecture, original-layout state dict) of an in-memory model via our converter."""
-    from sdstudio.checkpoints.convert import diffusers_to_original
+    from sdstudio.families.sd.keymap import diffusers_to_original
     from sdstudio.models.loader import model_components
 
     arch, components, configs = model_components(model)

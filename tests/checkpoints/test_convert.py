@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdstudio.checkpoints.convert import (
+from sdstudio.families.sd.architectures import ARCHITECTURES, component_config
+from sdstudio.families.sd.keymap import (
     canonical_text_keys,
     original_to_diffusers,
     unet_prefix_map,
     unet_to_original,
     vae_to_original,
 )
-from sdstudio.models.architectures import ARCHITECTURES, component_config
 from sdstudio.models.loader import model_components
 from tests.checkpoints.conftest import original_state_dict
 
@@ -105,7 +105,7 @@ def test_full_size_text_encoders_as_real_files_store_them(name):
     from accelerate import init_empty_weights
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from sdstudio.checkpoints.convert import (
+    from sdstudio.families.sd.keymap import (
         clip_to_openclip,
         clip_to_original,
         fit_text_keys,

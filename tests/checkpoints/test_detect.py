@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdstudio.checkpoints.convert import normalize_original_keys
-from sdstudio.checkpoints.detect import UNET_IN_KEY, detect_architecture
 from sdstudio.errors import SDStudioError
+from sdstudio.families.sd.detect import UNET_IN_KEY, detect_architecture
+from sdstudio.families.sd.keymap import normalize_original_keys
 from tests.checkpoints.conftest import original_state_dict
 
 

@@ -13,10 +13,10 @@ import os
 import pytest
 import torch
 
-from sdstudio.models.architectures import ARCHITECTURES, materialize_config_folder
+from sdstudio.families.sd.architectures import ARCHITECTURES, materialize_config_folder
+from sdstudio.families.sd.tokenizer import clip_tokenizer
 from sdstudio.models.loader import load_model, model_components, save_single_file
 from sdstudio.models.sdmodel import StableDiffusionModel
-from sdstudio.models.tokenizer import clip_tokenizer
 from tests.checkpoints.test_loader import component_outputs
 
 
@@ -137,7 +137,7 @@ def full_size_model(name: str, dtype: torch.dtype = torch.float32, seed: int = 0
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from sdstudio.models.architectures import component_config
+    from sdstudio.families.sd.architectures import component_config
 
     arch = ARCHITECTURES[name]
     classes = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}

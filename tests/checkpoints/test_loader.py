@@ -148,7 +148,7 @@ def test_missing_text_encoder_keys_are_reported(tiny_models, saved_models, tmp_p
 
 
 def test_separate_vae_file(saved_models, tmp_path):
-    from sdstudio.checkpoints.convert import vae_to_original
+    from sdstudio.families.sd.keymap import vae_to_original
     from sdstudio.models.tiny import tiny_sd1
 
     other = tiny_sd1(seed=7).vae
@@ -216,7 +216,7 @@ def test_inspect_model_without_building_it(saved_models, fmt):
 
 
 def test_vae_of_another_shape_is_refused(saved_models, tmp_path):
-    from sdstudio.checkpoints.convert import vae_to_original
+    from sdstudio.families.sd.keymap import vae_to_original
     from sdstudio.models.tiny import tiny_sdxl
 
     vae = tiny_sdxl().vae

@@ -6,7 +6,7 @@ import doctest
 
 import torch
 
-from sdstudio.models.tokenizer import clip_tokenizer
+from sdstudio.families.sd.tokenizer import clip_tokenizer
 from sdstudio.prompts import attention
 from sdstudio.prompts.encode import apply_emphasis, encode_prompts, tokenize_chunks
 

@@ -9,14 +9,13 @@ from sdstudio import GenerationRequest, txt2img
 from sdstudio.pipelines.components import ModelDenoiser
 from sdstudio.pipelines.plan import encode_for_batch
 from sdstudio.pipelines.tiling import seamless_tiling
-from sdstudio.sampling import DiscreteSchedule
 
 
 def _denoise(model, x):
     request = GenerationRequest(prompt="a tile", width=32, height=32)
     cond = encode_for_batch(model, request, 1, 32, 32).cond
     sigma = torch.tensor([3.0])
-    return ModelDenoiser(model, DiscreteSchedule.from_config(model.scheduler_config))(x, sigma, cond)
+    return ModelDenoiser(model)(x, sigma, cond)  # the family's model sampling (model.sampling)
 
 
 def test_tiled_model_is_equivariant_to_circular_shifts(tiny_sd1):

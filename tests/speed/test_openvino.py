@@ -17,10 +17,10 @@ from PIL import Image
 
 from sdstudio import GenerationRequest, txt2img
 from sdstudio.errors import SDStudioError
+from sdstudio.families.sd.unet_split import full_forward, shallow_forward
 from sdstudio.models import openvino_backend
 from sdstudio.models.openvino_backend import OpenVINODecoder, OpenVINOUNet, use_openvino
 from sdstudio.models.tiny import tiny_sd1
-from sdstudio.models.unet_split import full_forward, shallow_forward
 from sdstudio.networks.keys import Target
 from sdstudio.networks.patch import patched_weights
 from sdstudio.pipelines import speed

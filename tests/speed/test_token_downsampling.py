@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from sdstudio import GenerationRequest, txt2img
-from sdstudio.models.tiny import tiny_sd1
-from sdstudio.models.token_downsampling import (
+from sdstudio.families.sd.token_downsampling import (
     ToDoUNet,
     downsample_tokens,
     full_resolution_transformers,
     token_downsampling,
 )
+from sdstudio.models.tiny import tiny_sd1
 from sdstudio.pipelines import speed
 from sdstudio.pipelines.speed import SpeedOptions
 

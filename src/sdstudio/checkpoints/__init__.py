@@ -1,21 +1,11 @@
-"""Model files: safe state-dict I/O, A1111 model hashes, architecture detection, key maps.
+"""Model files, and nothing about what is in them: safe state-dict I/O and A1111 model hashes.
 
-Public entry points: :func:`read_checkpoint`, :func:`model_hash`, :func:`detect_architecture`,
-:func:`original_to_diffusers`, :func:`diffusers_to_original`. Loading whole models lives in
-``sdstudio.models.loader``.
+Public entry points: :func:`read_checkpoint`, :func:`write_safetensors`, :func:`model_hash`. What a
+file holds (detection, key maps) is each family's business (``sdstudio.families``); loading whole
+models lives in ``sdstudio.models.loader``.
 """
 
-from sdstudio.checkpoints.convert import diffusers_to_original, original_to_diffusers
-from sdstudio.checkpoints.detect import detect_architecture
 from sdstudio.checkpoints.hashing import model_hash
 from sdstudio.checkpoints.io import Checkpoint, read_checkpoint, write_safetensors
 
-__all__ = [
-    "Checkpoint",
-    "detect_architecture",
-    "diffusers_to_original",
-    "model_hash",
-    "original_to_diffusers",
-    "read_checkpoint",
-    "write_safetensors",
-]
+__all__ = ["Checkpoint", "model_hash", "read_checkpoint", "write_safetensors"]

@@ -1,12 +1,8 @@
 """Load a :class:`StableDiffusionModel` from a diffusers folder or a single-file checkpoint, offline.
 
-* diffusers folder (``model_index.json``): components via ``from_pretrained(local_files_only=True)``;
-  tokenizers from the folder when present, else the shipped CLIP tokenizer.
-* single file (.safetensors, or .ckpt/.pt/.pth/.bin read weights-only): architecture detected from
-  keys and shapes, converted in memory with diffusers' converters, modules built empty from the
-  shipped config of that architecture (or the configs our converter embeds in the file's metadata)
-  and filled with ``load_state_dict(strict, assign)``; any missing, unexpected or mis-shaped key is
-  an SDStudioError naming them.
+read -> build -> place -> attach a backend: the family registry (``sdstudio.families``) says which
+family reads the path and builds its modules (detection, key maps, shipped configs); this module
+hashes the file, places the weights (``own_tensors``), attaches the tiny VAE and picks the backend.
 
 Model hash (A1111 "Model hash", sha256[:10], cached per file): the file itself for single files;
 for diffusers folders the UNet weights file (``unet/diffusion_pytorch_model.safetensors``), since a
@@ -17,44 +13,23 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sdstudio.checkpoints.convert import (
-    StateDict,
-    canonical_text_keys,
-    diffusers_to_original,
-    fit_text_keys,
-    normalize_original_keys,
-    original_to_diffusers,
-)
-from sdstudio.checkpoints.detect import detect_architecture, normalize_prediction_type
 from sdstudio.checkpoints.hashing import default_cache_dir, diffusers_weights_file, model_hash, sha256_cached
-from sdstudio.checkpoints.io import (
-    SAFETENSORS_SUFFIXES,
-    check_model_path,
-    metadata_json,
-    read_checkpoint,
-    write_safetensors,
-)
+from sdstudio.checkpoints.io import SAFETENSORS_SUFFIXES, check_model_path, write_safetensors
 from sdstudio.config import BACKENDS, default_backend
 from sdstudio.devices import resolve_device, resolve_dtype
 from sdstudio.errors import SDStudioError
-from sdstudio.models.architectures import (
-    ARCHITECTURES,
-    FAMILIES,
-    UNET_PREFIX,
-    VAE_PREFIX,
-    Architecture,
-    architecture_for,
-    component_config,
-    read_json,
-)
+from sdstudio.families import loader_for
+from sdstudio.families.base import LoadOptions, ModelInfo, ModelParts
+from sdstudio.families.sd.architectures import FAMILIES, Architecture, architecture_for, component_config
+from sdstudio.families.sd.keymap import StateDict, canonical_text_keys, diffusers_to_original
+from sdstudio.families.sd.load import ARCH_INDEX_KEY, CONFIG_METADATA_PREFIX, read_vae
 from sdstudio.models.idle_weights import IdleWeights
 from sdstudio.models.openvino_backend import (
     assign_weights,
@@ -70,21 +45,12 @@ from sdstudio.models.openvino_backend import (
 )
 from sdstudio.models.sdmodel import StableDiffusionModel
 from sdstudio.models.tiny_vae import TINY_VAE_FOLDER, check_tiny_vae, load_tiny_vae, save_tiny_vae
-from sdstudio.models.tokenizer import clip_tokenizer
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default-model"
-CONFIG_METADATA_PREFIX = "sdstudio.config."  # + component name: JSON config embedded by our converter
-TEXT_PREFIXES = ("cond_stage_model.", "conditioner.")  # SD 1/2 and SDXL text encoders
-_SKIP_ALL_BUT = {  # the key prefixes not read when reading only one component
-    "unet": (VAE_PREFIX, *TEXT_PREFIXES),
-    "vae": (UNET_PREFIX, *TEXT_PREFIXES),
-    "text": (UNET_PREFIX, VAE_PREFIX),
-}
 # Text encoders this large are freed between jobs on OpenVINO (models.idle_weights): SD 1.5's hold
 # 0.23 GiB and read back in ~0.2 s; a small one (the embedded model's) costs more to re-read than it saves.
 IDLE_TEXT_BYTES = 64 * 2**20
-ARCH_INDEX_KEY = "_sdstudio_arch"  # written into model_index.json by save_diffusers
 
 
 def load_model(
@@ -127,10 +93,7 @@ def load_model(
     source = _unet_source(backend, target_device, target_dtype, hash_file, cache_file)
     graph = cached_unet_fingerprint(cache_file.parent, source) if source else None
     try:
-        if p.is_dir():
-            model = _load_diffusers_folder(p, prediction_type, lazy_unet=graph is not None)
-        else:
-            model = _load_single_file(p, prediction_type, target_dtype, lazy_unet=graph is not None)
+        model = read_model(p, LoadOptions(prediction_type, target_dtype, lazy_unet=graph is not None))
     except SDStudioError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError, OSError) as exc:
@@ -160,7 +123,13 @@ def load_model(
     }
     if backend == "openvino" and target_device.type != "cpu":
         raise SDStudioError("--backend openvino runs on the CPU; use --device cpu", field="backend")
-    openvino = backend == "openvino" or (backend == "auto" and auto_backend_reason(model) is None)
+    if backend == "openvino" and "openvino" not in model.family.speed_techniques:
+        raise SDStudioError(
+            f"--backend openvino does not run {model.family.name} models; use torch", field="backend"
+        )
+    openvino = "openvino" in model.family.speed_techniques and (
+        backend == "openvino" or (backend == "auto" and auto_backend_reason(model) is None)
+    )
     idle = _idle_text_encoders(p, prediction_type, model) if openvino else None
     if idle is not None and graph is None:  # converting the UNet is a first load's memory peak:
         idle.release()  # the text encoders wait on disk until the first prompt
@@ -187,6 +156,15 @@ def load_model(
     return model
 
 
+def read_model(path: Path, options: LoadOptions) -> StableDiffusionModel:
+    """Read and build the model at ``path`` with the family that claims it (not yet placed)."""
+    return _as_model(loader_for(path).load(path, options))
+
+
+def _as_model(parts: ModelParts) -> StableDiffusionModel:
+    return StableDiffusionModel(**{f.name: getattr(parts, f.name) for f in fields(parts)})
+
+
 def _unet_source(
     backend: str, device: torch.device, dtype: torch.dtype, weights: Path | None, cache_file: Path
 ) -> str | None:
@@ -209,13 +187,9 @@ def component_reloader(
     device, dtype = model.device, model.dtype
 
     def reload() -> StateDict:
-        if p.is_dir():
-            from diffusers import AutoencoderKL, UNet2DConditionModel
-
-            cls = UNet2DConditionModel if component == "unet" else AutoencoderKL
-            module = _from_pretrained(cls, p, component)
-        else:
-            module = getattr(_load_single_file(p, prediction_type, dtype, only=component), component)
+        module = getattr(
+            loader_for(p).load(p, LoadOptions(prediction_type, dtype, only=component)), component
+        )
         return own_tensors(module, device, dtype).state_dict()
 
     return reload
@@ -237,13 +211,9 @@ def text_encoders_reloader(
     """A function that reads the text encoders' weights from ``p`` again (one state dict each, placed
     like ``model``'s), for :class:`~sdstudio.models.idle_weights.IdleWeights`."""
     device, dtype = model.device, model.dtype
-    specs = model_architecture(model).text_encoders
 
     def reload() -> list[StateDict]:
-        if p.is_dir():
-            encoders = [_from_pretrained(_text_class(spec.class_name), p, spec.subfolder) for spec in specs]
-        else:
-            encoders = _load_single_file(p, prediction_type, dtype, only="text").text_encoders
+        encoders = loader_for(p).load(p, LoadOptions(prediction_type, dtype, only="text")).text_encoders
         return [own_tensors(encoder, device, dtype).state_dict() for encoder in encoders]
 
     return reload
@@ -333,103 +303,11 @@ def _is_owned(t: torch.Tensor) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a model file or folder is, read without building the model (safetensors: header only)."""
-
-    path: str
-    format: str  # "diffusers" | "safetensors" | "pickle"
-    arch: str  # config folder name: "sd1", "sd1-inpaint", "sd2", "sd2-v", "sdxl", ...
-    model_arch: str  # StableDiffusionModel.arch
-    inpainting: bool
-    prediction_type: str
-    parameters: int  # UNet + VAE + text encoders (single files: every tensor in the file)
-    dtypes: tuple[str, ...]
-
-
 def inspect_model(path: str | Path, *, prediction_type: str | None = None) -> ModelInfo:
     """Return a :class:`ModelInfo` for a diffusers folder or single file without loading the weights
     (pickles are read weights-only, which loads them; safetensors only read the header)."""
     p = check_model_path(path)
-    if p.is_dir():
-        index = read_json(p / "model_index.json")
-        arch = _folder_architecture(p, index, read_json(p / "unet" / "config.json"), prediction_type)
-        params, dtypes = _folder_tensor_stats(p)
-        fmt = "diffusers"
-    else:
-        shapes, metadata, global_step = _header(p)
-        arch = detect_architecture(
-            shapes, prediction_type=prediction_type, metadata=metadata, global_step=global_step
-        )
-        params = sum(math.prod(s.shape) for s in shapes.values())
-        dtypes = tuple(sorted({s.dtype for s in shapes.values()}))
-        fmt = "safetensors" if p.suffix.lower() == ".safetensors" else "pickle"
-    return ModelInfo(
-        str(p), fmt, arch.name, arch.model_arch, arch.inpainting, arch.prediction_type, params, dtypes
-    )
-
-
-_SAFETENSORS_DTYPES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-    "BOOL": "bool",
-}
-
-
-def _st_dtype(name: str) -> str:
-    """Return the torch name ("float16") of a safetensors dtype tag ("F16")."""
-    return _SAFETENSORS_DTYPES.get(str(name).upper(), str(name).lower())
-
-
-@dataclass(frozen=True)
-class _TensorHeader:
-    shape: tuple[int, ...]
-    dtype: str
-
-
-def _header(path: Path) -> tuple[dict[str, Any], dict[str, str], int | None]:
-    """Return ({key: shape/dtype}, metadata, global_step) of a single file; safetensors read lazily."""
-    if path.suffix.lower() != ".safetensors":
-        ckpt = read_checkpoint(path)
-        sd = normalize_original_keys(ckpt.state_dict)
-        heads = {k: _TensorHeader(tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in sd.items()}
-        return heads, ckpt.metadata, ckpt.global_step
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            heads = {}
-            for key in f.keys():  # noqa: SIM118 (safe_open is no dict)
-                view = f.get_slice(key)
-                heads[key] = _TensorHeader(tuple(view.get_shape()), _st_dtype(view.get_dtype()))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise SDStudioError(
-            f"{path} is not a valid checkpoint: not a valid safetensors file (truncated or corrupt: {exc})",
-            field="model",
-        ) from exc
-    return normalize_original_keys(heads), metadata, None
-
-
-def _folder_tensor_stats(folder: Path) -> tuple[int, tuple[str, ...]]:
-    """Return (parameter count, dtypes) over a diffusers folder's safetensors weights (headers only)."""
-    from safetensors import safe_open
-
-    total, dtypes = 0, set()
-    for f in sorted(folder.glob("*/*.safetensors")):
-        with safe_open(str(f), framework="pt", device="cpu") as st:
-            for key in st.keys():  # noqa: SIM118
-                view = st.get_slice(key)
-                total += math.prod(view.get_shape())
-                dtypes.add(_st_dtype(view.get_dtype()))
-    return total, tuple(sorted(dtypes))
+    return loader_for(p).inspect(p, prediction_type)
 
 
 def default_model_path() -> Path:
@@ -442,211 +320,7 @@ def default_model_path() -> Path:
 # ----------------------------------------------------------------------------- diffusers folders
 
 
-def _load_diffusers_folder(
-    folder: Path, prediction_type: str | None, lazy_unet: bool = False
-) -> StableDiffusionModel:
-    """Build the model from a diffusers folder; ``lazy_unet`` leaves the UNet's weights unread (``meta``)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    index = read_json(folder / "model_index.json")
-    for sub in ("unet", "vae", "text_encoder"):
-        if not (folder / sub / "config.json").is_file():
-            raise SDStudioError(f"diffusers folder {folder} has no {sub}/config.json", field="model")
-    if lazy_unet:
-        config = read_json(folder / "unet" / "config.json")
-        unet = _build_module(_unet_factory(config), None, "UNet", folder)
-    else:
-        unet = _from_pretrained(UNet2DConditionModel, folder, "unet")
-    vae = _from_pretrained(AutoencoderKL, folder, "vae")
-    arch = _folder_architecture(folder, index, dict(unet.config), prediction_type)
-    text_encoders, tokenizers = [], []
-    for spec in arch.text_encoders:
-        text_encoders.append(_from_pretrained(_text_class(spec.class_name), folder, spec.subfolder))
-        tokenizers.append(_folder_tokenizer(folder / spec.tokenizer_subfolder, spec.pad_token))
-    sched_file = folder / "scheduler" / "scheduler_config.json"
-    scheduler = read_json(sched_file) if sched_file.is_file() else component_config(arch, "scheduler")
-    return StableDiffusionModel(
-        name=folder.name,
-        arch=arch.model_arch,
-        unet=unet,
-        vae=vae,
-        text_encoders=text_encoders,
-        tokenizers=tokenizers,
-        scheduler_config=_scheduler_config(scheduler, arch.prediction_type),
-        path=str(folder),
-    )
-
-
-def _folder_architecture(
-    folder: Path, index: dict[str, Any], unet_config: dict[str, Any], prediction_type: str | None
-) -> Architecture:
-    """Return a diffusers folder's architecture: recorded by save_diffusers, else inferred from its configs."""
-    recorded = index.get(ARCH_INDEX_KEY)
-    if recorded in ARCHITECTURES:
-        family = ARCHITECTURES[recorded].family.name
-    elif "text_encoder_2" in index or unet_config.get("addition_embed_type") == "text_time":
-        family = "sdxl"
-    elif unet_config.get("cross_attention_dim") == 1024 or _tokenizer_pad(folder / "tokenizer") == "!":
-        family = "sd2"  # OpenCLIP ViT-H context (1024-d), padded with "!"
-    else:
-        family = "sd1"
-    sched_file = folder / "scheduler" / "scheduler_config.json"
-    found = read_json(sched_file).get("prediction_type") if sched_file.is_file() else None
-    prediction = normalize_prediction_type(prediction_type) or normalize_prediction_type(found) or "epsilon"
-    inpainting = int(unet_config.get("in_channels", 4)) == 9
-    return architecture_for(family, inpainting=inpainting, prediction_type=prediction)
-
-
-def _tokenizer_pad(tok_dir: Path) -> str | None:
-    """Return the pad token a diffusers tokenizer folder declares, or None."""
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        if (tok_dir / name).is_file():
-            pad = read_json(tok_dir / name).get("pad_token")
-            return pad.get("content") if isinstance(pad, dict) else pad
-    return None
-
-
-def _from_pretrained(cls: Any, folder: Path, subfolder: str) -> Any:
-    try:
-        return cls.from_pretrained(str(folder), subfolder=subfolder, local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise SDStudioError(
-            f"cannot load {subfolder} from {folder}: {str(exc).splitlines()[0]}", field="model"
-        ) from exc
-
-
-def _text_class(name: str) -> Any:
-    import transformers
-
-    if name not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
-        raise SDStudioError(f"unsupported text encoder class {name}", field="model")
-    return getattr(transformers, name)
-
-
-def _folder_tokenizer(tok_dir: Path, pad_token: str) -> Any:
-    has_bpe = (tok_dir / "vocab.json").is_file() and (tok_dir / "merges.txt").is_file()
-    if has_bpe or (tok_dir / "tokenizer.json").is_file():
-        from transformers import CLIPTokenizer
-
-        return CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-    return clip_tokenizer(pad_token=pad_token)
-
-
-def _scheduler_config(config: dict[str, Any], prediction_type: str) -> dict[str, Any]:
-    """Return the scheduler config without diffusers' bookkeeping keys, with the resolved prediction type."""
-    clean = {k: v for k, v in config.items() if not k.startswith("_")}
-    clean["prediction_type"] = prediction_type
-    return clean
-
-
 # ----------------------------------------------------------------------------- single files
-
-
-def _load_single_file(
-    path: Path,
-    prediction_type: str | None,
-    dtype: torch.dtype | None = None,
-    lazy_unet: bool = False,
-    only: str | None = None,
-) -> StableDiffusionModel:
-    """Build the model from one file; ``dtype`` converts each tensor as it is read (no full-size copy
-    in the file's dtype beside the target one; ``_place`` then finds the tensors already owned).
-    ``lazy_unet`` leaves the UNet's weights unread (``meta``; safetensors only); ``only`` ("unet", "vae"
-    or "text") leaves every other component's unread instead (re-reading what was freed)."""
-    skip = (UNET_PREFIX,) if lazy_unet else _SKIP_ALL_BUT.get(only, ())
-    checkpoint = read_checkpoint(path, dtype, skip=skip)
-    state_dict = normalize_original_keys(checkpoint.state_dict)
-    arch = detect_architecture(
-        state_dict,
-        prediction_type=prediction_type,
-        metadata=checkpoint.metadata,
-        global_step=checkpoint.global_step,
-    )
-    configs = _component_configs(arch, checkpoint.metadata)
-    components = original_to_diffusers(state_dict, arch, configs)
-    del checkpoint, state_dict
-    unet = _build_module(_unet_factory(configs["unet"]), components.pop("unet"), f"{arch.name} UNet", path)
-    vae = _build_module(_vae_factory(configs["vae"]), components.pop("vae"), f"{arch.name} VAE", path)
-    text_encoders = []
-    for spec in arch.text_encoders:
-        factory = _text_factory(spec.class_name, configs[spec.subfolder])
-        text_encoders.append(
-            _build_module(factory, components.pop(spec.subfolder), f"{arch.name} {spec.subfolder}", path)
-        )
-    return StableDiffusionModel(
-        name=path.stem,
-        arch=arch.model_arch,
-        unet=unet,
-        vae=vae,
-        text_encoders=text_encoders,
-        tokenizers=[clip_tokenizer(pad_token=spec.pad_token) for spec in arch.text_encoders],
-        scheduler_config=_scheduler_config(configs["scheduler"], arch.prediction_type),
-        path=str(path),
-    )
-
-
-def _component_configs(arch: Architecture, metadata: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Return component configs: those embedded by our converter, else the shipped ones for ``arch``."""
-    names = ["unet", "vae", "scheduler", *(spec.subfolder for spec in arch.text_encoders)]
-    return {
-        name: metadata_json(metadata, CONFIG_METADATA_PREFIX + name) or component_config(arch, name)
-        for name in names
-    }
-
-
-def _unet_factory(config: dict[str, Any]) -> Callable[[], Any]:
-    from diffusers import UNet2DConditionModel
-
-    return lambda: UNet2DConditionModel.from_config(config)
-
-
-def _vae_factory(config: dict[str, Any]) -> Callable[[], Any]:
-    from diffusers import AutoencoderKL
-
-    return lambda: AutoencoderKL.from_config(config)
-
-
-def _text_factory(class_name: str, config: dict[str, Any]) -> Callable[[], Any]:
-    from transformers import CLIPTextConfig
-
-    cls = _text_class(class_name)
-    return lambda: cls(CLIPTextConfig.from_dict(config))
-
-
-def _build_module(factory: Callable[[], Any], state_dict: StateDict | None, what: str, path: Path) -> Any:
-    """Build a module with empty (meta) weights and assign ``state_dict`` strictly; SDStudioError on
-    mismatch. ``state_dict=None`` leaves the module on ``meta``."""
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():
-        module = factory()
-    if state_dict is None:
-        return module.eval()
-    expected = module.state_dict()
-    if "text_encoder" in what:
-        state_dict = fit_text_keys(state_dict, expected.keys())
-    problems = _state_dict_problems(expected, state_dict)
-    if problems:
-        raise SDStudioError(f"{path.name} does not match the {what} layout: {problems}", field="model")
-    module.load_state_dict(state_dict, strict=True, assign=True)
-    return module.eval()
-
-
-def _state_dict_problems(expected: dict[str, torch.Tensor], given: StateDict, show: int = 4) -> str:
-    """Return a one-line description of missing, unexpected and mis-shaped keys ("" if none)."""
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    mismatched = [
-        f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in expected
-        if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
-    ]
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched)):
-        if items:
-            more = f", ... ({len(items)} in all)" if len(items) > show else ""
-            parts.append(f"{len(items)} {label} ({', '.join(items[:show])}{more})")
-    return "; ".join(parts)
 
 
 # ----------------------------------------------------------------------------- separate VAE
@@ -654,38 +328,19 @@ def _state_dict_problems(expected: dict[str, torch.Tensor], given: StateDict, sh
 
 def _replace_vae(model: StableDiffusionModel, vae_path: Path, cache_file: Path) -> None:
     """Load a VAE (diffusers folder, or a single file in LDM or diffusers layout) into ``model``."""
-    from diffusers import AutoencoderKL
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
     if not vae_path.exists():
         raise SDStudioError(f"VAE not found: {vae_path}", field="vae")
+    vae = read_vae(vae_path, dict(model.vae.config))
     if vae_path.is_dir():
-        sub = "vae" if (vae_path / "vae" / "config.json").is_file() else ""
-        vae = _from_pretrained(AutoencoderKL, vae_path, sub) if sub else _vae_folder(vae_path)
-        hash_file = diffusers_weights_file(vae_path, sub or ".")
+        sub = "vae" if (vae_path / "vae" / "config.json").is_file() else "."
+        hash_file = diffusers_weights_file(vae_path, sub)
     else:
-        config = dict(model.vae.config)
-        state_dict = read_checkpoint(vae_path).state_dict
-        if not any(k.startswith("encoder.down_blocks.") for k in state_dict):
-            state_dict = convert_ldm_vae_checkpoint(state_dict, config)
-        vae = _build_module(_vae_factory(config), state_dict, "model's VAE", vae_path)
         hash_file = vae_path
     model.replace_vae(
         vae,
         vae_path.stem if vae_path.is_file() else vae_path.name,
         model_hash(hash_file, cache_file) if hash_file else "",
     )
-
-
-def _vae_folder(folder: Path) -> Any:
-    from diffusers import AutoencoderKL
-
-    try:
-        return AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise SDStudioError(
-            f"cannot load a VAE from {folder}: {str(exc).splitlines()[0]}", field="vae"
-        ) from exc
 
 
 # ----------------------------------------------------------------------------- saving

@@ -37,10 +37,10 @@ import torch
 
 from sdstudio.checkpoints.hashing import write_json_atomically
 from sdstudio.errors import CheckpointChangedError, SDStudioError
+from sdstudio.families.sd.token_downsampling import token_downsampling
+from sdstudio.families.sd.unet_split import full_forward, shallow_forward, supports_split
 from sdstudio.models.idle_weights import hash_weight_samples
 from sdstudio.models.resident_memory import releasing_mapped_pages, trim_heap
-from sdstudio.models.token_downsampling import token_downsampling
-from sdstudio.models.unet_split import full_forward, shallow_forward, supports_split
 
 log = logging.getLogger(__name__)
 GRAPH_VERSION = 2  # bumped when the traced graphs change (2: the UNet also returns its deep features)
@@ -59,7 +59,7 @@ def supports_openvino(unet: Any) -> bool:
 
 class _UNetGraph(torch.nn.Module):
     """The UNet as a function of three float32 tensors, for tracing: its output and, where the UNet
-    splits (:func:`sdstudio.models.unet_split.supports_split`), its deep features for DeepCache."""
+    splits (:func:`sdstudio.families.sd.unet_split.supports_split`), its deep features for DeepCache."""
 
     def __init__(self, unet: Any, dtype: torch.dtype) -> None:
         super().__init__()
@@ -524,7 +524,7 @@ class OpenVINOUNet(_GraphUNet, _StandIn):
     def int8(self, calibrate: Callable[[], None], todo: int = 1) -> _GraphUNet:
         """The int8-quantised twin of this UNet (:class:`Int8UNet`), built once per checkpoint;
         with ``todo`` > 1, the twin whose graphs downsample the full-resolution self-attention's
-        keys/values by that factor (:mod:`sdstudio.models.token_downsampling`), built on its first use.
+        keys/values by that factor (:mod:`sdstudio.families.sd.token_downsampling`), built on its first use.
 
         ``calibrate()`` runs sampling jobs on this UNet while its graphs record their inputs; it is
         called only when the int8 graphs are not cached. During it, ``int8`` returns this UNet

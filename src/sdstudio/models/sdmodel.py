@@ -9,6 +9,7 @@ and ``sdstudio.checkpoints``; this module only describes the result.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Any
 
 import torch
 
-from sdstudio.models.architectures import FAMILIES, LatentFormat
+from sdstudio.families import family_of
+from sdstudio.families.base import IDENTITY_LATENT, LatentFormat, ModelFamily
+from sdstudio.models.idle_weights import held_weights
 
 DEFAULTS_FILE = "sdstudio.json"  # in a model folder: {"default_steps": 20, "default_sampler": "...", ...}
 
@@ -54,7 +57,7 @@ class ModelDefaults:
 
 @dataclass
 class StableDiffusionModel:
-    """A ready-to-sample model. ``arch`` is one of ``ARCHITECTURES`` in ``models.architectures``."""
+    """A ready-to-sample model. ``arch`` is one of ``ARCHITECTURES`` in ``families.sd.architectures``."""
 
     name: str
     arch: str  # "sd1" | "sd2" | "sd2-v" | "sdxl" (+ "-inpaint" variants are flagged by is_inpainting)
@@ -78,14 +81,16 @@ class StableDiffusionModel:
     tiny_vae: Any = None  # diffusers.AutoencoderTiny (TAESD, models.tiny_vae): fast mode's decoder
     compiled_tiny_decoder: Any = None  # the tiny VAE's decoder compiled by OpenVINO, while it matches
     idle_text_encoders: Any = None  # models.idle_weights.IdleWeights: text encoders freed between jobs
+    extras: dict[str, Any] = field(default_factory=dict)  # family data (families.base.ModelParts.extras)
 
     @property
     def prediction_type(self) -> str:
         return self.scheduler_config.get("prediction_type", "epsilon")
 
     @property
-    def is_sdxl(self) -> bool:
-        return len(self.text_encoders) == 2
+    def family(self) -> ModelFamily:
+        """The model's family (``sdstudio.families``): model sampling, the model-call door, text encoding."""
+        return family_of(self.arch)
 
     @property
     def is_inpainting(self) -> bool:
@@ -93,22 +98,32 @@ class StableDiffusionModel:
 
     @property
     def latent_channels(self) -> int:
+        if self.vae is None:  # pixel space: the image's channels
+            return int(self.unet.config.out_channels)
         return int(self.vae.config.latent_channels)
 
     @property
     def vae_scale_factor(self) -> int:
-        """Pixels per latent cell (8 for SD; 4 for the embedded emoji model)."""
+        """Pixels per latent cell (8 for SD; 4 for the embedded emoji model; 1 in pixel space)."""
+        if self.vae is None:
+            return 1
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def family(self) -> str:
-        """ "sd1" | "sd2" | "sdxl" (``arch`` without the prediction-type suffix)."""
-        return self.arch.removesuffix("-v")
 
     @cached_property
     def latent_format(self) -> LatentFormat:
         """Scale, shift and preview colours of this model's VAE latents (reset by :meth:`replace_vae`)."""
-        return FAMILIES[self.family].latent_format(dict(self.vae.config))
+        if self.vae is None:
+            return IDENTITY_LATENT
+        return self.family.latent_format(dict(self.vae.config))
+
+    @cached_property
+    def sampling(self):
+        """The family's :class:`~sdstudio.families.model_sampling.DiscreteModelSampling` for this model."""
+        return self.family.model_sampling(self.scheduler_config)
+
+    def text_encoders_held(self):
+        """A context in which the text encoders' weights are loaded (the backend may free them between jobs)."""
+        return held_weights(self.idle_text_encoders) if self.idle_text_encoders is not None else nullcontext()
 
     @property
     def vae_scaling_factor(self) -> float:
@@ -137,8 +152,9 @@ class StableDiffusionModel:
     @property
     def torch_modules(self) -> list[Any]:
         """Every torch module of the model: UNet, VAE, text encoders and the tiny VAE if there is one."""
+        vae = [self.vae] if self.vae is not None else []
         tiny = [self.tiny_vae] if self.tiny_vae is not None else []
-        return [self.unet, self.vae, *self.text_encoders, *tiny]
+        return [self.unet, *vae, *self.text_encoders, *tiny]
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from sdstudio.families.sd.tokenizer import clip_tokenizer
 from sdstudio.models.sdmodel import StableDiffusionModel
-from sdstudio.models.tokenizer import clip_tokenizer
 
 SD_SCHEDULER = {
     "num_train_timesteps": 1000,

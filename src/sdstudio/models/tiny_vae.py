@@ -4,7 +4,7 @@ A tiny autoencoder distilled from a model's VAE (``sdstudio train taesd``); fast
 final latents with it (:func:`sdstudio.pipelines.components.decode_latents_tiny`).
 
 Latent space: the **sampler's** (UNet's) latents, i.e. after the model's
-:class:`~sdstudio.models.architectures.LatentFormat` (``(z - shift) * scale`` of the VAE mean ``z``),
+:class:`~sdstudio.families.sd.architectures.LatentFormat` (``(z - shift) * scale`` of the VAE mean ``z``),
 as madebyollin's TAESD for SD 1.x takes latents already multiplied by 0.18215. The decoder input is
 ``latents / config.scaling_factor + config.shift_factor`` (diffusers' pipeline convention for an
 ``AutoencoderTiny`` as ``vae``); ours are saved with 1.0 and 0.0, so one tiny VAE decodes the same

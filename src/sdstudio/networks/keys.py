@@ -93,7 +93,7 @@ def _normalize(name: str) -> str:
 
 def _original_unet_paths(unet: torch.nn.Module) -> dict[str, str]:
     """diffusers UNet module path -> original (openaimodel/SGM) module path, from the converter's key map."""
-    from sdstudio.checkpoints.convert import unet_to_original
+    from sdstudio.families.sd.keymap import unet_to_original
 
     weights = {  # a peft-wrapped layer keeps its original under .base_layer; adapters are skipped
         k.replace(".base_layer.", "."): k.replace(".base_layer.", ".")

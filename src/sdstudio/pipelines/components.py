@@ -1,9 +1,9 @@
-"""Model-side pieces the sampling loop needs: the UNet as a k-diffusion denoiser, VAE encode/decode.
+"""Model-side pieces the sampling loop needs: the model as a k-diffusion denoiser, VAE encode/decode.
 
-``ModelDenoiser`` wraps a UNet that predicts eps or v at discrete timesteps into
-``D(x, sigma, cond) -> x0`` (k-diffusion ``CompVisDenoiser`` / ``CompVisVDenoiser``):
-``c_in = 1/sqrt(sigma^2+1)``; eps: ``x0 = x - sigma*eps``; v: ``x0 = c_skip*x + c_out*v`` with
-``c_skip = 1/(sigma^2+1)``, ``c_out = -sigma/sqrt(sigma^2+1)``.
+``ModelDenoiser`` is ``D(x, sigma, cond) -> x0`` over the family's :class:`ModelSampling` (input
+scaling, timestep, eps/v -> x0) and its one model-call door ``family.apply_model`` (k-diffusion
+``CompVisDenoiser`` / ``CompVisVDenoiser``; ComfyUI ``BaseModel.apply_model``). Nothing here knows
+which family it runs, or the latent's rank.
 """
 
 from __future__ import annotations
@@ -16,45 +16,22 @@ from sdstudio.errors import SDStudioError
 from sdstudio.models.openvino_backend import restore_torch_decoder
 from sdstudio.models.tiny_vae import tiny_decode
 from sdstudio.prompts.encode import Conditioning
-from sdstudio.sampling.schedules import DiscreteSchedule
 
 
 class ModelDenoiser:
-    """``D(x, sigma, cond) -> x0`` for a StableDiffusionModel's UNet (fp32 in/out, model dtype inside)."""
+    """``D(x, sigma, cond) -> x0`` for a loaded model (fp32 in/out, model dtype inside)."""
 
-    def __init__(self, model, schedule: DiscreteSchedule, unet=None) -> None:
+    def __init__(self, model, sampling=None, unet=None) -> None:
         self.model = model
-        self.schedule = schedule
+        self.sampling = sampling if sampling is not None else model.sampling  # families.model_sampling
         self.unet = unet if unet is not None else model.unet  # or a caching wrapper (pipelines.deepcache)
-        self.v_prediction = model.prediction_type == "v_prediction"
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        s = sigma.view(-1, 1, 1, 1).float()  # (B, 1, 1, 1)
-        c_in = 1 / (s**2 + 1) ** 0.5
-        x_in = x * c_in  # (B, C, h, w)
-        if "concat" in cond.extra:  # 9-channel inpainting: [latent, mask, masked-image latent]
-            x_in = torch.cat([x_in, cond.extra["concat"].to(x_in)], dim=1)
-        t = self.schedule.sigma_to_t(sigma.float().cpu()).to(self.model.device)
-        out = self._unet(x_in, t, cond).float().to(x.device)
-        if self.v_prediction:
-            return x * (1 / (s**2 + 1)) + out * (-s / (s**2 + 1) ** 0.5)
-        return x - out * s
-
-    def _unet(self, x_in: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        m = self.model
-        added = None
-        if cond.pooled is not None:
-            added = {
-                "text_embeds": cond.pooled.to(m.device, m.dtype),
-                "time_ids": cond.extra["time_ids"].to(m.device, m.dtype),
-            }
-        return self.unet(
-            x_in.to(m.device, m.dtype),
-            t,
-            encoder_hidden_states=cond.context.to(m.device, m.dtype),
-            added_cond_kwargs=added,
-            return_dict=False,
-        )[0]
+        m, ms = self.model, self.sampling
+        x_in = ms.calculate_input(sigma, x)  # (B, C, ...)
+        t = ms.timestep(sigma).to(m.device)
+        out = m.family.apply_model(self.unet, x_in, t, cond, m.device, m.dtype).float().to(x.device)
+        return ms.calculate_denoised(sigma, out, x)
 
 
 @torch.no_grad()
@@ -63,7 +40,13 @@ def decode_latents(model, latents: torch.Tensor) -> torch.Tensor:
 
     If the decode in reduced precision produces NaN/Inf (the SDXL fp16 VAE is known to), it is
     redone in fp32; if fp32 fails too, a SDStudioError is raised: never a black image saved silently.
+    A pixel-space model (no VAE) has the image itself as its latent, in [-1, 1].
     """
+    if model.vae is None:
+        images = model.latent_format.to_vae(latents.float())  # (B, 3, H, W)
+        if not torch.isfinite(images).all():
+            raise SDStudioError("the model produced NaN/Inf values; its weights may be corrupt")
+        return ((images + 1) / 2).clamp(0, 1)
     images = _decode(model, latents, model.dtype)
     if not torch.isfinite(images).all() and model.dtype != torch.float32:
         images = _decode(model, latents, torch.float32)
@@ -102,6 +85,8 @@ def _decode(model, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 @torch.no_grad()
 def encode_images(model, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """VAE-encode (B, 3, H, W) images in [0, 1] to scaled latents (B, C, H/f, W/f), using the mean."""
+    if model.vae is None:  # pixel space: the image in [-1, 1] is the latent
+        return model.latent_format.to_latent(images.float() * 2 - 1)
     x = (images * 2 - 1).to(model.device, model.dtype)
     dist = model.vae.encode(x).latent_dist
     return model.latent_format.to_latent(dist.mean.float())

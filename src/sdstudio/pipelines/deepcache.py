@@ -4,7 +4,7 @@ Adjacent sampler steps produce nearly the same high-level UNet features. Every `
 the UNet runs in full and the output of its second-to-last up block (the deep path's result) is
 kept; the calls in between run only the shallow path: ``conv_in`` -> first down block -> last up
 block (fed with the cached deep features and the fresh shallow skips) -> ``conv_out``
-(:mod:`sdstudio.models.unet_split`). Both kinds of call run on PyTorch, or on another runtime's
+(:mod:`sdstudio.families.sd.unet_split`). Both kinds of call run on PyTorch, or on another runtime's
 compiled UNet (OpenVINO) while it still matches the PyTorch weights.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from sdstudio.models.unet_split import full_forward, shallow_forward
+from sdstudio.families.sd.unet_split import full_forward, shallow_forward
 
 
 class DeepCacheUNet:

@@ -124,9 +124,7 @@ def sample_batch(
     """
     sigmas = plan.sigmas
     noise = ImageNoise(latent_shape, seeds, subseeds, subseed_strength, seed_resize_from, device=model.device)
-    x = noise.initial() * noise_multiplier * sigmas[0]  # (B, C, h, w) on the model's device
-    if init_latent is not None:
-        x = init_latent.to(x.device, torch.float32) + x
+    x = model.sampling.noise_scaling(sigmas[0], noise.initial() * noise_multiplier, init_latent)  # (B, C, h, w)
     speed = speed or SpeedOptions()  # default: the plain path
     compiled = model.compiled_unet
     todo = speed.todo_at(latent_shape[-2:])  # token downsampling at this size (1: none)
@@ -136,7 +134,7 @@ def sample_batch(
         compiled = int8_unet(model, todo)
     unet = speed.unet_for(model.unet, compiled, todo)
     denoiser = CFGDenoiser(
-        ModelDenoiser(model, plan.schedule, unet), cond_at, uncond_at, cfg_scale, sigmas,
+        ModelDenoiser(model, plan.sampling, unet), cond_at, uncond_at, cfg_scale, sigmas,
         Conditioning.cat, post_denoise, speed.s_min_uncond, speed.uncond_every_step,
     )  # fmt: skip
     steps = plan.steps

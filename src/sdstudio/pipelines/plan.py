@@ -17,13 +17,13 @@ import torch
 
 from sdstudio.config import GenerationRequest
 from sdstudio.errors import SDStudioError
+from sdstudio.families.model_sampling import DiscreteModelSampling, DiscreteSchedule
 from sdstudio.infotext import format_infotext, generation_params
 from sdstudio.networks import strip_network_tags
-from sdstudio.prompts.encode import Conditioning, count_chunks, encode_prompts, text_embeddings
+from sdstudio.prompts.encode import Conditioning
 from sdstudio.prompts.schedule import prompt_schedule, split_and
 from sdstudio.sampling.guidance import Composite
 from sdstudio.sampling.registry import SamplerSpec, get_sampler, sigmas_for
-from sdstudio.sampling.schedules import DiscreteSchedule
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,15 @@ class GeneratedImage:
 
 @dataclass(frozen=True)
 class SamplingPlan:
-    """Sampler, the model's discrete schedule and the sigmas one pass runs (built once per pass)."""
+    """Sampler, the model's sampling (schedule and parameterisation) and the sigmas one pass runs."""
 
     spec: SamplerSpec
-    schedule: DiscreteSchedule
+    sampling: DiscreteModelSampling
     sigmas: torch.Tensor  # (steps + 1,) descending, ending in 0
+
+    @property
+    def schedule(self) -> DiscreteSchedule:
+        return self.sampling.schedule
 
     @property
     def steps(self) -> int:
@@ -75,8 +79,8 @@ class SamplingPlan:
     def build(cls, model, sampler: str, scheduler: str, total: int, start: int = 0) -> SamplingPlan:
         """Sigmas of ``total`` steps under ``scheduler``, from index ``start`` (img2img tail)."""
         spec = get_sampler(sampler)
-        schedule = DiscreteSchedule.from_config(model.scheduler_config)
-        return cls(spec, schedule, sigmas_for(spec, scheduler, total, schedule)[start:])
+        sampling = model.sampling
+        return cls(spec, sampling, sigmas_for(spec, scheduler, total, sampling.schedule)[start:])
 
 
 def img2img_schedule(steps: int, strength: float, fix_steps: bool = False) -> tuple[int, int]:
@@ -172,14 +176,11 @@ def encode_for_batch(
     ]  # <lora:...> tags are applied as weights (sdstudio.networks), not encoded (A1111 extra networks)
     negative_sched = prompt_schedule(request.negative_prompt if negative is None else negative, steps)
     texts = {text for schedule, _ in parts for _, text in schedule} | {text for _, text in negative_sched}
-    chunks = max(count_chunks(model.tokenizers[0], text, text_embeddings(model)[0]) for text in texts)
+    family = model.family
+    chunks = max(family.count_chunks(model, text) for text in texts)
     encoded = {}
     for text in texts:
-        cond = encode_prompts(model, [text], request.clip_skip, chunks)
-        if (
-            model.is_sdxl
-        ):  # SDXL micro-conditioning: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)
-            cond.extra["time_ids"] = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
+        cond = family.encode_text(model, text, request.clip_skip, chunks, width, height)
         encoded[text] = cond.repeat(batch_size)
     if model.idle_text_encoders is not None:
         model.idle_text_encoders.release()

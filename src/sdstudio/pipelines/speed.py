@@ -16,7 +16,7 @@ technique costs in quality and gains in time is measured by ``bench/suite.py`` a
   by NNCF, calibrated once per checkpoint on a few sampling jobs
   (:class:`sdstudio.models.openvino_backend.Int8UNet`; AVX-512 VNNI runs int8 at about twice the
   bf16 rate); a model on PyTorch samples as before;
-* token downsampling (Smith et al. 2024, ToDo; :mod:`sdstudio.models.token_downsampling`): at the
+* token downsampling (Smith et al. 2024, ToDo; :mod:`sdstudio.families.sd.token_downsampling`): at the
   UNet's full-resolution level the self-attention attends to keys/values of every 2nd token in each
   direction, at sizes whose level has at least ``TODO_MIN_TOKENS`` tokens (SD 1.5 from 512x512 on),
   where those attentions are most of a DeepCache shallow call; on OpenVINO it is part of the int8
@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from sdstudio.models.token_downsampling import ToDoUNet, supports_token_downsampling
-from sdstudio.models.unet_split import supports_split
+from sdstudio.families.sd.token_downsampling import ToDoUNet, supports_token_downsampling
+from sdstudio.families.sd.unet_split import supports_split
 from sdstudio.pipelines.components import decode_latents, decode_latents_tiny
 from sdstudio.pipelines.deepcache import DeepCacheUNet
 from sdstudio.pipelines.tome import ToMeUNet, supports_tome

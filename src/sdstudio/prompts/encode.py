@@ -21,32 +21,51 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sdstudio.models.idle_weights import held_weights
-
 CHUNK = 75
+
+
+@dataclass(frozen=True)
+class ClipLayout:
+    """How a family reads its CLIP text encoders (data the family owns; ``sdstudio.families``).
+
+    ``penultimate_raw``: the penultimate hidden state without the final layer norm (SDXL; clip skip
+    counts from there) instead of the last state after it (SD 1.x/2.x). ``pooled_encoder``: index of
+    the encoder whose pooled, projected first-chunk embedding is a condition (SDXL: 1), or None.
+    """
+
+    penultimate_raw: bool = False
+    pooled_encoder: int | None = None
 
 
 @dataclass
 class Conditioning:
-    """Text conditioning for a batch: cross-attention context plus SDXL extras."""
+    """What the denoiser's one model-call door receives besides x and t, for a batch.
 
-    context: torch.Tensor  # (B, 77 * chunks, D)
+    ``context`` is the cross-attention context (None for a model without one, e.g. an unconditional
+    pixel DDPM); ``pooled`` a pooled text embedding (SDXL ``text_embeds``); ``extra`` every other
+    input as data, read by the family's ``apply_model``: ``time_ids`` (B, 6) SDXL micro-conditioning,
+    ``concat`` (B, 5, h, w) inpainting channels, ``class_labels`` (B,) for class-conditional models.
+    """
+
+    context: torch.Tensor | None  # (B, 77 * chunks, D)
     pooled: torch.Tensor | None = None  # (B, P) SDXL text_embeds
-    extra: dict = field(default_factory=dict)  # e.g. {"time_ids": (B, 6), "concat": (B, 5, h, w)}
+    extra: dict = field(default_factory=dict)
 
     @staticmethod
     def cat(items: Sequence[Conditioning]) -> Conditioning:
         """Batch-concatenate conditionings, padding shorter contexts by repeating their last chunk."""
-        longest = max(c.context.shape[1] for c in items)
-        contexts = [_pad_context(c.context, longest) for c in items]
+        context = None
+        if items[0].context is not None:
+            longest = max(c.context.shape[1] for c in items)
+            context = torch.cat([_pad_context(c.context, longest) for c in items])
         pooled = torch.cat([c.pooled for c in items]) if items[0].pooled is not None else None
         keys = items[0].extra.keys()
         extra = {k: torch.cat([c.extra[k] for c in items]) for k in keys}
-        return Conditioning(torch.cat(contexts), pooled, extra)
+        return Conditioning(context, pooled, extra)
 
     def repeat(self, n: int) -> Conditioning:
         return Conditioning(
-            self.context.repeat(n, 1, 1),
+            None if self.context is None else self.context.repeat(n, 1, 1),
             None if self.pooled is None else self.pooled.repeat(n, 1),
             {k: v.repeat(n, *[1] * (v.ndim - 1)) for k, v in self.extra.items()},
         )
@@ -213,11 +232,13 @@ def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def encode_prompts(model, prompts: Sequence[str], clip_skip: int = 1, min_chunks: int = 1) -> Conditioning:
     """Encode one prompt per batch row; returns (B, 77*chunks, D) context (and pooled for SDXL)."""
-    with held_weights(getattr(model, "idle_text_encoders", None)):  # read back if freed since the last job
-        return _encode_prompts(model, prompts, clip_skip, min_chunks)
+    with model.text_encoders_held():  # read back if the backend freed them since the last job
+        return _encode_prompts(model, prompts, clip_skip, min_chunks, model.family.clip_layout)
 
 
-def _encode_prompts(model, prompts: Sequence[str], clip_skip: int, min_chunks: int) -> Conditioning:
+def _encode_prompts(
+    model, prompts: Sequence[str], clip_skip: int, min_chunks: int, layout: ClipLayout
+) -> Conditioning:
     lookups = text_embeddings(model)
     chunks_needed = max([min_chunks] + [count_chunks(model.tokenizers[0], p, lookups[0]) for p in prompts])
     rows, pooled_rows = [], []
@@ -232,9 +253,9 @@ def _encode_prompts(model, prompts: Sequence[str], clip_skip: int, min_chunks: i
             for idx, enc in enumerate(model.text_encoders):
                 chunk = chunk_lists[idx][ci]
                 ids = torch.tensor([chunk.tokens], device=model.device)
-                if model.is_sdxl:  # SDXL: penultimate layer, no final LN (clip_skip adds more)
+                if layout.penultimate_raw:  # penultimate layer, no final LN (clip_skip adds more)
                     hidden, p = _encode_chunk(enc, ids, chunk.fixes, clip_skip, final_norm=False)
-                    if idx == 1 and ci == 0:
+                    if idx == layout.pooled_encoder and ci == 0:
                         pooled = p
                 else:
                     hidden, _ = _encode_chunk(enc, ids, chunk.fixes, clip_skip - 1, final_norm=True)
@@ -243,5 +264,5 @@ def _encode_prompts(model, prompts: Sequence[str], clip_skip: int, min_chunks: i
         rows.append(torch.cat(per_chunk, dim=1))
         pooled_rows.append(pooled)
     context = torch.cat(rows).float()
-    pooled = torch.cat(pooled_rows).float() if model.is_sdxl else None
+    pooled = torch.cat(pooled_rows).float() if layout.pooled_encoder is not None else None
     return Conditioning(context, pooled)

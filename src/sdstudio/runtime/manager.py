@@ -139,7 +139,7 @@ class ModelManager:
         if self.default_model:
             entries.append(self._file_entry(Path(self.default_model), Path(self.default_model).parent))
         folder = self.folder("checkpoints")
-        for path in _files(folder, CHECKPOINT_SUFFIXES):
+        for path in _model_paths(folder):
             if not any(e.filename == str(path.resolve()) for e in entries):
                 entries.append(self._file_entry(path, folder))
         entries += self._embedded_entries()
@@ -360,7 +360,8 @@ class ModelManager:
             rel = path.name
         st = path.stat() if path.exists() else None
         cached = self._hash_cache.get((str(path.resolve()), st.st_size, st.st_mtime)) if st else None
-        return ModelEntry(model_name=rel.rsplit(".", 1)[0], filename=str(path.resolve()), sha256=cached)
+        name = rel if path.is_dir() else rel.rsplit(".", 1)[0]  # a folder's name keeps its dots
+        return ModelEntry(model_name=name, filename=str(path.resolve()), sha256=cached)
 
 
 def _default_loader(path: str | None, *, device: str, precision: str, backend: str | None = None,
@@ -385,7 +386,7 @@ def _single_file_native_size(filename: str) -> int | None:
     if not filename.lower().endswith(".safetensors"):
         return None
     try:
-        from sdstudio.models.architectures import ARCHITECTURES, component_config
+        from sdstudio.families.sd.architectures import ARCHITECTURES, component_config
         from sdstudio.models.loader import inspect_model
 
         arch = ARCHITECTURES[inspect_model(filename).arch]
@@ -401,10 +402,24 @@ def _folder_native_size(folder: Path) -> int | None:
 
     try:
         unet = json.loads((folder / "unet" / "config.json").read_text())
+        if not (folder / "vae").is_dir():  # a pixel-space model
+            return int(unet["sample_size"])
         vae = json.loads((folder / "vae" / "config.json").read_text())
         return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _model_paths(folder: Path | None) -> list[Path]:
+    """Checkpoint files and diffusers model folders (``model_index.json``) under ``folder``; the files
+    inside a model folder are its components, not models of their own."""
+    if folder is None or not folder.is_dir():
+        return []
+    roots = sorted(p.parent for p in folder.rglob("model_index.json"))
+    files = [
+        p for p in _files(folder, CHECKPOINT_SUFFIXES) if not any(r == p.parent or r in p.parents for r in roots)
+    ]
+    return sorted(files + roots)
 
 
 def _files(folder: Path | None, suffixes: tuple[str, ...]) -> list[Path]:

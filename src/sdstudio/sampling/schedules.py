@@ -1,72 +1,19 @@
 """Noise schedules as plain functions returning sigmas (k-diffusion style, Karras et al. 2022).
 
 Every schedule returns a 1-D float32 tensor of ``n + 1`` sigmas, descending, ending in 0.
-``DiscreteSchedule`` is the model's own training schedule (DDPM betas -> alphas_cumprod ->
-``sigma = sqrt((1 - a) / a)``) with the log-sigma interpolation k-diffusion uses to go between
-continuous sigma and the discrete UNet timestep.
+The model's own training schedule (``DiscreteSchedule``: DDPM betas -> sigmas, and the
+sigma <-> timestep interpolation) is a fact of the model family and lives in
+``sdstudio.families.model_sampling``; the functions here only space sigmas between its ends.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from sdstudio.errors import SDStudioError
-
-
-def betas_for(config: dict) -> torch.Tensor:
-    """DDPM betas from a diffusers scheduler config (linear, scaled_linear, squaredcos_cap_v2)."""
-    n = int(config.get("num_train_timesteps", 1000))
-    start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
-    kind = config.get("beta_schedule", "scaled_linear")
-    if kind == "linear":
-        return torch.linspace(start, end, n, dtype=torch.float64)
-    if kind == "scaled_linear":
-        return torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
-    if kind == "squaredcos_cap_v2":  # Nichol & Dhariwal 2021, cosine schedule
-        f = [math.cos((i / n + 0.008) / 1.008 * math.pi / 2) ** 2 for i in range(n + 1)]
-        return torch.tensor([min(1 - f[i + 1] / f[i], 0.999) for i in range(n)], dtype=torch.float64)
-    raise SDStudioError(f"unknown beta_schedule {kind!r}; use linear, scaled_linear or squaredcos_cap_v2")
-
-
-@dataclass(frozen=True)
-class DiscreteSchedule:
-    """The model's discrete sigmas, one per training timestep (k-diffusion ``DiscreteSchedule``)."""
-
-    sigmas: torch.Tensor  # (T,) ascending in t
-    log_sigmas: torch.Tensor  # (T,)
-
-    @classmethod
-    def from_config(cls, config: dict) -> DiscreteSchedule:
-        alphas_cumprod = torch.cumprod(1.0 - betas_for(config), dim=0)
-        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
-        return cls(sigmas.float(), sigmas.log().float())
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
-
-    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Continuous timestep for each sigma, by interpolating log-sigma between neighbours."""
-        log_sigma = sigma.float().clamp(min=1e-10).log()
-        dists = log_sigma - self.log_sigmas[:, None].to(log_sigma.device)
-        low = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
-        high = low + 1
-        ls = self.log_sigmas.to(log_sigma.device)
-        w = ((ls[low] - log_sigma) / (ls[low] - ls[high])).clamp(0, 1)
-        return ((1 - w) * low + w * high).view(sigma.shape)
-
-    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.float()
-        low, high = t.floor().long(), t.ceil().long()
-        w = t.frac()
-        return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
+from sdstudio.families.model_sampling import DiscreteSchedule
 
 
 def append_zero(x: torch.Tensor) -> torch.Tensor:

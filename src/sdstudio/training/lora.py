@@ -127,7 +127,7 @@ class LoraTask:
 
         cond = encode_prompts(self.sd, captions)
         added = None
-        if self.sd.is_sdxl:
+        if self.sd.family.name == "sdxl":
             ids = torch.tensor([[self.size, self.size, 0, 0, self.size, self.size]] * len(captions))
             added = {"text_embeds": cond.pooled.to(self.device), "time_ids": ids.float().to(self.device)}
         return cond.context.to(self.device), added
@@ -198,8 +198,8 @@ def save_kohya(model, cfg: LoraConfig, path: Path) -> Path:
     """Write the adapter as a kohya/A1111 LoRA file with ``ss_*`` metadata (atomic)."""
     from sdstudio.checkpoints.io import write_safetensors
 
-    state = kohya_state_dict(model.unet, cfg.alpha, original_names=model.is_sdxl)
-    base = "sdxl_base_v1-0" if model.is_sdxl else ("sd_v2" if model.arch.startswith("sd2") else "sd_v1")
+    state = kohya_state_dict(model.unet, cfg.alpha, original_names=model.family.name == "sdxl")
+    base = "sdxl_base_v1-0" if model.family.name == "sdxl" else ("sd_v2" if model.arch.startswith("sd2") else "sd_v1")
     metadata = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(cfg.rank),

@@ -119,7 +119,7 @@ class MiniCLIP(nn.Module):
 
 def tokenize(captions: list[str], device=None) -> torch.Tensor:
     """Return ``(B, 77)`` token ids from the shipped CLIP tokenizer (padded with end-of-text)."""
-    from sdstudio.models.tokenizer import clip_tokenizer
+    from sdstudio.families.sd.tokenizer import clip_tokenizer
 
     tok = clip_tokenizer()
     ids = tok(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
@@ -193,7 +193,7 @@ def save_miniclip(model: MiniCLIP, out: Path) -> None:
 
     from safetensors.torch import save_file
 
-    from sdstudio.models.tokenizer import TOKENIZER_DIR
+    from sdstudio.families.sd.tokenizer import TOKENIZER_DIR
 
     out.mkdir(parents=True, exist_ok=True)
     model.text_model.save_pretrained(out / "text_encoder", safe_serialization=True)

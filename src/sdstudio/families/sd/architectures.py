@@ -1,9 +1,9 @@
 """Supported Stable Diffusion architectures, one small record each (ComfyUI ``supported_models`` style).
 
 Each :class:`Architecture` names its shipped diffusers config folder
-(``models/assets/configs/<name>/``), the original (CompVis/A1111) key prefixes of its text
+(``families/sd/assets/configs/<name>/``), the original (CompVis/A1111) key prefixes of its text
 encoders and whether its UNet is a 9-channel inpainting UNet. Detection from a state dict lives in
-``sdstudio.checkpoints.detect``; the key maps in ``sdstudio.checkpoints.convert``.
+``sdstudio.families.sd.detect``; the key maps in ``sdstudio.families.sd.keymap``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from sdstudio.families.base import LatentFormat
+from sdstudio.families.model_sampling import DiscreteModelSampling
+from sdstudio.prompts.encode import ClipLayout, Conditioning, count_chunks, encode_prompts, text_embeddings
 
 CONFIGS_DIR = Path(__file__).parent / "assets" / "configs"
 
@@ -78,28 +84,7 @@ SDXL_TEXT_2 = TextEncoderSpec(
 )
 
 
-@dataclass(frozen=True)
-class LatentFormat:
-    """How a VAE's latents relate to pixels (ComfyUI ``latent_formats``): scale, shift, preview colours.
-
-    ``rgb_factors`` (C, 3) is the linear latent -> RGB map of the live preview (A1111
-    ``sd_vae_approx.cheap_approximation``); None for a VAE whose latent space is not a published one
-    (e.g. the embedded model's own VAE): previews then decode with the VAE itself.
-    """
-
-    scaling_factor: float
-    shift_factor: float = 0.0
-    rgb_factors: tuple[tuple[float, float, float], ...] | None = None
-
-    def to_latent(self, z):
-        """VAE mean -> the latents samplers work on: ``(z - shift) * scale``."""
-        return (z - self.shift_factor) * self.scaling_factor
-
-    def to_vae(self, latents):
-        """Sampler latents -> what the VAE decoder takes: ``latents / scale + shift``."""
-        return latents / self.scaling_factor + self.shift_factor
-
-
+CLIP_LAST_LAYER = ClipLayout()  # SD 1.x/2.x: last hidden state after the final layer norm
 SD_RGB_FACTORS = (  # A1111 cheap approximation for the SD 1.x/2.x VAE
     (0.298, 0.207, 0.208),
     (0.187, 0.286, 0.173),
@@ -116,13 +101,18 @@ SDXL_RGB_FACTORS = (  # A1111 cheap approximation for the SDXL VAE
 
 @dataclass(frozen=True)
 class Family:
-    """An architecture family: SD 1.x, SD 2.x or SDXL; its text encoders and UNet context width."""
+    """An SD UNet family (SD 1.x, SD 2.x or SDXL): its text encoders, UNet context width and the
+    family's side of the denoiser door (:class:`sdstudio.families.base.ModelFamily`)."""
 
     name: str  # "sd1" | "sd2" | "sdxl"
     text_encoders: tuple[TextEncoderSpec, ...]
     context_dim: int  # UNet cross-attention width of the full-size model (attn2.to_k input)
     pipeline_class: str
     rgb_factors: tuple[tuple[float, float, float], ...] = SD_RGB_FACTORS
+    clip_layout: ClipLayout = CLIP_LAST_LAYER
+    micro_conditioning: bool = False  # SDXL's size/crop ``time_ids``
+    pixel_space: bool = False
+    speed_techniques: tuple[str, ...] = ("deepcache", "tome", "todo", "openvino")
 
     def latent_format(self, vae_config: dict[str, Any]) -> LatentFormat:
         """The latent format of a VAE with ``vae_config``: the family's preview colours only when the VAE
@@ -137,11 +127,58 @@ class Family:
             self.rgb_factors if published else None,
         )
 
+    def model_sampling(self, scheduler_config: dict[str, Any]) -> DiscreteModelSampling:
+        """eps or v on the model's discrete DDPM schedule (``prediction_type`` of the config)."""
+        return DiscreteModelSampling.from_config(scheduler_config)
+
+    def count_chunks(self, model: Any, text: str) -> int:
+        """75-token chunks ``text`` takes (A1111 long prompts; textual inversion counted)."""
+        return count_chunks(model.tokenizers[0], text, text_embeddings(model)[0])
+
+    def encode_text(self, model: Any, text: str, clip_skip: int, chunks: int, width: int, height: int):
+        """One prompt's :class:`Conditioning` (1 row): CLIP context, SDXL pooled and ``time_ids``."""
+        cond = encode_prompts(model, [text], clip_skip, chunks)
+        if self.micro_conditioning:  # SDXL: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)
+            cond.extra["time_ids"] = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
+        return cond
+
+    def apply_model(
+        self, unet: Any, x_in: torch.Tensor, t: torch.Tensor, cond: Conditioning, device, dtype
+    ) -> torch.Tensor:
+        """The one model-call door: the UNet's raw output for scaled input ``x_in`` (B, C, h, w).
+
+        Extra inputs are data in ``cond``: ``extra["concat"]`` channels (9-channel inpainting:
+        [latent, mask, masked-image latent]), SDXL's pooled ``text_embeds`` and ``time_ids``.
+        """
+        if "concat" in cond.extra:
+            x_in = torch.cat([x_in, cond.extra["concat"].to(x_in)], dim=1)  # (B, 9, h, w)
+        added = None
+        if cond.pooled is not None:
+            added = {
+                "text_embeds": cond.pooled.to(device, dtype),
+                "time_ids": cond.extra["time_ids"].to(device, dtype),
+            }
+        return unet(
+            x_in.to(device, dtype),
+            t,
+            encoder_hidden_states=cond.context.to(device, dtype),
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0]
+
 
 FAMILIES: dict[str, Family] = {
     "sd1": Family("sd1", (SD1_TEXT,), 768, "StableDiffusionPipeline"),
     "sd2": Family("sd2", (SD2_TEXT,), 1024, "StableDiffusionPipeline"),
-    "sdxl": Family("sdxl", (SDXL_TEXT_1, SDXL_TEXT_2), 2048, "StableDiffusionXLPipeline", SDXL_RGB_FACTORS),
+    "sdxl": Family(
+        "sdxl",
+        (SDXL_TEXT_1, SDXL_TEXT_2),
+        2048,
+        "StableDiffusionXLPipeline",
+        SDXL_RGB_FACTORS,
+        ClipLayout(penultimate_raw=True, pooled_encoder=1),
+        micro_conditioning=True,
+    ),
 }
 
 
@@ -219,10 +256,10 @@ def materialize_config_folder(arch: Architecture, dest: str | Path) -> Path:
     """Write a complete diffusers config folder (JSON configs + tokenizer files) to ``dest``; return it.
 
     The shipped folders hold only JSON; the tokenizer vocabulary is added here from the one shipped
-    copy (``models/assets/tokenizer``), so the result can be passed to diffusers'
+    copy (``families/sd/assets/tokenizer``), so the result can be passed to diffusers'
     ``from_single_file(path, config=dest, local_files_only=True)``.
     """
-    from sdstudio.models.tokenizer import TOKENIZER_DIR
+    from sdstudio.families.sd.tokenizer import TOKENIZER_DIR
 
     dest = Path(dest)
     shutil.copytree(arch.config_dir, dest, dirs_exist_ok=True)

@@ -14,7 +14,7 @@ from collections import Counter
 import torch
 
 from sdstudio.errors import SDStudioError
-from sdstudio.models.architectures import FAMILIES, UNET_PREFIX, Architecture, Family, architecture_for
+from sdstudio.families.sd.architectures import FAMILIES, UNET_PREFIX, Architecture, Family, architecture_for
 
 UNET_IN_KEY = UNET_PREFIX + "input_blocks.0.0.weight"  # (320, in_channels, 3, 3)
 SD2_BASE_GLOBAL_STEP = 875000  # diffusers: "epsilon" if global_step == 875000 else "v_prediction"

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from sdstudio.models.architectures import UNET_PREFIX, VAE_PREFIX, Architecture, TextEncoderSpec
+from sdstudio.families.sd.architectures import UNET_PREFIX, VAE_PREFIX, Architecture, TextEncoderSpec
 
 StateDict = dict[str, torch.Tensor]
 

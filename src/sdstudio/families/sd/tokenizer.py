@@ -1,4 +1,4 @@
-"""The CLIP tokenizer shipped with the package (no hub access). See models/assets/tokenizer/LICENSE."""
+"""The CLIP tokenizer shipped with the package (no hub access). See families/sd/assets/tokenizer/LICENSE."""
 
 from __future__ import annotations
 
