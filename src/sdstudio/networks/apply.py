@@ -142,6 +142,8 @@ def encoder_embeddings(model, library: NetworkLibrary, texts: list[str]) -> list
     the folder never stops a job (:meth:`NetworkLibrary.cached` logs it once); a broken file that
     is used raises.
     """
+    if not model.text_encoders:  # a model without a text encoder (pixel DDPM): names stay text
+        return None
     tokenizer = model.tokenizers[0]
     text_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     present = {i for ids in text_ids for i in ids}
