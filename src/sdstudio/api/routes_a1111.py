@@ -335,11 +335,10 @@ async def sd_vae(request: Request) -> list[s.SDVaeItem]:
 
 @router.get("/loras", response_model=list[s.LoraItem])
 async def loras(request: Request) -> list[s.LoraItem]:
-    """LoRA files in models/Lora with their safetensors metadata (A1111 Lora extension shape)."""
-    return [
-        s.LoraItem(name=f.name, alias=f.alias, path=f.path, metadata=f.metadata)
-        for f in studio(request).manager.networks.files("lora")
-    ]
+    """LoRA files in models/Lora with their safetensors metadata (A1111 Lora extension shape); the
+    folder walk and header parsing run in a worker thread, never on the event loop."""
+    files = await run_in_threadpool(studio(request).manager.networks.files, "lora")
+    return [s.LoraItem(name=f.name, alias=f.alias, path=f.path, metadata=f.metadata) for f in files]
 
 
 @router.get("/hypernetworks", response_model=list[s.HypernetworkItem])
@@ -388,7 +387,7 @@ def _embeddings(manager: Any) -> s.EmbeddingsResponse:
 @router.get("/upscalers", response_model=list[s.UpscalerItem])
 async def upscalers() -> list[s.UpscalerItem]:
     """Image upscalers usable by the hires pass (latent modes are in /latent-upscale-modes)."""
-    names = ["None"] + [n for n in hires_upscalers() if not n.startswith("Latent")]
+    names = ["None"] + [n for n in hires_upscalers() if not n.startswith("Latent") and n != "None"]
     return [s.UpscalerItem(name=n, scale=4.0 if n != "None" else None) for n in names]
 
 

@@ -98,6 +98,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="with --workers ray: how many model workers (default: one per GPU, else 1 on CPU)",
     )
+    p.add_argument(
+        "--quiet-access-log",
+        action="store_true",
+        help="no access log lines at all (polls by the web UI and /sdapi/v1/progress are left out anyway)",
+    )
     p.set_defaults(func=run)
 
 
@@ -189,5 +194,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"sdstudio: {len(studio.recovered)} job(s) queued before the last stop are queued again")
     if not studio.sole_server:
         print(f"sdstudio: another server uses {settings.outdir}; its queued and running jobs stay its own")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_keep_alive=30)
+    from sdstudio.cli.access_log import log_config
+
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level="info", timeout_keep_alive=30,
+        log_config=log_config(), access_log=not args.quiet_access_log,
+    )  # fmt: skip
     return 0
