@@ -122,3 +122,36 @@ def test_and_parts_are_capped(client):
     # a negative prompt keeps AND as text (A1111), so it is not counted
     body = {**FAST, "prompt": "a AND b", "negative_prompt": too_many}
     assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["[::1]evil.example", "[::1]evil.example:7860", "localhost:x", "local host"])
+def test_malformed_host_headers_are_refused(client, host):
+    r = client.get("/sdapi/v1/options", headers={"host": host})
+    assert r.status_code == 403 and r.json()["field"] == "host", r.text
+
+
+@pytest.mark.parametrize("host", ["[::1]:7860", "[::1]", "localhost:7860", "127.0.0.1", "testserver"])
+def test_well_formed_local_host_headers_are_served(client, host):
+    assert client.get("/sdapi/v1/options", headers={"host": host}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/sdapi/v1/loras", "/api/models"])
+def test_lora_listing_reads_files_off_the_event_loop(client, monkeypatch, path):
+    import asyncio
+
+    from sdstudio.networks.library import NetworkLibrary
+
+    calls = []
+    real = NetworkLibrary.files
+
+    def files(self, kind):
+        try:
+            asyncio.get_running_loop()
+            calls.append((kind, "event loop"))
+        except RuntimeError:
+            calls.append((kind, "worker thread"))
+        return real(self, kind)
+
+    monkeypatch.setattr(NetworkLibrary, "files", files)
+    assert client.get(path).status_code == 200
+    assert ("lora", "worker thread") in calls and not [c for c in calls if c[1] == "event loop"]

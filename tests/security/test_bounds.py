@@ -16,6 +16,7 @@ import typing
 import pytest
 from annotated_types import Ge, Gt, Le, Lt
 from fastapi.routing import APIRoute
+from PIL import Image
 from pydantic import BaseModel
 
 NUMBER_TYPES = (int, float)
@@ -207,3 +208,19 @@ def test_hires_second_pass_within_max_steps_still_runs(client):
     r = client.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 200, r.text
     assert len(r.json()["images"]) == 1
+
+
+def test_demolish_timesteps_are_capped(full_client):
+    from sdstudio.lab.routes import MAX_DEMOLISH_TIMESTEPS
+    from tests.server.conftest import png_b64
+
+    image = png_b64(Image.new("RGB", (16, 16), "blue"))
+    many = ",".join(str(t % 1000) for t in range(MAX_DEMOLISH_TIMESTEPS + 1))
+    r = full_client.post("/api/lab/demolish", json={"image": image, "timesteps": many, "size": 16})
+    assert r.status_code == 422 and r.json()["field"] == "timesteps", r.text
+    r = full_client.post("/api/lab/demolish", json={"image": image, "timesteps": "1," * 1000, "size": 16})
+    assert r.status_code == 422 and r.json()["field"] == "timesteps", r.text
+    ok = ",".join(str(t * 30) for t in range(MAX_DEMOLISH_TIMESTEPS))
+    r = full_client.post("/api/lab/demolish", json={"image": image, "timesteps": ok, "size": 16})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["labels"]) == MAX_DEMOLISH_TIMESTEPS

@@ -129,8 +129,13 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
 
 @router.get("/models", response_model=s.ModelsResponse)
 async def models(request: Request) -> s.ModelsResponse:
-    """Checkpoints (and in-memory models), LoRA, VAE and embedding files in the models folder."""
-    m = studio(request).manager
+    """Checkpoints (and in-memory models), LoRA, VAE and embedding files in the models folder (read in
+    a worker thread: folder walks and LoRA headers never block the event loop)."""
+    return await run_in_threadpool(_models, studio(request))
+
+
+def _models(st) -> s.ModelsResponse:
+    m = st.manager
     current = m.current_entry()
     return s.ModelsResponse(
         models=[
@@ -150,7 +155,7 @@ async def models(request: Request) -> s.ModelsResponse:
         loras=[s.LoraItem(name=f.name, alias=f.alias, path=f.path) for f in m.networks.files("lora")],
         vaes=[s.SDVaeItem(model_name=f.name, filename=f.path) for f in m.networks.files("vae")],
         embeddings=[Path(f.name).name for f in m.networks.files("embeddings")],
-        sd_vae=str(studio(request).options.get("sd_vae", "Automatic")),
+        sd_vae=str(st.options.get("sd_vae", "Automatic")),
         models_dir=str(m.models_dir) if m.models_dir else None,
         last_error=m.last_error,
     )

@@ -10,6 +10,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import re
 from collections.abc import Awaitable, Callable
 from hmac import compare_digest
 from typing import Any
@@ -151,15 +152,26 @@ class HostCheckMiddleware:
         return True
 
 
+_HOST = re.compile(r"^(?P<name>\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::\d{0,5})?$")
+
+
 def host_name(host: str) -> str:
     """The name part of a Host header, lower-case: ``Example.COM:7860`` -> ``example.com``,
-    ``[::1]:7860`` -> ``[::1]``."""
+    ``[::1]:7860`` -> ``[::1]``; "" (refused) for anything that is not ``name[:port]`` (RFC 9110
+    ``uri-host [ ":" port ]``), e.g. ``[::1]evil.example`` or ``localhost:x``."""
     host = host.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[: end + 1] if end > 0 else ""
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return name.rstrip(".")
+    if host.count(":") > 1 and not host.startswith("["):  # a bare IPv6 literal (no brackets, no port)
+        return host if _is_ip(host) else ""
+    match = _HOST.match(host)
+    return match.group("name").rstrip(".") if match else ""
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 class BodyLimitMiddleware:

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdstudio.api.schemas import TextSafeModel
 from sdstudio.config import MAX_SEED
@@ -25,15 +25,33 @@ from sdstudio.errors import SDStudioError
 
 router = APIRouter(prefix="/api/lab", tags=["lab"])
 BUILD_TIMEOUT_S = 600
+MAX_DEMOLISH_TIMESTEPS = 32  # frames of one demolish strip
 
 
 class DemolishRequest(TextSafeModel):
+    """The forward process runs outside the queue, so its cost is capped here: at most
+    :data:`MAX_DEMOLISH_TIMESTEPS` frames of at most 256x256 (a few MB)."""
+
     model_config = ConfigDict(extra="forbid")
     image: str = Field(description="base64 image (with or without a data: prefix)")
-    timesteps: str = Field("0,50,100,200,300,500,700,999", description="comma-separated t in [0, 1000)")
+    timesteps: str = Field(
+        "0,50,100,200,300,500,700,999",
+        max_length=MAX_DEMOLISH_TIMESTEPS * 6,
+        description=f"comma-separated t in [0, 1000), at most {MAX_DEMOLISH_TIMESTEPS}",
+    )
     schedule: str = Field("scaled_linear", pattern="^(linear|cosine|scaled_linear)$")
     size: int = Field(64, ge=16, le=256, description="the image is resized to size x size first")
     seed: int = Field(0, ge=0, le=MAX_SEED)
+
+    @field_validator("timesteps")
+    @classmethod
+    def _few_timesteps(cls, value: str) -> str:
+        count = sum(1 for v in value.split(",") if v.strip())
+        if count > MAX_DEMOLISH_TIMESTEPS:
+            raise SDStudioError(
+                f"timesteps: {count} given, at most {MAX_DEMOLISH_TIMESTEPS}", field="timesteps"
+            )
+        return value
 
 
 class BuildRequest(TextSafeModel):
