@@ -99,6 +99,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --workers ray: how many model workers (default: one per GPU, else 1 on CPU)",
     )
     p.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="most open connections (default: half the file-descriptor limit, at most 1024); more are "
+        "answered 503 and closed, and a client that has not sent a whole request head within 10 s is "
+        "disconnected",
+    )
+    p.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=64,
+        metavar="N",
+        help="most open connections from one client address (default 64)",
+    )
+    p.add_argument(
         "--quiet-access-log",
         action="store_true",
         help="no access log lines at all (polls by the web UI and /sdapi/v1/progress are left out anyway)",
@@ -194,10 +210,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"sdstudio: {len(studio.recovered)} job(s) queued before the last stop are queued again")
     if not studio.sole_server:
         print(f"sdstudio: another server uses {settings.outdir}; its queued and running jobs stay its own")
+    from sdstudio.api.connections import ConnectionLimits, uvicorn_options
     from sdstudio.cli.access_log import log_config
 
+    limits = ConnectionLimits(
+        max_connections=getattr(args, "max_connections", 0),
+        max_per_client=getattr(args, "max_connections_per_client", 64),
+    )
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level="info", timeout_keep_alive=30,
-        log_config=log_config(), access_log=not args.quiet_access_log,
+        app, host=settings.host, port=settings.port, log_level="info", log_config=log_config(),
+        access_log=not args.quiet_access_log, **uvicorn_options(limits),
     )  # fmt: skip
     return 0
