@@ -3,6 +3,8 @@ naming the field, before anything large is built or decoded."""
 
 from __future__ import annotations
 
+import json
+import math
 import time
 import tracemalloc
 
@@ -155,3 +157,22 @@ def test_lora_listing_reads_files_off_the_event_loop(client, monkeypatch, path):
     monkeypatch.setattr(NetworkLibrary, "files", files)
     assert client.get(path).status_code == 200
     assert ("lora", "worker thread") in calls and not [c for c in calls if c[1] == "event loop"]
+
+
+@pytest.mark.parametrize(
+    "size, args, needle",
+    [
+        (1100, [None, 64, "Lanczos", 4.0], "pixels"),  # 4400x4400 > --max-image-pixels (4096^2)
+        (64, [None, 56, "Lanczos", 4.0], "tiles"),  # 256x256 in 64 px tiles stepping 8 px: 625 tiles
+        (64, [None, math.inf, "Lanczos", 2.0], "overlap"),
+        (64, [None, 8, "Lanczos", math.nan], "scale_factor"),
+    ],
+)
+def test_sd_upscale_cost_is_checked_before_queueing(client, size, args, needle):
+    image = png_b64(Image.new("RGB", (size, size), "red"))
+    body = {**FAST, "init_images": [image], "script_name": "sd upscale", "script_args": args}
+    r = client.post(
+        "/api/jobs/img2img", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422 and r.json()["field"] == "script_args", r.text
+    assert needle in r.json()["detail"]

@@ -102,7 +102,7 @@ def options_from_args(script_args: list) -> MatrixOptions:
     a = list(script_args) + defaults[len(script_args) :]
     try:
         margin = int(a[4])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SDStudioError("script_args: margin_size must be an integer", field="script_args") from None
     options = MatrixOptions(bool(a[0]), bool(a[1]), str(a[2]), str(a[3]), max(0, min(margin, 500)))
     _check(options)

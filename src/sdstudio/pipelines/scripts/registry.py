@@ -83,6 +83,8 @@ def parse_script(
         options = prompt_matrix.options_from_args(args)
     else:
         options = sd_upscale.options_from_args(args)
+        if base is not None and limits is not None:
+            sd_upscale.check_cost(base, options, limits.max_image_pixels)
     return ScriptCall(key, kind, options)
 
 

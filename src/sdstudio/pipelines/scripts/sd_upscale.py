@@ -27,6 +27,7 @@ from sdstudio.pipelines.scripts.grid import (
 )
 
 TITLE = "SD upscale"
+MAX_TILES = 256  # tiles per upscaled image (each is one img2img run)
 UPSCALERS = {"None": None, "Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
 
 
@@ -39,12 +40,40 @@ class UpscaleOptions:
     scale_factor: float = 2.0
 
 
+def upscaled_size(size: tuple[int, int], upscaler: str, scale: float) -> tuple[int, int]:
+    """The upscaled image's (width, height): ``int(side * scale) // 8 * 8`` (A1111), or unchanged for None."""
+    if UPSCALERS[upscaler] is None:
+        return size
+    return max(8, int(size[0] * scale) // 8 * 8), max(8, int(size[1] * scale) // 8 * 8)
+
+
 def upscale(image: Image.Image, upscaler: str, scale: float) -> Image.Image:
     """A1111 ``Upscaler.upscale`` for the built-ins: resize to ``int(side * scale) // 8 * 8``."""
     if UPSCALERS[upscaler] is None:
         return image
-    w, h = int(image.width * scale) // 8 * 8, int(image.height * scale) // 8 * 8
-    return image.resize((max(8, w), max(8, h)), resample=UPSCALERS[upscaler])
+    return image.resize(upscaled_size(image.size, upscaler, scale), resample=UPSCALERS[upscaler])
+
+
+def check_cost(base: GenerationRequest, options: UpscaleOptions, max_pixels: int) -> None:
+    """Refuse before queueing an upscale whose image exceeds ``max_pixels`` (the server's
+    ``--max-image-pixels``) or that would take more than :data:`MAX_TILES` tiles."""
+    size = getattr(base.init_images[0], "size", None) if base.init_images else None
+    if size is None:  # not decoded yet: checked when it runs
+        return
+    w, h = upscaled_size(size, options.upscaler, options.scale_factor)
+    if w * h > max_pixels:
+        raise SDStudioError(
+            f"SD upscale: the upscaled image would be {w}x{h}, over the limit of {max_pixels} pixels",
+            field="script_args",
+        )
+    step_w, step_h = max(1, base.width - options.overlap), max(1, base.height - options.overlap)
+    tiles = math.ceil(max(1, w - options.overlap) / step_w) * math.ceil(max(1, h - options.overlap) / step_h)
+    if tiles > MAX_TILES:
+        raise SDStudioError(
+            f"SD upscale: {tiles} tiles of {base.width}x{base.height} with overlap {options.overlap} "
+            f"(at most {MAX_TILES}); raise width/height or lower the overlap",
+            field="script_args",
+        )
 
 
 def run_sd_upscale(
@@ -105,7 +134,7 @@ def options_from_args(script_args: list) -> UpscaleOptions:
         )
     try:
         overlap, scale = int(a[1]), float(a[3])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SDStudioError(
             "SD upscale: overlap must be an integer and scale_factor a number", field="script_args"
         ) from None

@@ -339,7 +339,7 @@ def options_from_args(script_args: list, kind: str = "txt2img") -> XYZOptions:
 def _int_arg(value: Any, name: str, lo: int, hi: int) -> int:
     try:
         v = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SDStudioError(
             f"script_args: {name} must be an integer, got {value!r}", field="script_args"
         ) from None
