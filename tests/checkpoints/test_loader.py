@@ -27,7 +27,7 @@ def component_outputs(model) -> dict[str, torch.Tensor]:
     sample = torch.randn(1, unet_cfg.in_channels, 8, 8, generator=g)  # (B, C, h, w)
     context = torch.randn(1, 77, unet_cfg.cross_attention_dim, generator=g)  # (B, T, D)
     extra = {}
-    if model.is_sdxl:
+    if model.family.name == "sdxl":
         pooled = model.text_encoders[1].config.projection_dim
         extra["added_cond_kwargs"] = {
             "text_embeds": torch.randn(1, pooled, generator=g).to(dev, dt),

@@ -42,7 +42,7 @@ def _unet_out(model, seed: int = 0) -> torch.Tensor:
     x = torch.randn(1, c.in_channels, 16, 16, generator=g)
     ctx = torch.randn(1, 77, c.cross_attention_dim, generator=g)
     kw = {}
-    if model.is_sdxl:
+    if model.family.name == "sdxl":
         kw["added_cond_kwargs"] = {
             "text_embeds": torch.randn(1, 32, generator=g),
             "time_ids": torch.ones(1, 6),

@@ -51,7 +51,7 @@ def test_shallow_pass_reproduces_the_full_unet_at_the_cached_step(name, request)
     model = request.getfixturevalue(name)
     x, t, ctx = unet_inputs(model)
     kwargs = {"encoder_hidden_states": ctx, "return_dict": False}
-    if model.is_sdxl:
+    if model.family.name == "sdxl":
         cfg = model.unet.config
         pooled = torch.randn(2, cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim)
         kwargs["added_cond_kwargs"] = {
