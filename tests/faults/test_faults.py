@@ -213,8 +213,12 @@ def test_one_client_over_its_share_of_the_queue_is_429_and_others_still_queue(tm
         r = c.post("/api/jobs/txt2img", json=FAST, headers={"X-Client-Id": "greedy"})
         assert r.status_code == 429 and "this client's share of the queue is full" in r.json()["detail"]
         assert int(r.headers["retry-after"]) >= 1
-        polite = _submit(c, "polite", seed=4)  # another client still gets in
-        assert polite["state"] == "queued"
+        for rotated in ("greedy-2", "greedy-3", ""):  # a new X-Client-Id from the same address: same share
+            r = c.post("/api/jobs/txt2img", json=FAST, headers={"X-Client-Id": rotated} if rotated else {})
+            assert r.status_code == 429, r.text
+        with TestClient(app, client=("10.0.0.2", 50000)) as other:  # another address still gets in
+            polite = _submit(other, "polite", seed=4)
+            assert polite["state"] == "queued"
         for job in (running, *waiting, polite):
             c.post(f"/api/jobs/{job['id']}/cancel")
 

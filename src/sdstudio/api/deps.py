@@ -26,10 +26,14 @@ def studio(request: Request) -> Studio:
 
 
 def client_id(request: Request) -> str:
-    """Who submits (for fair ordering): ``X-Client-Id`` if sane, else auth user + address."""
+    """Who submits (for fair ordering): ``X-Client-Id`` if sane, else :func:`client_owner`."""
     given = request.headers.get("x-client-id", "")
-    if _CLIENT_ID.match(given):
-        return given
+    return given if _CLIENT_ID.match(given) else client_owner(request)
+
+
+def client_owner(request: Request) -> str:
+    """Whom the per-client queue cap counts: auth user + address, never a header the client chooses
+    (rotating ``X-Client-Id`` values must not multiply a client's share of the queue)."""
     user = ""
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("basic "):

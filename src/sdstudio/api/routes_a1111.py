@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from sdstudio import __version__
 from sdstudio.api import schemas as s
 from sdstudio.api.convert import build_info, convert, decode_image, hires_upscalers
-from sdstudio.api.deps import client_id, raise_if_failed, studio, wait_finished
+from sdstudio.api.deps import client_id, client_owner, raise_if_failed, studio, wait_finished
 from sdstudio.api.text import find_lone_surrogate, surrogate_message
 from sdstudio.config import default_backend
 from sdstudio.errors import SDStudioError
@@ -37,7 +37,7 @@ SCHEDULER_FACTS = {  # A1111 modules/sd_schedulers.py: name, default_rho, need_i
 async def _generate(request: Request, req: s._A1111Base, kind: str) -> s.GenerationResponse:
     st = studio(request)
     converted = await run_in_threadpool(convert_for_studio, st, req, kind)
-    job = st.submit(converted, client=client_id(request))
+    job = st.submit(converted, client=client_id(request), owner=client_owner(request))
     await wait_finished(job, st.settings.sync_timeout)
     raise_if_failed(job)
     result = job.result

@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from sdstudio import __version__
 from sdstudio.api import schemas as s
 from sdstudio.api.convert import hires_upscalers
-from sdstudio.api.deps import client_id, job_info, png_bytes, studio
+from sdstudio.api.deps import client_id, client_owner, job_info, png_bytes, studio
 from sdstudio.api.routes_a1111 import convert_for_studio, read_png_info
 from sdstudio.errors import SDStudioError
 from sdstudio.runtime.history import IMAGE_SUFFIXES, ImageRecord
@@ -38,7 +38,7 @@ def _job(request: Request, job_id: str) -> Job:
 async def _submit(request: Request, req: s._A1111Base, kind: str) -> s.JobInfo:
     st = studio(request)
     converted = await run_in_threadpool(convert_for_studio, st, req, kind)
-    return job_info(st, st.submit(converted, client=client_id(request)))
+    return job_info(st, st.submit(converted, client=client_id(request), owner=client_owner(request)))
 
 
 @router.post("/jobs/txt2img", response_model=s.JobInfo, status_code=202)

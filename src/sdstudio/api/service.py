@@ -106,8 +106,9 @@ class Studio:
         return self.manager.defaults(entry)
 
     # -- jobs ------------------------------------------------------------------------------
-    def submit(self, converted: ConvertedRequest, *, client: str) -> Job:
-        """Queue a generation; model names are checked now so a typo fails before queueing."""
+    def submit(self, converted: ConvertedRequest, *, client: str, owner: str | None = None) -> Job:
+        """Queue a generation; model names are checked now so a typo fails before queueing.
+        ``owner`` is whom the per-client queue cap counts (default: ``client``)."""
         if converted.model_name:
             self.manager.find(converted.model_name)
         self._check_networks(converted)
@@ -120,7 +121,7 @@ class Studio:
             "model_key": model_key(self.manager, converted.model_name),
         }
         return self.queue.submit(
-            lambda ctx: self._generate(ctx, converted), client=client, kind=converted.kind, meta=meta,
+            lambda ctx: self._generate(ctx, converted), client=client, owner=owner, kind=converted.kind, meta=meta,
             request=converted.request if converted.script is None else None,  # scripts: memory only
         )  # fmt: skip
 

@@ -22,7 +22,7 @@ class ServerSettings:
     # Host names served besides loopback names, IP literals and ``host`` (DNS-rebinding check)
     allowed_hosts: tuple[str, ...] = ()
     max_queue: int = 100  # queued (not yet running) jobs; more -> 429 with Retry-After
-    max_queue_per_client: int | None = None  # queued jobs of one client (X-Client-Id); None: no cap
+    max_queue_per_client: int | None = None  # queued jobs of one address (+ auth user); None: no cap
     device: str = "cpu"
     precision: str = "auto"
     backend: str | None = None  # what runs the UNet: "auto", "torch", "openvino"; None: config.default_backend()

@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="most queued jobs of one client (X-Client-Id, else user and address); more get 429 "
+        help="most queued jobs of one client (its address, with --api-auth its user and address; not "
+        "X-Client-Id, which a client chooses); more get 429 "
         "+ Retry-After (default 0: no cap beyond --max-queue)",
     )
     p.add_argument(

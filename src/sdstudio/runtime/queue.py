@@ -65,7 +65,7 @@ class Job:
 
     id: str
     fn: Callable[[JobContext], Any]
-    client: str = ""
+    client: str = ""  # fair ordering: round-robin between clients
     kind: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
@@ -78,6 +78,7 @@ class Job:
     error: str | None = None
     error_field: str | None = None
     error_status: int = 422
+    owner: str = ""  # whom max_pending_per_client counts ("" = the client)
     cancel_token: CancelToken = field(default_factory=CancelToken)
     durable: bool = False  # stored with its request: runs again after a restart
     worker: str = ""  # name of the worker slot that ran it
@@ -234,22 +235,28 @@ class JobQueue:
         fn: Callable[[JobContext], Any],
         *,
         client: str = "",
+        owner: str | None = None,
         kind: str = "",
         meta: dict | None = None,
         request: Any = None,
     ) -> Job:
         """Queue ``fn`` for a worker and return its :class:`Job` (state ``queued``).
 
+        ``client`` orders the queue (round-robin between clients); ``owner`` (default: the client)
+        is whom ``max_pending_per_client`` counts, so a caller can key the cap on something the
+        submitter cannot choose (its address) while clients keep their own place in the order.
+
         With a store the job is on disk before this returns; ``request`` (the prepared
         GenerationRequest ``fn`` runs) makes it durable, so a restart runs it again.
         """
         job = Job(id=uuid.uuid4().hex, fn=fn, client=client or "anonymous", kind=kind, meta=dict(meta or {}))
+        job.owner = owner or job.client
         job.durable = request is not None and self.store is not None
         if self._stopping:
             raise SDStudioError("the server is shutting down", status=503)
         with self._lock:  # before the job is stored: a refused job leaves no row
-            self._check_capacity_locked(job.client)
-            self._reserved[job.client] += 1  # its slot, until it is queued or refused
+            self._check_capacity_locked(job.owner)
+            self._reserved[job.owner] += 1  # its slot, until it is queued or refused
         try:
             job.seq = next(self._seq)
             if self.store is not None:
@@ -261,10 +268,10 @@ class JobQueue:
                     ) from exc
         except BaseException:
             with self._lock:
-                self._release_slot_locked(job.client)
+                self._release_slot_locked(job.owner)
             raise
         with self._lock:
-            self._release_slot_locked(job.client)
+            self._release_slot_locked(job.owner)
             if self._stopping:
                 self._finish_locked(job, CANCELLED, error="server shutting down")
                 raise SDStudioError("the server is shutting down", status=503)
@@ -480,20 +487,23 @@ class JobQueue:
     def _pending_count_locked(self) -> int:
         return sum(len(q) for q in self._pending.values())
 
-    def _check_capacity_locked(self, client: str) -> None:
-        """QueueFullError when the queue, or ``client``'s share of it, is full; jobs being stored
+    def _check_capacity_locked(self, owner: str) -> None:
+        """QueueFullError when the queue, or ``owner``'s share of it, is full; jobs being stored
         by concurrent submits count (their slots are reserved)."""
         waiting = self._pending_count_locked() + sum(self._reserved.values())
         if self.max_pending is not None and waiting >= self.max_pending:
             raise QueueFullError(self.max_pending, self._retry_after_locked())
-        mine = len(self._pending.get(client, ())) + self._reserved[client]
+        if self.max_pending_per_client is None:
+            return
+        mine = sum(1 for q in self._pending.values() for j in q if (j.owner or j.client) == owner)
+        mine += self._reserved[owner]
         if self.max_pending_per_client is not None and mine >= self.max_pending_per_client:
             raise QueueFullError(self.max_pending_per_client, self._retry_after_locked(), per_client=True)
 
-    def _release_slot_locked(self, client: str) -> None:
-        self._reserved[client] -= 1
-        if not self._reserved[client]:
-            del self._reserved[client]
+    def _release_slot_locked(self, owner: str) -> None:
+        self._reserved[owner] -= 1
+        if not self._reserved[owner]:
+            del self._reserved[owner]
 
     def _retry_after_locked(self) -> int:
         """Seconds until a slot is likely free: the mean run time of the last finished jobs (>= 1)."""
