@@ -224,3 +224,28 @@ def test_demolish_timesteps_are_capped(full_client):
     r = full_client.post("/api/lab/demolish", json={"image": image, "timesteps": ok, "size": 16})
     assert r.status_code == 200, r.text
     assert len(r.json()["labels"]) == MAX_DEMOLISH_TIMESTEPS
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"kind": "custom", "variants": ["a cat", "x" * 1_000_000]}, "variants.1"),
+        ({"kind": "word-order", "a": "girl\ud800"}, "a"),
+        ({"kind": "word-order", "seeds": 10_000}, "seeds"),
+    ],
+)
+def test_study_inputs_are_bounded_at_submit(full_client, body, field):
+    payload = json.dumps(body)  # the lone surrogate travels as the JSON escape \\ud800
+    r = full_client.post("/api/lab/study", content=payload, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text[:300]
+    assert r.json()["field"] == field
+    assert not [j for j in full_client.get("/api/jobs").json()["jobs"] if j["kind"] == "lab-study"]
+
+
+def test_concept_names_are_plotted_as_text():
+    from sdstudio.lab.report import plot_dominance
+
+    stat = {"mean": 0.1, "lo": 0.0, "hi": 0.2}
+    entry = {"variant": 0, "clip_margin_a_minus_b": stat, "attention_share_a": stat, "map_overlap": stat}
+    image = plot_dominance({"dominance": [{**entry, "concepts": [r"$\frac$", r"$\undefinedcmd$"]}]})
+    assert image.width > 100 and image.height > 100

@@ -71,7 +71,7 @@ def plot_dominance(data: dict):
     import matplotlib.pyplot as plt
 
     dom = data["dominance"]
-    a, b = dom[0]["concepts"]
+    a, b = (c.replace("$", r"\$") for c in dom[0]["concepts"])  # text, never matplotlib mathtext
     fig, axes = plt.subplots(1, 3, figsize=(10, 2.8), dpi=90)
     for ax, key, title, ref in (
         (axes[0], "clip_margin_a_minus_b", f"CLIP sim({a}) - sim({b})", 0.0),

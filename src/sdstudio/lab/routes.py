@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -77,8 +77,10 @@ class StudyRequest(TextSafeModel):
     kind: str = Field(pattern="^(word-order|separators|punctuation|custom)$")
     a: str = Field("girl", max_length=100, description="first concept")
     b: str = Field("boy", max_length=100, description="second concept")
-    variants: list[str] | None = Field(
-        None, max_length=8, description="custom: prompts, the first is the base"
+    variants: list[Annotated[str, Field(max_length=2000)]] | None = Field(
+        None,
+        max_length=8,
+        description="custom: prompts (at most 2000 characters each), the first is the base",
     )
     concepts: bool = Field(False, description="custom: measure dominance of a vs b")
     seeds: int = Field(32, ge=2, le=256)
