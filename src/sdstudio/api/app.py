@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,14 @@ def _install_error_handlers(app: FastAPI) -> None:
             },
             status_code=422,
         )
+
+    @app.exception_handler(sqlite3.DatabaseError)
+    async def store_error(request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
+        """The history/job database broke under the server (overwritten, deleted, disk full): 503
+        with the reason, not an anonymous 500."""
+        log.error("database error on %s: %s", request.url.path, exc)
+        detail = f"the history database cannot be used ({type(exc).__name__}: {exc}); restart the server"
+        return JSONResponse({"detail": safe_text(detail), "field": None}, status_code=503)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

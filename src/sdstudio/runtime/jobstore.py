@@ -10,6 +10,12 @@ cannot run again, and returns the durable queued ones in their order for the que
 
 The connection is the history's pattern: SQLite WAL, ``synchronous=NORMAL`` (a committed row
 survives a killed process) and a busy timeout, so a CLI and a server can share the file.
+
+A job is acknowledged only while the file is healthy (:meth:`JobStore.health`): still at its
+path (not deleted with the outputs folder, not replaced by another file) and still an sdstudio
+database (SQLite header and our ``application_id``; not overwritten in place). An open SQLite
+connection keeps writing into a deleted or overwritten file as if nothing happened, and every job
+it "stored" is gone after a restart; :meth:`JobStore.add` refuses instead (HTTP 503 with the reason).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from typing import Any
 from sdstudio.config import GenerationRequest, HiresSettings
 
 log = logging.getLogger(__name__)
+
+APPLICATION_ID = 0x53445354  # "SDST" at byte 68 of the database header (PRAGMA application_id)
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 RAN_AT_STOP = "server stopped while this job ran"
 NOT_DURABLE = "server stopped before this job ran (only generation jobs are kept across restarts)"
@@ -62,6 +71,10 @@ CREATE TABLE IF NOT EXISTS job_inputs (
 """
 
 
+class StoreUnhealthyError(RuntimeError):
+    """The job database is not the file this store opened (deleted, replaced or overwritten)."""
+
+
 @dataclass
 class StoredJob:
     """One row of the ``jobs`` table (``request`` is rebuilt only for durable queued jobs)."""
@@ -90,6 +103,8 @@ class JobStore:
         self.keep_finished = keep_finished
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        self._app_ids: set[int] = {APPLICATION_ID}
         self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -101,8 +116,33 @@ class JobStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=10000")
             conn.executescript(SCHEMA)
-            self._db = conn
+            if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.commit()
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # the header on disk carries it now
+            st = self.db_path.stat()
+            self._db, self._file_id = conn, (st.st_dev, st.st_ino)
+            # a checkpoint another process holds back leaves the old id on disk for a while: accepted
+            self._app_ids = {APPLICATION_ID, _app_id(_header(self.db_path))}
         return self._db
+
+    def health(self) -> str | None:
+        """None while the database file is the one this store opened and still an sdstudio
+        database; else why not (deleted, replaced, overwritten)."""
+        if self._file_id is None:
+            return None  # closed: the next use opens the file anew
+        try:
+            st = self.db_path.stat()
+            header = _header(self.db_path)
+        except FileNotFoundError:
+            return f"the database {self.db_path} was deleted while the server ran"
+        except OSError as exc:
+            return f"the database {self.db_path} cannot be read ({exc})"
+        if (st.st_dev, st.st_ino) != self._file_id:
+            return f"the database {self.db_path} was replaced by another file while the server ran"
+        if not header.startswith(SQLITE_MAGIC) or _app_id(header) not in self._app_ids:
+            return f"the database {self.db_path} was overwritten while the server ran"
+        return None
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -112,11 +152,16 @@ class JobStore:
         with self._lock:
             if self._db is not None:
                 self._db.close()
-                self._db = None
+                self._db, self._file_id = None, None
 
     # -- writing ---------------------------------------------------------------------------
     def add(self, job: Any, request: GenerationRequest | None = None) -> None:
-        """Write an accepted job (a queue ``Job``); ``request`` makes it durable (it can run again)."""
+        """Write an accepted job (a queue ``Job``); ``request`` makes it durable (it can run again).
+
+        :class:`StoreUnhealthyError` (before writing) while :meth:`health` reports a problem."""
+        problem = self.health()
+        if problem:
+            raise StoreUnhealthyError(problem)
         request_json, inputs = encode_request(request) if request is not None else (None, [])
         row = (
             job.id, job.seq, job.client, job.kind, job.state, int(request is not None), job.created_at,
@@ -214,6 +259,15 @@ class JobStore:
             finished_at=row["finished_at"], error=row["error"], error_field=row["error_field"],
             error_status=row["error_status"], meta=json.loads(row["meta_json"] or "{}"),
         )  # fmt: skip
+
+
+def _header(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(100)
+
+
+def _app_id(header: bytes) -> int:
+    return int.from_bytes(header[68:72], "big")
 
 
 # -- the request as JSON + PNG bytes ---------------------------------------------------------
