@@ -9,11 +9,13 @@ the lab use.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 from sdstudio.api.convert import ConvertedRequest
 from sdstudio.api.settings import ServerSettings
+from sdstudio.errors import SDStudioError
 from sdstudio.models.sdmodel import ModelDefaults
 from sdstudio.runtime.history import HistoryStore, ReconcileReport
 from sdstudio.runtime.jobstore import JobStore, StoredJob
@@ -70,6 +72,7 @@ class Studio:
         if not self.sole_server:
             log.warning("another sdstudio server uses %s: its jobs are left to it", self.outdir)
         self.options: dict[str, Any] = {}
+        self._repair_lock = threading.Lock()
 
     def _start_workers(self) -> list[ModelWorker]:
         """The model workers: this process (default), or Ray actors (``sdstudio serve --workers ray``)."""
@@ -112,6 +115,7 @@ class Studio:
         if converted.model_name:
             self.manager.find(converted.model_name)
         self._check_networks(converted)
+        self.ensure_store()
         meta = {
             "warnings": list(converted.warnings),
             "prompt": converted.request.prompt,
@@ -124,6 +128,34 @@ class Studio:
             lambda ctx: self._generate(ctx, converted), client=client, owner=owner, kind=converted.kind, meta=meta,
             request=converted.request if converted.script is None else None,  # scripts: memory only
         )  # fmt: skip
+
+    def ensure_store(self) -> None:
+        """Before a job is acknowledged: when the database broke under the server (overwritten,
+        replaced, deleted with the outputs folder: :meth:`JobStore.health`), reopen it, write every
+        job the queue knows back (queued ones with their requests) and re-index the image files, so
+        no acknowledged job is lost; 503 naming the reason when that is not possible."""
+        problem = self.jobs.health()
+        if problem is None:
+            return
+        with self._repair_lock:
+            problem = self.jobs.health()
+            if problem is None:
+                return
+            if not self.sole_server:  # another live server uses the file: not ours to rebuild
+                raise SDStudioError(f"{problem}; new jobs are refused until the server restarts", status=503)
+            log.warning("%s: reopening it and writing back %d known jobs", problem, len(self.queue.jobs()))
+            try:
+                self.history.close()
+                aside = self.jobs.reopen(self.queue.jobs())
+                self.history.ensure_open()
+                self.history.rebuilt_from = aside or self.history.rebuilt_from
+                self.reconcile_report = self.history.reconcile()
+            except Exception as exc:  # a read-only or vanished disk: refuse until it is back
+                raise SDStudioError(
+                    f"{problem}, and it could not be rebuilt ({type(exc).__name__}: {exc}); "
+                    "new jobs are refused until it can",
+                    status=503,
+                ) from exc
 
     def _rebuild(self, stored: StoredJob):
         """The job function of a generation that was queued when the server stopped."""

@@ -28,6 +28,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,54 @@ class JobStore:
             self._app_ids = {APPLICATION_ID, _app_id(_header(self.db_path))}
         return self._db
 
+    def reopen(self, jobs: Iterable[Any]) -> str | None:
+        """After :meth:`health` reported a problem: open the database anew and write back every job
+        the queue still knows (queued durable ones with their requests), so none that was
+        acknowledged is lost; a file that is not a readable database is moved aside first (with its
+        -wal/-shm). Returns where it was moved, or None. Close every other connection first."""
+        aside = None
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db, self._file_id = None, None
+            try:
+                conn = self._open()
+                ok = conn.execute("PRAGMA quick_check").fetchone()[0]
+                if ok != "ok":
+                    raise sqlite3.DatabaseError(f"quick_check: {ok}")
+            except sqlite3.DatabaseError as exc:
+                if self._db is not None:
+                    self._db.close()
+                    self._db, self._file_id = None, None
+                aside = move_aside(self.db_path)
+                log.warning("job database %s unreadable (%s); moved to %s", self.db_path, exc, aside)
+                self._open()
+            with self._conn:
+                for job in jobs:
+                    request = job.request if job.state == "queued" and job.durable else None
+                    self._write_locked(job, request)
+        return aside
+
+    def _write_locked(self, job: Any, request: GenerationRequest | None) -> None:
+        """One job's whole row (and inputs), as it is now: the write-back of :meth:`reopen`."""
+        request_json, inputs = encode_request(request) if request is not None else (None, [])
+        row = (
+            job.id, job.seq, job.client, job.kind, job.state, int(request is not None), job.created_at,
+            job.started_at, job.finished_at, _text(job.error), job.error_field,
+            job.error_status if job.error else None, json.dumps(_plain_meta(job.meta)), request_json,
+        )  # fmt: skip
+        self._conn.execute(
+            "INSERT OR REPLACE INTO jobs (id, seq, client, kind, state, durable, created_at, started_at,"
+            " finished_at, error, error_field, error_status, meta_json, request_json)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            row,
+        )
+        self._conn.execute("DELETE FROM job_inputs WHERE job_id = ?", (job.id,))
+        self._conn.executemany(
+            "INSERT INTO job_inputs (job_id, role, idx, png) VALUES (?, ?, ?, ?)",
+            [(job.id, role, idx, png) for role, idx, png in inputs],
+        )
+
     def health(self) -> str | None:
         """None while the database file is the one this store opened and still an sdstudio
         database; else why not (deleted, replaced, overwritten)."""
@@ -134,7 +183,7 @@ class JobStore:
         try:
             st = self.db_path.stat()
             header = _header(self.db_path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return f"the database {self.db_path} was deleted while the server ran"
         except OSError as exc:
             return f"the database {self.db_path} cannot be read ({exc})"
@@ -259,6 +308,16 @@ class JobStore:
             finished_at=row["finished_at"], error=row["error"], error_field=row["error_field"],
             error_status=row["error_status"], meta=json.loads(row["meta_json"] or "{}"),
         )  # fmt: skip
+
+
+def move_aside(db_path: Path) -> str:
+    """Move a broken database and its -wal/-shm to ``<name>.corrupt-<time>``; returns the new name."""
+    aside = db_path.with_name(f"{db_path.name}.corrupt-{int(time.time())}")
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(db_path) + suffix)
+        if p.exists():
+            p.replace(Path(str(aside) + suffix))
+    return str(aside)
 
 
 def _header(path: Path) -> bytes:

@@ -81,6 +81,7 @@ class Job:
     owner: str = ""  # whom max_pending_per_client counts ("" = the client)
     cancel_token: CancelToken = field(default_factory=CancelToken)
     durable: bool = False  # stored with its request: runs again after a restart
+    request: Any = field(default=None, repr=False)  # the stored request of a durable job (JobStore.reopen)
     worker: str = ""  # name of the worker slot that ran it
     version: int = 0  # bumped on every change; streams poll it
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -217,7 +218,7 @@ class JobQueue:
             with self._lock:
                 self._jobs[job.id] = job
                 if stored.state == QUEUED and fn is not None:
-                    job.fn, job.durable = fn, True
+                    job.fn, job.durable, job.request = fn, True, stored.request
                     self._pending.setdefault(job.client, deque()).append(job)
                 elif stored.state == QUEUED:
                     self._finish_locked(
@@ -252,6 +253,7 @@ class JobQueue:
         job = Job(id=uuid.uuid4().hex, fn=fn, client=client or "anonymous", kind=kind, meta=dict(meta or {}))
         job.owner = owner or job.client
         job.durable = request is not None and self.store is not None
+        job.request = request if job.durable else None
         if self._stopping:
             raise SDStudioError("the server is shutting down", status=503)
         with self._lock:  # before the job is stored: a refused job leaves no row
@@ -517,6 +519,7 @@ class JobQueue:
 
     def _finish_locked(self, job: Job, state: str, *, error: str | None = None, persist: bool = True) -> None:
         job.state, job.error, job.finished_at = state, error, time.time()
+        job.request = None  # only queued jobs are written back with their request (JobStore.reopen)
         job.version += 1
         if persist:
             self._persist(job)  # on disk before any waiter wakes
