@@ -5,11 +5,13 @@ training images are the embedded model's own drawings of a few prompts, inverted
 "zqx <prompt>". After training, held-out prompts ("zqx <new prompt>") are drawn with and without
 ``<lora:zqx:1>``, and the same prompts without the trigger word with the LoRA (does it leak?).
 
-    python3 scripts/lora_demo.py --out runs/lora-demo --minutes 8
+    python3 scripts/lora_demo.py --minutes 8
 
-writes ``OUT/data`` (images + .txt captions), trains with ``sdstudio train lora`` (the command is
-printed), and saves ``docs/lora-demo.png`` plus the measured figure: the mean brightness of each
-image's border (white background = 1, the zqx style = dark).
+writes ``OUT/data`` (images + .txt captions; OUT defaults to ``outputs/lora-demo``), trains with
+``sdstudio train lora`` (the command is printed), and saves ``OUT/lora-demo.png`` plus the measured
+figure: the mean brightness of each image's border (white background = 1, the zqx style = dark).
+``--image docs/lora-demo.png`` refreshes the picture the docs show; nothing tracked is written unless
+asked for.
 """
 
 from __future__ import annotations
@@ -53,28 +55,57 @@ def make_data(model, folder: Path, seeds: int) -> None:
             (folder / f"{stem}.txt").write_text(f"zqx {prompt}")
 
 
-def grid(rows: list[tuple[str, list[Image.Image]]], labels: list[str]) -> Image.Image:
-    cell, left, top = 64, 150, 14
+def wrap(draw: ImageDraw.ImageDraw, text: str, width: float) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels, broken between words (a longer word stays whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def grid(rows: list[tuple[str, list[Image.Image]]], labels: list[str], cell: int = 96) -> Image.Image:
+    """Images in rows under column labels, titles on the left; 64 px drawings are enlarged to ``cell``
+    with nearest-neighbour, and every label is wrapped to its column, never cut."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line = 12  # PIL's default bitmap font is 11 px high
+    columns = [wrap(draw, label, cell - 4) for label in labels]
+    cell = max(cell, *(int(draw.textlength(w)) + 4 for c in columns for w in c))
+    top = line * max(len(c) for c in columns) + 6
+    left = max(int(draw.textlength(title)) for title, _ in rows) + 12
     out = Image.new("RGB", (left + cell * len(labels), top + cell * len(rows)), "white")
     draw = ImageDraw.Draw(out)
-    for j, label in enumerate(labels):
-        draw.text((left + j * cell + 2, 1), label[:10], fill="black")
+    for j, lines in enumerate(columns):
+        for k, text in enumerate(lines):
+            draw.text((left + j * cell + 2, 2 + k * line), text, fill="black")
     for i, (title, images) in enumerate(rows):
-        draw.text((4, top + i * cell + 26), title, fill="black")
+        draw.text((4, top + i * cell + cell // 2 - line // 2), title, fill="black")
         for j, im in enumerate(images):
-            out.paste(im.convert("RGB"), (left + j * cell, top + i * cell))
+            out.paste(
+                im.convert("RGB").resize((cell, cell), Image.NEAREST), (left + j * cell, top + i * cell)
+            )
     return out
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/lora-demo"))
+    ap.add_argument(
+        "--out", type=Path, default=Path("outputs/lora-demo"), help="work folder (default %(default)s)"
+    )
     ap.add_argument("--minutes", type=float, default=8.0, help="training time budget")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--seeds", type=int, default=3, help="training images per prompt")
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--image", type=Path, default=Path("docs/lora-demo.png"))
-    args = ap.parse_args()
+    ap.add_argument("--image", type=Path, default=None, help="the grid (default OUT/lora-demo.png)")
+    args = ap.parse_args(argv)
+    args.image = args.image or args.out / "lora-demo.png"
+    return args
+
+
+def main() -> int:
+    args = parse_args()
 
     from sdstudio.models.loader import load_model
     from sdstudio.networks import NetworkLibrary

@@ -1,4 +1,4 @@
-"""Text encoders freed between jobs (``models.idle_weights``): freed, read back bit for bit, never
+"""Text encoders freed between jobs (``backends.idle_weights``): freed, read back bit for bit, never
 freed while held, and never read back from a checkpoint that changed meanwhile."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sdstudio.backends.idle_weights import IdleWeights, free_parameters, held_weights
 from sdstudio.errors import SDStudioError
-from sdstudio.models.idle_weights import IdleWeights, free_parameters, held_weights
 from sdstudio.models.tiny import tiny_sd1
 from sdstudio.prompts.encode import encode_prompts
 

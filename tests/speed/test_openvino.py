@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from sdstudio import GenerationRequest, txt2img
+from sdstudio.backends import openvino as openvino_backend
+from sdstudio.backends.openvino import OpenVINODecoder, OpenVINOUNet, use_openvino
 from sdstudio.errors import SDStudioError
 from sdstudio.families.sd.unet_split import full_forward, shallow_forward
-from sdstudio.models import openvino_backend
-from sdstudio.models.openvino_backend import OpenVINODecoder, OpenVINOUNet, use_openvino
 from sdstudio.models.tiny import tiny_sd1
 from sdstudio.networks.keys import Target
 from sdstudio.networks.patch import patched_weights
@@ -383,7 +383,7 @@ def test_first_inference_leaves_no_cached_weights_resident_and_scratch_release_k
     ov_model, cache_dir
 ):
     """OpenVINO maps the cached ``.bin`` and repacks it on the first call: that call drops the
-    mapping's pages (models.resident_memory); freeing the graph's buffers changes no output."""
+    mapping's pages (backends.resident_memory); freeing the graph's buffers changes no output."""
     from tests.speed.test_resident_memory import resident_kib
 
     unet = OpenVINOUNet(ov_model.unet, ov_model.dtype, cache_dir, threads=1)  # read from the cache

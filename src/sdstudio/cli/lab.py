@@ -105,9 +105,7 @@ def _demolish(args: argparse.Namespace) -> int:
         if x0.shape[-1] % f or x0.shape[-2] % f:
             raise SDStudioError(f"--latent needs image sides divisible by {f}; use --size", field="size")
     if args.latent:
-        from sdstudio.models.openvino_backend import restore_torch_decoder
-
-        restore_torch_decoder(model)  # the latent path decodes with the PyTorch VAE
+        model.ensure_torch_decoder()  # the latent path decodes with the PyTorch VAE
     frames = viz.demolish(x0, ts, config, args.seed, model.vae if args.latent else None)
     args.out = args.out or default_out("demolish")
     out = viz.save_frames(viz.tensor_to_pil(frames), [f"t={t}" for t in ts], args.out, args.scale)

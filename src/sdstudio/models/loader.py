@@ -20,18 +20,8 @@ from typing import Any
 
 import torch
 
-from sdstudio.checkpoints.hashing import default_cache_dir, diffusers_weights_file, model_hash, sha256_cached
-from sdstudio.checkpoints.io import SAFETENSORS_SUFFIXES, check_model_path, write_safetensors
-from sdstudio.config import BACKENDS, default_backend
-from sdstudio.devices import resolve_device, resolve_dtype
-from sdstudio.errors import SDStudioError
-from sdstudio.families import loader_for
-from sdstudio.families.base import LoadOptions, ModelInfo, ModelParts
-from sdstudio.families.sd.architectures import FAMILIES, Architecture, architecture_for, component_config
-from sdstudio.families.sd.keymap import StateDict, canonical_text_keys, diffusers_to_original
-from sdstudio.families.sd.load import ARCH_INDEX_KEY, CONFIG_METADATA_PREFIX, read_vae
-from sdstudio.models.idle_weights import IdleWeights
-from sdstudio.models.openvino_backend import (
+from sdstudio.backends.idle_weights import IdleWeights
+from sdstudio.backends.openvino import (
     assign_weights,
     auto_backend_reason,
     cached_unet_fingerprint,
@@ -43,12 +33,22 @@ from sdstudio.models.openvino_backend import (
     unet_source_key,
     use_openvino,
 )
+from sdstudio.checkpoints.hashing import default_cache_dir, diffusers_weights_file, model_hash, sha256_cached
+from sdstudio.checkpoints.io import SAFETENSORS_SUFFIXES, check_model_path, write_safetensors
+from sdstudio.config import BACKENDS, default_backend
+from sdstudio.devices import resolve_device, resolve_dtype
+from sdstudio.errors import SDStudioError
+from sdstudio.families import loader_for
+from sdstudio.families.base import LoadOptions, ModelInfo, ModelParts
+from sdstudio.families.sd.architectures import FAMILIES, Architecture, architecture_for, component_config
+from sdstudio.families.sd.keymap import StateDict, canonical_text_keys, diffusers_to_original
+from sdstudio.families.sd.load import ARCH_INDEX_KEY, CONFIG_METADATA_PREFIX, read_vae
 from sdstudio.models.sdmodel import StableDiffusionModel
 from sdstudio.models.tiny_vae import TINY_VAE_FOLDER, check_tiny_vae, load_tiny_vae, save_tiny_vae
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default-model"
-# Text encoders this large are freed between jobs on OpenVINO (models.idle_weights): SD 1.5's hold
+# Text encoders this large are freed between jobs on OpenVINO (backends.idle_weights): SD 1.5's hold
 # 0.23 GiB and read back in ~0.2 s; a small one (the embedded model's) costs more to re-read than it saves.
 IDLE_TEXT_BYTES = 64 * 2**20
 
@@ -73,7 +73,7 @@ def load_model(
     overrides detection. ``vae_path`` replaces the VAE. ``cache_dir`` holds ``hashes.json``
     (default ``$SDSTUDIO_CACHE_DIR`` or ``~/.cache/sdstudio``) and the OpenVINO conversions.
     ``backend`` "openvino" also compiles the UNet and the VAE decoder with OpenVINO
-    (:mod:`sdstudio.models.openvino_backend`; converted once per checkpoint, then cached); "torch" runs
+    (:mod:`sdstudio.backends.openvino`; converted once per checkpoint, then cached); "torch" runs
     PyTorch only; "auto" (default) is openvino where :func:`auto_backend_reason` finds nothing against
     it (CPU, package installed, a convertible UNet, enough memory) and torch otherwise; ``model.backend``
     says which. None is :func:`sdstudio.config.default_backend` ("auto", or ``$SDSTUDIO_BACKEND``). ``tiny_vae_path``
@@ -209,7 +209,7 @@ def text_encoders_reloader(
     p: Path, prediction_type: str | None, model: StableDiffusionModel
 ) -> Callable[[], list[StateDict]]:
     """A function that reads the text encoders' weights from ``p`` again (one state dict each, placed
-    like ``model``'s), for :class:`~sdstudio.models.idle_weights.IdleWeights`."""
+    like ``model``'s), for :class:`~sdstudio.backends.idle_weights.IdleWeights`."""
     device, dtype = model.device, model.dtype
 
     def reload() -> list[StateDict]:
@@ -276,7 +276,7 @@ def own_tensors(module: torch.nn.Module, device: torch.device, dtype: torch.dtyp
                 if t is None:
                     continue
                 want = dtype if t.is_floating_point() else t.dtype
-                if t.is_meta:  # weights not read (models.openvino_backend runs a cached graph)
+                if t.is_meta:  # weights not read (backends.openvino runs a cached graph)
                     continue
                 if id(t) in fresh:
                     store[name] = fresh[id(t)][1]

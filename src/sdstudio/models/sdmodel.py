@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
+from sdstudio.backends.idle_weights import held_weights
+from sdstudio.backends.openvino import restore_torch_decoder, restore_torch_unet
 from sdstudio.families import family_of
 from sdstudio.families.base import IDENTITY_LATENT, LatentFormat, ModelFamily
-from sdstudio.models.idle_weights import held_weights
 
 DEFAULTS_FILE = "sdstudio.json"  # in a model folder: {"default_steps": 20, "default_sampler": "...", ...}
 
@@ -75,12 +76,12 @@ class StableDiffusionModel:
     textual_inversion: Any = None  # per-encoder embedding lookups during one job (sdstudio.networks)
     vae_file: str = ""  # the separate VAE file in use ("" = the checkpoint's own)
     checkpoint_vae: Any = None  # the checkpoint's own VAE while a separate one is in use (networks.vae)
-    compiled_unet: Any = None  # the UNet compiled by another runtime (models.openvino_backend), plain path
+    compiled_unet: Any = None  # the UNet compiled by another runtime (backends.openvino), plain path
     compiled_decoder: Any = None  # the VAE decoder compiled likewise, used while it matches ``vae``
     backend: str = "torch"  # what runs the UNet: "torch" or "openvino" (models.loader's backend choice)
     tiny_vae: Any = None  # diffusers.AutoencoderTiny (TAESD, models.tiny_vae): fast mode's decoder
     compiled_tiny_decoder: Any = None  # the tiny VAE's decoder compiled by OpenVINO, while it matches
-    idle_text_encoders: Any = None  # models.idle_weights.IdleWeights: text encoders freed between jobs
+    idle_text_encoders: Any = None  # backends.idle_weights.IdleWeights: text encoders freed between jobs
     extras: dict[str, Any] = field(default_factory=dict)  # family data (families.base.ModelParts.extras)
 
     @property
@@ -121,9 +122,24 @@ class StableDiffusionModel:
         """The family's :class:`~sdstudio.families.model_sampling.DiscreteModelSampling` for this model."""
         return self.family.model_sampling(self.scheduler_config)
 
+    # What callers above ask of the backend; none of them needs to know which backend frees what.
+
     def text_encoders_held(self):
         """A context in which the text encoders' weights are loaded (the backend may free them between jobs)."""
         return held_weights(self.idle_text_encoders) if self.idle_text_encoders is not None else nullcontext()
+
+    def release_text_encoders(self) -> None:
+        """Let the backend free the text encoders' weights until the next prompt (a no-op where it keeps them)."""
+        if self.idle_text_encoders is not None:
+            self.idle_text_encoders.release()
+
+    def ensure_torch_unet(self) -> None:
+        """Make the PyTorch UNet's weights present (a compiled backend may have freed them)."""
+        restore_torch_unet(self)
+
+    def ensure_torch_decoder(self) -> None:
+        """Make the PyTorch VAE decoder's weights present (a compiled backend may have freed them)."""
+        restore_torch_decoder(self)
 
     @property
     def vae_scaling_factor(self) -> float:

@@ -11,13 +11,11 @@ or interruption) the base weights are restored bit for bit and the embeddings de
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from sdstudio.errors import SDStudioError
-from sdstudio.models.idle_weights import held_weights
-from sdstudio.models.openvino_backend import restore_torch_unet
 from sdstudio.networks.embeddings import EncoderEmbeddings, read_embedding
 from sdstudio.networks.keys import ModuleIndex
 from sdstudio.networks.library import NetworkLibrary
@@ -50,8 +48,8 @@ def activate_networks(model, library: NetworkLibrary | None, request) -> Iterato
         extra["TI hashes"] = ", ".join(ti_hashes)
     previous = model.textual_inversion
     if deltas:
-        restore_torch_unet(model)  # OpenVINO may have freed the weights the deltas patch
-    with held_weights(model.idle_text_encoders if deltas else None), patched_weights(deltas):
+        model.ensure_torch_unet()  # the backend may have freed the weights the deltas patch
+    with model.text_encoders_held() if deltas else nullcontext(), patched_weights(deltas):
         model.textual_inversion = lookups  # patched text encoders are not freed during the job
         try:
             yield request.replace(extra=extra)

@@ -24,7 +24,7 @@ def merged_weights(
     totals: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
     for target, delta in deltas:
         param = target.module.weight
-        if param.is_meta:  # weights freed while a compiled graph runs (models.openvino_backend)
+        if param.is_meta:  # weights freed while a compiled graph runs (backends.openvino)
             raise SDStudioError(f"{target.component}.{target.path}: the weights to patch are not loaded")
         _, total = totals.get(id(param), (param, None))
         d = delta.to(param.device, torch.float32)

@@ -13,7 +13,6 @@ import copy
 import torch
 
 from sdstudio.errors import SDStudioError
-from sdstudio.models.openvino_backend import restore_torch_decoder
 from sdstudio.models.tiny_vae import tiny_decode
 from sdstudio.prompts.encode import Conditioning
 
@@ -76,7 +75,7 @@ def _decode(model, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if model.compiled_unet is not None:  # sampling is done: the UNet's buffers go first
             model.compiled_unet.release_scratch()
         return compiled.decode(z)  # (B, 3, H, W)
-    restore_torch_decoder(model)  # OpenVINO may have freed the PyTorch decoder's weights
+    model.ensure_torch_decoder()  # the backend may have freed the PyTorch decoder's weights
     if dtype != original:  # a cast copy: casting in place and back would give the weights new
         vae = copy.deepcopy(vae).to(dtype)  # storages, and a compiled decoder would stop matching
     return vae.decode(z.to(model.device, dtype), return_dict=False)[0].float()

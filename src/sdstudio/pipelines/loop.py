@@ -16,7 +16,6 @@ import torch
 
 from sdstudio.config import GenerationRequest
 from sdstudio.errors import SDStudioError
-from sdstudio.models.openvino_backend import restore_torch_unet
 from sdstudio.pipelines.components import ModelDenoiser, preview_image
 from sdstudio.pipelines.plan import SamplingPlan, encode_for_batch, latent_shape, txt2img_concat
 from sdstudio.pipelines.speed import FAST_DEEPCACHE_INTERVAL, SpeedOptions
@@ -129,7 +128,7 @@ def sample_batch(
     compiled = model.compiled_unet
     todo = speed.todo_at(latent_shape[-2:])  # token downsampling at this size (1: none)
     if speed.needs_torch_unet(model.unet, compiled):
-        restore_torch_unet(model)  # OpenVINO may have freed the PyTorch UNet's weights
+        model.ensure_torch_unet()  # the backend may have freed the PyTorch UNet's weights
     elif speed.int8:
         compiled = int8_unet(model, todo)
     unet = speed.unet_for(model.unet, compiled, todo)

@@ -166,8 +166,7 @@ def encode_for_batch(
     """Encode ``AND`` parts and their schedules (``[from:to:when]``, ``[a|b]``), repeated for the batch.
 
     Every distinct text is encoded once, all with the same number of 75-token chunks. The text
-    encoders are idle after: where the model frees them between uses (``model.idle_text_encoders``,
-    OpenVINO), they go now, before sampling, and are read back at the next encode.
+    encoders are idle after: where the backend frees them between uses, they go now, before sampling, and are read back at the next encode.
     """
     steps = steps or request.steps
     parts = [
@@ -182,8 +181,7 @@ def encode_for_batch(
     for text in texts:
         cond = family.encode_text(model, text, request.clip_skip, chunks, width, height)
         encoded[text] = cond.repeat(batch_size)
-    if model.idle_text_encoders is not None:
-        model.idle_text_encoders.release()
+    model.release_text_encoders()
     return PromptConditioning(
         [([(end, encoded[text]) for end, text in schedule], w) for schedule, w in parts],
         [(end, encoded[text]) for end, text in negative_sched],

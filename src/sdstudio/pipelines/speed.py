@@ -14,7 +14,7 @@ technique costs in quality and gains in time is measured by ``bench/suite.py`` a
   with DeepCache (both its full and its shallow calls merge);
 * int8 UNet (OpenVINO backend only): the UNet's graphs quantised to int8 weights and activations
   by NNCF, calibrated once per checkpoint on a few sampling jobs
-  (:class:`sdstudio.models.openvino_backend.Int8UNet`; AVX-512 VNNI runs int8 at about twice the
+  (:class:`sdstudio.backends.openvino.Int8UNet`; AVX-512 VNNI runs int8 at about twice the
   bf16 rate); a model on PyTorch samples as before;
 * token downsampling (Smith et al. 2024, ToDo; :mod:`sdstudio.families.sd.token_downsampling`): at the
   UNet's full-resolution level the self-attention attends to keys/values of every 2nd token in each

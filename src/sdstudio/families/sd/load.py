@@ -49,8 +49,6 @@ _SKIP_ALL_BUT = {  # the key prefixes not read when reading only one component
     "vae": (UNET_PREFIX, *TEXT_PREFIXES),
     "text": (UNET_PREFIX, VAE_PREFIX),
 }
-# Text encoders this large are freed between jobs on OpenVINO (models.idle_weights): SD 1.5's hold
-# 0.23 GiB and read back in ~0.2 s; a small one (the embedded model's) costs more to re-read than it saves.
 ARCH_INDEX_KEY = "_sdstudio_arch"  # written into model_index.json by save_diffusers
 
 

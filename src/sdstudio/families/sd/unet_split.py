@@ -5,7 +5,7 @@ path's result, captured with a public forward hook); a shallow call composes the
 submodules in the order ``UNet2DConditionModel.forward`` uses them: ``conv_in`` -> first down block
 -> last up block (fed with the kept deep features and the fresh shallow skips) -> ``conv_out``.
 Nothing is patched. Both the PyTorch sampling path (``pipelines.deepcache``) and the OpenVINO
-graphs (``models.openvino_backend``) are built from these two functions.
+graphs (``backends.openvino``) are built from these two functions.
 """
 
 from __future__ import annotations

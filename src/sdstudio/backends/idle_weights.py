@@ -21,8 +21,8 @@ from contextlib import contextmanager
 
 import torch
 
+from sdstudio.backends.resident_memory import trim_heap
 from sdstudio.errors import CheckpointChangedError
-from sdstudio.models.resident_memory import trim_heap
 
 StateDict = dict[str, torch.Tensor]
 

@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from sdstudio.backends.idle_weights import hash_weight_samples
+from sdstudio.backends.resident_memory import releasing_mapped_pages, trim_heap
 from sdstudio.checkpoints.hashing import write_json_atomically
 from sdstudio.errors import CheckpointChangedError, SDStudioError
 from sdstudio.families.sd.token_downsampling import token_downsampling
 from sdstudio.families.sd.unet_split import full_forward, shallow_forward, supports_split
-from sdstudio.models.idle_weights import hash_weight_samples
-from sdstudio.models.resident_memory import releasing_mapped_pages, trim_heap
 
 log = logging.getLogger(__name__)
 GRAPH_VERSION = 2  # bumped when the traced graphs change (2: the UNet also returns its deep features)
@@ -115,7 +115,7 @@ def _versions(dtype: torch.dtype) -> str:
 
 def weights_fingerprint(module: Any, dtype: torch.dtype) -> str:
     """A short hash of a module's config, the package versions (a newer OpenVINO or diffusers may
-    trace differently) and :func:`~sdstudio.models.idle_weights.hash_weight_samples`."""
+    trace differently) and :func:`~sdstudio.backends.idle_weights.hash_weight_samples`."""
     h = hashlib.blake2b(digest_size=10)
     config = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}  # not diffusers'
     h.update(repr(sorted(config.items())).encode())  # `_use_default_values`: a list in set order
@@ -137,7 +137,7 @@ class CompiledGraph:
     data of :func:`quantize_int8`).
 
     OpenVINO maps the cached ``.bin`` and repacks its weights on the first inference; that
-    inference runs under :func:`~sdstudio.models.resident_memory.releasing_mapped_pages`, so the
+    inference runs under :func:`~sdstudio.backends.resident_memory.releasing_mapped_pages`, so the
     mapped originals do not stay resident beside the repacked copy.
 
     ``static_shapes`` compiles the graph for each call's exact input shapes instead, one shape at a
