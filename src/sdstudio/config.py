@@ -48,6 +48,14 @@ class Limits:
     max_batch_count: int = 100
     max_prompt_chars: int = 10_000
     max_image_pixels: int = 4096 * 4096
+    max_job_steps: int = 0  # work of one job in steps of a 512x512 image (runtime.admission); 0: derived
+
+    def job_steps_budget(self) -> int:
+        """:attr:`max_job_steps`, or by default one batch (with CFG's two passes) at the largest size,
+        steps and batch size these limits allow (2 x 8 x 150 steps x 2048x2048 = 38400 steps of a
+        512x512 image)."""
+        derived = 2 * self.max_batch_size * self.max_steps * self.max_width * self.max_height // (512 * 512)
+        return self.max_job_steps or max(1, derived)
 
 
 @dataclass(frozen=True)

@@ -176,3 +176,60 @@ def test_sd_upscale_cost_is_checked_before_queueing(client, size, args, needle):
     )
     assert r.status_code == 422 and r.json()["field"] == "script_args", r.text
     assert needle in r.json()["detail"]
+
+
+def test_a_job_over_the_work_budget_is_refused_with_the_estimate(client):
+    from sdstudio.config import Limits
+
+    budget = Limits().job_steps_budget()
+    assert budget == 38400  # one batch of 8 at 2048x2048 and 150 steps, with CFG
+    body = {**FAST, "width": 2048, "height": 2048, "batch_size": 8, "n_iter": 100, "steps": 150}
+    t0 = time.perf_counter()
+    r = client.post("/api/jobs/txt2img", json=body)
+    assert r.status_code == 422 and r.json()["field"] == "max_job_steps", r.text
+    assert "3,840,000 steps" in r.json()["detail"] and "38,400" in r.json()["detail"]
+    from sdstudio.config import GenerationRequest
+    from sdstudio.runtime.admission import check_work
+
+    largest = GenerationRequest(width=2048, height=2048, batch_size=8, steps=150)  # one batch: within it
+    assert check_work(largest, None, Limits()) == budget
+    assert time.perf_counter() - t0 < 5
+    body = {**FAST, "width": 2048, "height": 2048, "enable_hr": True, "hr_scale": 1.0, "steps": 150,
+            "hr_second_pass_steps": 150, "batch_size": 8}  # fmt: skip
+    assert client.post("/api/jobs/txt2img", json=body).json()["field"] == "max_job_steps"  # hires counts
+    body = {**FAST, "width": 1024, "height": 1024, "batch_size": 8, "steps": 150, **_xyz("Seed", "1-64")}
+    r = client.post("/api/jobs/txt2img", json=body)
+    assert r.status_code == 422 and "x/y/z plot" in r.json()["detail"], r.text
+    assert client.get("/api/jobs").json()["queued"] == 0
+
+
+def test_and_parts_count_in_the_work(client):
+    from sdstudio.config import GenerationRequest
+    from sdstudio.runtime.admission import request_work
+
+    one = request_work(GenerationRequest(prompt="a cat", width=512, height=512, steps=10))
+    three = request_work(
+        GenerationRequest(prompt="a cat AND a hat AND a bat", width=512, height=512, steps=10)
+    )
+    assert one == 20 and three == 40  # uncond + each part, 10 steps of a 512x512 image
+
+
+def test_the_work_budget_follows_max_job_steps(tmp_path, tiny_sd1):
+    from fastapi.testclient import TestClient
+
+    from sdstudio.api import ServerSettings, create_app
+    from sdstudio.config import Limits
+    from tests.server.conftest import TEST_HOSTS
+
+    settings = ServerSettings(
+        allowed_hosts=TEST_HOSTS,
+        outdir=tmp_path / "out",
+        preview_interval=0.0,
+        limits=Limits(max_job_steps=1),
+    )
+    app = create_app(settings, models={"tiny": tiny_sd1})
+    with TestClient(app) as c:
+        assert c.post("/sdapi/v1/txt2img", json=FAST).status_code == 200  # 2 steps at 64x64: 0.06
+        r = c.post("/sdapi/v1/txt2img", json={**FAST, "width": 512, "height": 512})
+        assert r.status_code == 422 and "(--max-job-steps)" in r.json()["detail"]
+    app.state.studio.stop()

@@ -156,6 +156,9 @@ def convert(
         from sdstudio.pipelines.scripts.registry import parse_script
 
         script = parse_script(req.script_name, req.script_args, kind, request, limits)
+    from sdstudio.runtime.admission import check_work
+
+    check_work(request, script, limits)  # the whole job's work, before it is queued
     return ConvertedRequest(request, model_name, warnings, _echo(req), vae=vae, script=script)
 
 

@@ -82,6 +82,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-prompt-chars", type=int, default=10_000, help="longest prompt + negative prompt")
     p.add_argument(
+        "--max-job-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="most work per job, in sampling steps of a 512x512 image (images x steps x size x CFG and "
+        "AND passes, hires pass and script cells included); default: one batch at --max-size, "
+        "--max-steps and --max-batch-size (38400 with the defaults)",
+    )
+    p.add_argument(
         "--workers",
         default="local",
         choices=["local", "ray"],
@@ -142,6 +151,10 @@ def build_settings(args: argparse.Namespace):
         from sdstudio.models.tiny_vae import load_tiny_vae
 
         load_tiny_vae(args.tiny_vae)  # a wrong folder is an error now, not at the first fast job
+    if getattr(args, "max_job_steps", 0) < 0:
+        raise SDStudioError(
+            "--max-job-steps must be 0 (derived from the other limits) or more", field="max_job_steps"
+        )
     if args.max_queue_per_client < 0:
         raise SDStudioError("--max-queue-per-client must be 0 (no cap) or more", field="max_queue_per_client")
     if args.model and not Path(args.model).exists():
@@ -153,6 +166,7 @@ def build_settings(args: argparse.Namespace):
         max_batch_size=args.max_batch_size,
         max_image_pixels=args.max_image_pixels,
         max_prompt_chars=args.max_prompt_chars,
+        max_job_steps=getattr(args, "max_job_steps", 0),
     )
     return ServerSettings(
         outdir=Path(args.outdir),
