@@ -27,6 +27,20 @@ CASES = {
 }
 
 
+def test_golden_pixels_on_openvino(tmp_path):
+    """What CPU users get by default (``--backend auto`` is OpenVINO): the same golden images within the
+    cross-path bound, and bit-identical on a repeat (the suite otherwise runs on PyTorch for speed)."""
+    from sdstudio.backends.openvino import use_openvino
+    from sdstudio.models.tiny import tiny_sd1
+
+    model = use_openvino(tiny_sd1(), tmp_path, threads=1)
+    assert model.compiled_unet is not None
+    for name, request in CASES.items():
+        image = np.asarray(txt2img(model, request)[0].image)
+        assert_same_composition(image, np.asarray(Image.open(GOLDEN / f"{name}.png").convert("RGB")))
+        assert np.array_equal(image, np.asarray(txt2img(model, request)[0].image)), name
+
+
 def test_golden_pixels(tiny_sd1):
     for name, request in CASES.items():
         image = np.asarray(txt2img(tiny_sd1, request)[0].image)

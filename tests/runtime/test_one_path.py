@@ -23,14 +23,16 @@ def workspace(tmp_path, tiny_sd1, monkeypatch):
     return tmp_path, model
 
 
-def test_api_and_cli_write_identical_png_bytes_and_one_gallery(workspace, capsys):
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_api_and_cli_write_identical_png_bytes_and_one_gallery(workspace, capsys, backend):
     from fastapi.testclient import TestClient
 
     from sdstudio.api import ServerSettings, create_app
 
     root, model = workspace
     settings = ServerSettings(
-        allowed_hosts=TEST_HOSTS, outdir=root / "outputs", models_dir=None, model=str(model), precision="fp32"
+        allowed_hosts=TEST_HOSTS, outdir=root / "outputs", models_dir=None, model=str(model), precision="fp32",
+        backend=backend,
     )
     app = create_app(settings)
     with TestClient(app) as client:
@@ -40,7 +42,7 @@ def test_api_and_cli_write_identical_png_bytes_and_one_gallery(workspace, capsys
 
         argv = ["txt2img", REQUEST["prompt"], "--model", str(model), "--precision", "fp32",
                 "--seed", "77", "--steps", "2", "--width", "32", "--height", "32", "--sampler", "Euler",
-                "--cfg-scale", "6.5", "--negative-prompt", "blurry"]  # fmt: skip
+                "--cfg-scale", "6.5", "--negative-prompt", "blurry", "--backend", backend]  # fmt: skip
         capsys.readouterr()
         assert cli_main(argv) == 0
         printed = capsys.readouterr().out.strip().splitlines()

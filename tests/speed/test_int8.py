@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from sdstudio import GenerationRequest, txt2img
+from sdstudio.backends import openvino as openvino_backend
 from sdstudio.backends.openvino import Int8UNet, use_openvino
 from sdstudio.families.sd.token_downsampling import full_resolution_transformers
-from sdstudio.models import openvino_backend
 from sdstudio.models.tiny import tiny_sd1
 from sdstudio.pipelines import loop, speed
 from sdstudio.pipelines.speed import SpeedOptions

@@ -38,6 +38,8 @@ async def _generate(request: Request, req: s._A1111Base, kind: str) -> s.Generat
     st = studio(request)
     converted = await run_in_threadpool(convert_for_studio, st, req, kind)
     job = st.submit(converted, client=client_id(request), owner=client_owner(request))
+    if converted.model_name and not req.override_settings_restore_afterwards:
+        st.manager.select(converted.model_name)  # A1111: the request's model stays for later requests
     await wait_finished(job, st.settings.sync_timeout)
     raise_if_failed(job)
     result = job.result

@@ -118,7 +118,7 @@ def _build(args: argparse.Namespace) -> int:
     from sdstudio.lab import diffusion_viz as viz
 
     model = _load(args.model)
-    size = model.unet.config.sample_size * model.vae_scale_factor
+    size = model.native_size
     request = GenerationRequest(
         prompt=args.prompt,
         negative_prompt=args.negative,

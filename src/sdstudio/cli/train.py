@@ -337,7 +337,7 @@ def _lora(args: argparse.Namespace) -> int:
     from sdstudio.training.lora import ATTENTION, CONVS, EXTRA, LoraConfig, train_lora
 
     model = load_model(args.model, dtype=torch.float32, backend="torch")  # trained weights: no compiled copy
-    size = args.size or int(model.unet.config.sample_size) * model.vae_scale_factor
+    size = args.size or model.native_size
     data = _data(args, size)
     name = args.name or args.out.name
     cfg = LoraConfig(

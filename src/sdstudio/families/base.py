@@ -79,6 +79,15 @@ class ModelInfo:
     prediction_type: str
     parameters: int  # UNet + VAE + text encoders (single files: every tensor in the file)
     dtypes: tuple[str, ...]
+    native_size: int | None = None  # pixels the model was trained at (:func:`native_size`)
+
+
+def native_size(unet_config: dict[str, Any], vae_config: dict[str, Any] | None) -> int:
+    """The one rule for a model's native pixel size: the UNet's ``sample_size`` x the VAE's downscale
+    ``2**(len(block_out_channels) - 1)`` (64 for the embedded model, 512 for SD 1.5, 1024 for SDXL);
+    a pixel-space model (``vae_config`` None) works at ``sample_size`` pixels."""
+    size = int(unet_config["sample_size"])
+    return size if vae_config is None else size * 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,7 @@ def generate(model, spec: StudySpec, out: Path, progress: Progress | None = None
     """Every variant at every seed, in batches of consecutive seeds; images saved as PNGs with infotext."""
     from sdstudio.pipelines import txt2img
 
-    size = int(model.unet.config.sample_size) * model.vae_scale_factor
+    size = model.native_size
     base = GenerationRequest(
         negative_prompt=spec.negative_prompt, width=spec.width or size, height=spec.height or size,
         steps=spec.steps, sampler_name=spec.sampler, scheduler=spec.scheduler, cfg_scale=spec.cfg_scale,

@@ -20,7 +20,7 @@ import torch
 from sdstudio.backends.idle_weights import held_weights
 from sdstudio.backends.openvino import restore_torch_decoder, restore_torch_unet
 from sdstudio.families import family_of
-from sdstudio.families.base import IDENTITY_LATENT, LatentFormat, ModelFamily
+from sdstudio.families.base import IDENTITY_LATENT, LatentFormat, ModelFamily, native_size
 
 DEFAULTS_FILE = "sdstudio.json"  # in a model folder: {"default_steps": 20, "default_sampler": "...", ...}
 
@@ -152,7 +152,7 @@ class StableDiffusionModel:
     @property
     def native_size(self) -> int:
         """Pixel size the model was trained at: UNet sample_size x VAE factor (64 embedded, 512 SD 1.5)."""
-        return int(self.unet.config.sample_size) * self.vae_scale_factor
+        return native_size(dict(self.unet.config), dict(self.vae.config) if self.vae is not None else None)
 
     @property
     def defaults(self) -> ModelDefaults:

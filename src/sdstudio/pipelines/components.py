@@ -37,8 +37,9 @@ class ModelDenoiser:
 def decode_latents(model, latents: torch.Tensor) -> torch.Tensor:
     """VAE-decode (B, C, h, w) latents to (B, 3, H, W) images in [0, 1], float32.
 
-    If the decode in reduced precision produces NaN/Inf (the SDXL fp16 VAE is known to), it is
-    redone in fp32; if fp32 fails too, a SDStudioError is raised: never a black image saved silently.
+    A VAE whose config says ``force_upcast`` (the SDXL VAE: it overflows in fp16) decodes in fp32 from
+    the start, as diffusers' pipelines do. Another VAE whose reduced-precision decode produces NaN/Inf
+    is decoded again in fp32 (A1111 "automatically revert VAE to 32-bit floats"); if fp32 fails too, a SDStudioError is raised: never a black image saved silently.
     A pixel-space model (no VAE) has the image itself as its latent, in [-1, 1].
     """
     if model.vae is None:
@@ -46,8 +47,8 @@ def decode_latents(model, latents: torch.Tensor) -> torch.Tensor:
         if not torch.isfinite(images).all():
             raise SDStudioError("the model produced NaN/Inf values; its weights may be corrupt")
         return ((images + 1) / 2).clamp(0, 1)
-    images = _decode(model, latents, model.dtype)
-    if not torch.isfinite(images).all() and model.dtype != torch.float32:
+    images = _decode(model, latents, decode_dtype(model))
+    if not torch.isfinite(images).all() and decode_dtype(model) != torch.float32:
         images = _decode(model, latents, torch.float32)
     if not torch.isfinite(images).all():
         raise SDStudioError("the VAE produced NaN/Inf values even in fp32; the model weights may be corrupt")
@@ -64,6 +65,13 @@ def decode_latents_tiny(model, latents: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(images).all():
         return decode_latents(model, latents)
     return ((images + 1) / 2).clamp(0, 1)
+
+
+def decode_dtype(model) -> torch.dtype:
+    """The VAE decode precision: fp32 where the model runs fp16 and its VAE config says ``force_upcast``."""
+    if model.dtype == torch.float16 and bool(model.vae.config.get("force_upcast", False)):
+        return torch.float32
+    return model.dtype
 
 
 def _decode(model, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -13,7 +13,6 @@ loading and switching happen between jobs, never during one.
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -162,16 +161,16 @@ class ModelManager:
     def native_size(self, entry: ModelEntry | None) -> int | None:
         """Pixel size the model was trained at (UNet sample_size x VAE factor), when known without loading.
 
-        Known for in-memory and loaded models and for diffusers folders (from their config files);
-        None for single files not loaded yet.
+        Known for in-memory and loaded models, diffusers folders and safetensors files (configs and
+        header only: ``families.base.native_size``); None for pickles not loaded yet.
         """
         model = entry.in_memory if entry is not None and entry.in_memory is not None else None
         if model is None and self.loaded is not None and entry is not None and self.loaded_name == entry.key:
             model = self.loaded
         if model is not None:
-            return int(model.unet.config.sample_size) * int(model.vae_scale_factor)
-        if entry is not None and entry.filename and Path(entry.filename).is_dir():
-            return _folder_native_size(Path(entry.filename))
+            return model.native_size
+        if entry is not None and entry.filename:
+            return _file_native_size(Path(entry.filename))
         return None
 
     def defaults(self, entry: ModelEntry | None) -> Any:
@@ -185,7 +184,7 @@ class ModelManager:
             return ModelDefaults()
         if entry.in_memory is not None:
             return entry.in_memory.defaults
-        size = self.native_size(entry) or _single_file_native_size(entry.filename)
+        size = self.native_size(entry)
         folder = entry.filename if entry.filename and Path(entry.filename).is_dir() else None
         return ModelDefaults.read(folder, size)
 
@@ -281,7 +280,18 @@ class ModelManager:
 
     # -- loading (worker thread only) ------------------------------------------------------
     def acquire(self, name: str | None = None) -> Any:
-        """The loaded model for ``name`` (or the current one), loading/switching if needed."""
+        """The loaded model for ``name`` (or the current one), loading/switching if needed.
+
+        A job's own model (A1111 ``override_settings``) does not become the model of later jobs: when
+        nothing was selected, the model current before it is pinned as the selection (A1111 restores
+        it afterwards; ``override_settings_restore_afterwards: false`` selects the job's model instead,
+        ``api.routes_a1111``).
+        """
+        if name and self.selected is None:
+            before = self.current_entry()
+            with self._lock:
+                if self.selected is None and before is not None:
+                    self.selected = before.key
         entry = self.find(name) if name else self.current_entry()
         key = entry.key if entry else "<default>"
         with self._lock:
@@ -312,7 +322,9 @@ class ModelManager:
             return entry.in_memory
         loader = self._loader or _default_loader
         path = entry.filename if entry is not None and not entry.embedded else None
-        extra = {"backend": self.backend} if self.backend is not None else {}  # custom loaders need not know it
+        extra = (
+            {"backend": self.backend} if self.backend is not None else {}
+        )  # custom loaders need not know it
         if self.tiny_vae is not None:
             extra["default_tiny_vae_path"] = self.tiny_vae
         model = loader(path, device=self.device, precision=self.precision, **extra)
@@ -342,15 +354,14 @@ class ModelManager:
         gc.collect()
 
     def sha256(self, path: Path) -> str:
-        """SHA-256 of a file, cached by (path, size, mtime)."""
+        """SHA-256 of a file from the one hash cache (``checkpoints.hashing``, ``hashes.json``: the loader
+        fills it when it loads the file, so a first load reads a multi-GB file once), kept in memory too."""
+        from sdstudio.checkpoints.hashing import default_cache_dir, sha256_cached
+
         st = path.stat()
         key = (str(path), st.st_size, st.st_mtime)
         if key not in self._hash_cache:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            self._hash_cache[key] = h.hexdigest()
+            self._hash_cache[key] = sha256_cached(path, default_cache_dir() / "hashes.json")
         return self._hash_cache[key]
 
     def _file_entry(self, path: Path, folder: Path) -> ModelEntry:
@@ -381,32 +392,15 @@ def _embedded_folder() -> Path | None:
         return None
 
 
-def _single_file_native_size(filename: str) -> int | None:
-    """Native size of a .safetensors checkpoint from its architecture (header read only); None otherwise."""
-    if not filename.lower().endswith(".safetensors"):
-        return None
-    try:
-        from sdstudio.families.sd.architectures import ARCHITECTURES, component_config
-        from sdstudio.models.loader import inspect_model
-
-        arch = ARCHITECTURES[inspect_model(filename).arch]
-        vae = component_config(arch, "vae")
-        return int(component_config(arch, "unet")["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (SDStudioError, KeyError, OSError, ValueError):
-        return None
-
-
-def _folder_native_size(folder: Path) -> int | None:
-    """sample_size x 2**(len(VAE block_out_channels) - 1) from a diffusers folder's config files."""
-    import json
+def _file_native_size(path: Path) -> int | None:
+    """Native size of a model folder or safetensors file, from its configs and header; None otherwise."""
+    if not (path.is_dir() or path.suffix.lower() == ".safetensors"):
+        return None  # a pickle is read whole: not for a listing
+    from sdstudio.models.loader import inspect_model
 
     try:
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-        if not (folder / "vae").is_dir():  # a pixel-space model
-            return int(unet["sample_size"])
-        vae = json.loads((folder / "vae" / "config.json").read_text())
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, ValueError, KeyError, TypeError):
+        return inspect_model(path).native_size
+    except (SDStudioError, KeyError, OSError, ValueError, TypeError):
         return None
 
 
@@ -417,7 +411,9 @@ def _model_paths(folder: Path | None) -> list[Path]:
         return []
     roots = sorted(p.parent for p in folder.rglob("model_index.json"))
     files = [
-        p for p in _files(folder, CHECKPOINT_SUFFIXES) if not any(r == p.parent or r in p.parents for r in roots)
+        p
+        for p in _files(folder, CHECKPOINT_SUFFIXES)
+        if not any(r == p.parent or r in p.parents for r in roots)
     ]
     return sorted(files + roots)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sdstudio.errors import SDStudioError
-from sdstudio.families.base import FamilyLoader, LoadOptions, ModelInfo, ModelParts
+from sdstudio.families.base import FamilyLoader, LoadOptions, ModelInfo, ModelParts, native_size
 from sdstudio.families.model_sampling import PREDICTION_TYPES
 from sdstudio.families.pixel_ddpm.family import ARCH, CLASSES_KEY, FAMILY, PixelDDPMFamily
 
@@ -61,7 +61,10 @@ def inspect(path: Path, prediction_type: str | None = None) -> ModelInfo:
                 params += math.prod(view.get_shape())
                 dtypes.add(str(view.get_dtype()).lower())
     prediction = prediction_type or _scheduler(path).get("prediction_type", "epsilon")
-    return ModelInfo(str(path), "diffusers", ARCH, ARCH, False, prediction, params, tuple(sorted(dtypes)))
+    size = native_size(_read_json(path / "unet" / "config.json"), None)
+    return ModelInfo(
+        str(path), "diffusers", ARCH, ARCH, False, prediction, params, tuple(sorted(dtypes)), size
+    )
 
 
 def family(arch: str) -> PixelDDPMFamily | None:

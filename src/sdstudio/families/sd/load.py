@@ -21,7 +21,7 @@ import torch
 
 from sdstudio.checkpoints.io import metadata_json, read_checkpoint
 from sdstudio.errors import SDStudioError
-from sdstudio.families.base import FamilyLoader, LoadOptions, ModelInfo, ModelParts
+from sdstudio.families.base import FamilyLoader, LoadOptions, ModelInfo, ModelParts, native_size
 from sdstudio.families.sd.architectures import (
     ARCHITECTURES,
     FAMILIES,
@@ -381,7 +381,9 @@ def inspect(path: Path, prediction_type: str | None = None) -> ModelInfo:
     """What an SD folder or single file is, without loading the weights (safetensors: header only)."""
     if path.is_dir():
         index = read_json(path / "model_index.json")
-        arch = folder_architecture(path, index, read_json(path / "unet" / "config.json"), prediction_type)
+        unet_config = read_json(path / "unet" / "config.json")
+        arch = folder_architecture(path, index, unet_config, prediction_type)
+        size = native_size(unet_config, read_json(path / "vae" / "config.json"))
         params, dtypes = _folder_tensor_stats(path)
         fmt = "diffusers"
     else:
@@ -389,11 +391,21 @@ def inspect(path: Path, prediction_type: str | None = None) -> ModelInfo:
         arch = detect_architecture(
             shapes, prediction_type=prediction_type, metadata=metadata, global_step=global_step
         )
+        configs = _component_configs(arch, metadata)  # embedded by our converter, else shipped
+        size = native_size(configs["unet"], configs["vae"])
         params = sum(math.prod(s.shape) for s in shapes.values())
         dtypes = tuple(sorted({s.dtype for s in shapes.values()}))
         fmt = "safetensors" if path.suffix.lower() == ".safetensors" else "pickle"
     return ModelInfo(
-        str(path), fmt, arch.name, arch.model_arch, arch.inpainting, arch.prediction_type, params, dtypes
+        str(path),
+        fmt,
+        arch.name,
+        arch.model_arch,
+        arch.inpainting,
+        arch.prediction_type,
+        params,
+        dtypes,
+        size,
     )
 
 
