@@ -249,3 +249,26 @@ def test_concept_names_are_plotted_as_text():
     entry = {"variant": 0, "clip_margin_a_minus_b": stat, "attention_share_a": stat, "map_overlap": stat}
     image = plot_dominance({"dominance": [{**entry, "concepts": [r"$\frac$", r"$\undefinedcmd$"]}]})
     assert image.width > 100 and image.height > 100
+
+
+def test_a_study_over_the_work_budget_is_refused_before_it_is_queued(tmp_path, tiny_sd1):
+    from fastapi.testclient import TestClient
+
+    from sdstudio.api import ServerSettings, create_app
+    from sdstudio.config import Limits
+    from sdstudio.lab.routes import router
+    from tests.server.conftest import TEST_HOSTS
+
+    settings = ServerSettings(
+        allowed_hosts=TEST_HOSTS,
+        outdir=tmp_path / "out",
+        preview_interval=0.0,
+        limits=Limits(max_job_steps=50),
+    )
+    app = create_app(settings, models={"tiny": tiny_sd1}, routers=[router])
+    with TestClient(app) as c:
+        body = {"kind": "custom", "variants": ["a cat", "a dog"], "seeds": 256, "steps": 50}
+        r = c.post("/api/lab/study", json=body)
+        assert r.status_code == 422 and r.json()["field"] == "max_job_steps", r.text
+        assert not [j for j in c.get("/api/jobs").json()["jobs"] if j["kind"] == "lab-study"]
+    app.state.studio.stop()

@@ -163,7 +163,7 @@ def _build(studio, body: BuildRequest) -> LabPicture:
     from sdstudio.lab import diffusion_viz as viz
 
     model = studio.manager.acquire(body.model)
-    size = int(model.unet.config.sample_size) * model.vae_scale_factor
+    size = model.native_size
     request = GenerationRequest(
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
@@ -209,6 +209,7 @@ def lab_study(body: StudyRequest, request: Request) -> dict[str, Any]:
         steps=body.steps, sampler=body.sampler_name, cfg_scale=body.cfg_scale,
         **({"with_concepts": body.concepts} if body.kind == "custom" else {}),
     )  # fmt: skip
+    _check_study_work(studio, body, spec)
     holder: dict[str, str] = {}
     job = studio.queue.submit(
         lambda ctx: _run_study(studio, body, spec, holder["id"], ctx),
@@ -216,6 +217,19 @@ def lab_study(body: StudyRequest, request: Request) -> dict[str, Any]:
     )  # fmt: skip
     holder["id"] = job.id
     return _study_links(job.id) | {"state": job.state}
+
+
+def _check_study_work(studio, body: StudyRequest, spec) -> None:
+    """A study is variants x seeds images at the model's native size: held to the same work budget
+    as a generation (:mod:`sdstudio.runtime.admission`) before it is queued."""
+    from sdstudio.config import GenerationRequest
+    from sdstudio.runtime.admission import check_work
+
+    size = studio.defaults_for(body.model).size or 512
+    images = GenerationRequest(
+        width=size, height=size, steps=spec.steps, n_iter=len(spec.variants) * spec.seeds
+    )
+    check_work(images, None, studio.settings.limits)
 
 
 def _study_links(study_id: str) -> dict[str, str]:
