@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sdstudio import GenerationRequest, txt2img
@@ -52,3 +53,25 @@ def test_golden_pixels(tiny_sd1):
         assert_same_composition(image, expected)
         again = np.asarray(txt2img(tiny_sd1, request)[0].image)
         assert np.array_equal(image, again), f"{name}: a repeated request gave other pixels"
+
+
+FAMILY_CASES = {  # the other SD families: seeded pixels, not only sizes
+    "sdxl-euler": ("tiny_sdxl", GenerationRequest(prompt="a blue cube", negative_prompt="blurry", width=32,
+                                                  height=32, steps=4, seed=7, sampler_name="Euler")),
+    "sd2-v-dpmpp2m": ("tiny_sd2_v", GenerationRequest(prompt="a green tree", width=32, height=32, steps=4,
+                                                      seed=8, sampler_name="DPM++ 2M", scheduler="Karras")),
+    "sd2-unipc": ("tiny_sd2", GenerationRequest(prompt="a yellow star", width=32, height=32, steps=4, seed=9,
+                                                sampler_name="UniPC")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CASES))
+def test_golden_pixels_of_each_family(request, name):
+    fixture, req = FAMILY_CASES[name]
+    model = request.getfixturevalue(fixture)
+    image = np.asarray(txt2img(model, req)[0].image)
+    path = GOLDEN / f"{name}.png"
+    if os.environ.get("SDSTUDIO_UPDATE_GOLDEN"):
+        Image.fromarray(image).save(path)
+    assert_same_composition(image, np.asarray(Image.open(path).convert("RGB")))
+    assert np.array_equal(image, np.asarray(txt2img(model, req)[0].image)), name

@@ -157,9 +157,12 @@ def test_stop_cancels_pending_and_refuses_new(queue):
     assert waiting.state == QUEUED
     queue.start()
     _wait_state(running, RUNNING)
+    stopper = threading.Thread(target=queue.stop)  # stop() joins the worker, which waits on the gate
+    stopper.start()
+    _wait_state(waiting, CANCELLED)  # cancelled while the running job still held the worker
     gate.set()
-    queue.stop()
-    assert waiting.state in (CANCELLED, DONE)
+    stopper.join(10)
+    assert waiting.state == CANCELLED and waiting.started_at is None
     with pytest.raises(SDStudioError):
         queue.submit(_record([], "late"))
 
