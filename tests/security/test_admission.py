@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import tracemalloc
 
@@ -233,3 +234,44 @@ def test_the_work_budget_follows_max_job_steps(tmp_path, tiny_sd1):
         r = c.post("/sdapi/v1/txt2img", json={**FAST, "width": 512, "height": 512})
         assert r.status_code == 422 and "(--max-job-steps)" in r.json()["detail"]
     app.state.studio.stop()
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="RSS read from /proc")
+def test_init_images_over_the_pixel_budget_are_refused_before_decoding_rss(client, monkeypatch):
+    """Three blank 4096x4096 PNGs (~50 KB each, 3 x 48 MB decoded) with batch_size 4: refused from
+    their headers; the process's resident memory does not grow by the decoded size meanwhile."""
+    import threading
+
+    from sdstudio.api import convert
+
+    big = png_b64(Image.new("RGB", (4096, 4096), "white"))
+    assert len(big) < 2_000_000
+    loaded = []
+    real = convert._load_image
+    monkeypatch.setattr(convert, "_load_image", lambda *a: loaded.append(a[1]) or real(*a))
+    body = {**FAST, "batch_size": 4, "init_images": [big] * 3}
+    peak, stop = [_rss()], threading.Event()
+
+    def sample() -> None:
+        for _ in range(2000):  # bounded: at most ~10 s of 5 ms samples
+            peak.append(_rss())
+            if stop.wait(0.005):
+                return
+
+    baseline = _rss()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        r = client.post("/sdapi/v1/img2img", json=body)
+    finally:
+        stop.set()
+        sampler.join()
+    assert r.status_code == 422 and r.json()["field"] == "init_images", r.text
+    assert "pixels together" in r.json()["detail"]
+    assert loaded == []
+    assert max(peak) - baseline < 48 * 1024 * 1024, f"RSS grew {(max(peak) - baseline) >> 20} MiB"

@@ -69,18 +69,38 @@ def decode_image(data: str, *, field_name: str, limits: Limits) -> Any:
     Undecodable text, non-images and images over ``limits.max_image_pixels`` (decompression
     bombs) raise :class:`SDStudioError` naming the field.
     """
-    from sdstudio.pipelines.image_ops import load_image
+    return _load_image(_image_bytes(data, field_name), field_name, limits)
 
+
+def _image_bytes(data: str, field_name: str) -> bytes:
+    """The bytes of a base64 image (with or without a ``data:`` prefix); SDStudioError naming the field."""
     if not isinstance(data, str) or not data.strip():
         raise SDStudioError(
             f"{field_name}: expected a base64-encoded image, got an empty value", field=field_name
         )
     text = _DATA_URL.sub("", data.strip(), count=1)
     try:
-        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
     except (binascii.Error, ValueError):
         raise SDStudioError(f"{field_name}: not valid base64", field=field_name) from None
+
+
+def _header_pixels(raw: bytes) -> int:
+    """Width x height from an image file's header, without decoding it (0 when unreadable: the
+    decoder reports that)."""
     from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            return image.width * image.height
+    except Exception:  # noqa: BLE001 - any header the decoder cannot read is its error to report
+        return 0
+
+
+def _load_image(raw: bytes, field_name: str, limits: Limits) -> Any:
+    from PIL import Image
+
+    from sdstudio.pipelines.image_ops import load_image
 
     try:
         return load_image(raw, field=field_name, max_pixels=limits.max_image_pixels)
@@ -194,11 +214,21 @@ def _img2img_fields(req: Img2ImgRequest, limits: Limits) -> dict[str, Any]:
             "(one for the whole batch, or one per image of the batch: batch_size)",
             field="init_images",
         )
-    images = tuple(
-        decode_image(data, field_name=f"init_images[{i}]", limits=limits)
+    raws = [
+        (f"init_images[{i}]", _image_bytes(data, f"init_images[{i}]"))
         for i, data in enumerate(req.init_images)
-    )
-    mask = decode_image(req.mask, field_name="mask", limits=limits) if req.mask else None
+    ]
+    if req.mask:
+        raws.append(("mask", _image_bytes(req.mask, "mask")))
+    total, budget = sum(_header_pixels(raw) for _, raw in raws), 2 * limits.max_image_pixels
+    if total > budget:  # an image and its mask at the largest size fit; eight of them do not
+        raise SDStudioError(
+            f"init_images: the images and mask hold {total:,} pixels together; at most {budget:,} "
+            "(twice --max-image-pixels) are decoded per request",
+            field="init_images",
+        )
+    decoded = [_load_image(raw, name, limits) for name, raw in raws]
+    images, mask = tuple(decoded[: len(req.init_images)]), (decoded[-1] if req.mask else None)
     sides = (req.outpaint_left, req.outpaint_right, req.outpaint_top, req.outpaint_bottom)
     outpaint = None
     if any(sides):
