@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from sdstudio.errors import SDStudioError
+from sdstudio.pipelines.components import signed_to_pil as tensor_to_pil
 
 DEFAULT_TS = (0, 50, 100, 200, 300, 500, 700, 999)
 
@@ -43,14 +44,6 @@ def image_to_tensor(image, size: int | None = None) -> torch.Tensor:
         rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
     arr = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float()
     return (arr / 127.5 - 1)[None]
-
-
-def tensor_to_pil(x: torch.Tensor) -> list:
-    """Return PIL images for ``(B, 3, H, W)`` in [-1, 1]."""
-    from PIL import Image
-
-    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
 
 
 @torch.no_grad()

@@ -107,6 +107,15 @@ def to_pil(images: torch.Tensor) -> list:
     return [Image.fromarray(a, "RGB") for a in arr]
 
 
+def signed_to_pil(x: torch.Tensor) -> list:
+    """(B, 3, H, W) floats in [-1, 1] (a pixel-space model's or a trainer's output) -> PIL RGB images,
+    rounded to nearest (the trainers' previews and the lab's frames)."""
+    from PIL import Image
+
+    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
 def from_pil(images: list, size: tuple[int, int] | None = None) -> torch.Tensor:
     """List of PIL images -> (B, 3, H, W) float tensor in [0, 1]."""
     import numpy as np

@@ -1,8 +1,9 @@
 """DDPM training pieces shared by the pixel and latent trainers (Ho et al. 2020; v-prediction: Salimans & Ho 2022).
 
-The forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) and the noise schedules
-come from diffusers' ``DDPMScheduler`` so that a trained model's ``scheduler/`` config means the
-same thing to every sampler; sampling for preview grids uses DDIM (Song et al. 2021).
+The forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) and the noise schedules come
+from the one betas source (``families.model_sampling.betas_for``; diffusers' scheduler config keys), so
+a trained model's ``scheduler/`` config means the same thing to every sampler; sampling for preview
+grids uses DDIM (Song et al. 2021).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from sdstudio.errors import SDStudioError
+from sdstudio.families.model_sampling import betas_for
 
 # our names -> diffusers beta_schedule names
 SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2", "scaled_linear": "scaled_linear"}
@@ -45,10 +47,9 @@ def scheduler_config(schedule: str = "linear", prediction: str = "eps", timestep
 
 
 def alphas_cumprod(config: dict) -> torch.Tensor:
-    """Return abar_t for t = 0..T-1 ``(T,)`` float32 under ``config``."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(config).alphas_cumprod.float()
+    """Return abar_t for t = 0..T-1 ``(T,)`` float32 under ``config``, from the one betas source the
+    samplers use too (:func:`sdstudio.families.model_sampling.betas_for`, accumulated in float64)."""
+    return torch.cumprod(1.0 - betas_for(config), dim=0).float()
 
 
 def q_sample(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:

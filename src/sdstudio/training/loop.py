@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from sdstudio.errors import SDStudioError
+from sdstudio.pipelines.components import signed_to_pil as to_pil  # noqa: F401 (used by the trainers)
 from sdstudio.training.data import BatchOrder, ImageTextSet
 
 CHECKPOINT = "checkpoint.pt"
@@ -164,14 +165,6 @@ def image_grid(images: list, cols: int, labels: list[str] | None = None):
         if labels:
             draw.text((x + 1, y + h), labels[i][: max(4, w // 6)], fill="black")
     return grid
-
-
-def to_pil(x: torch.Tensor) -> list:
-    """Return PIL images from a ``(B, 3, H, W)`` tensor in [-1, 1]."""
-    from PIL import Image
-
-    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
 
 
 def _rng_state(gen: torch.Generator) -> dict:
