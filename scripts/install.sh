@@ -39,4 +39,7 @@ if [ -n "$extras" ]; then
 else
   "$PY" -m pip install -q -e .
 fi
+# spandrel (model upscalers, MIT core) without its dependencies: its torchvision requirement would
+# bring PyPI's CUDA build of torchvision and torch. sdstudio.upscale imports it without torchvision.
+"$PY" -m pip install -q --no-deps "spandrel==0.4.2"
 "$PY" -c "import torch; print('install: sdstudio ready with torch', torch.__version__, '(CUDA' if torch.cuda.is_available() else '(CPU', 'build)')"

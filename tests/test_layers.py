@@ -17,6 +17,7 @@ RANKS = {
     "prompts": 2,  # grammar and chunked CLIP encoding, handed the model's encoders
     "families": 3,  # one folder per model family (sdstudio/families/<name>/)
     "backends": 4, "sampling": 4,
+    "upscale": 4,  # model upscalers (spandrel): may import checkpoints and errors; pipelines use it
     "models": 5,  # the loaded model and the loader (read -> build -> place -> attach a backend)
     "networks": 6,
     "pipelines": 7,
