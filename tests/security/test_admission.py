@@ -3,6 +3,8 @@ naming the field, before anything large is built or decoded."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import os
@@ -14,7 +16,7 @@ from PIL import Image
 
 from sdstudio.errors import SDStudioError
 from sdstudio.pipelines.scripts import axes as ax
-from tests.server.conftest import FAST, png_b64
+from tests.server.conftest import FAST, png_b64, wait_job
 
 
 def _xyz(x_type: str, x_values: str) -> dict:
@@ -275,3 +277,26 @@ def test_init_images_over_the_pixel_budget_are_refused_before_decoding_rss(clien
     assert "pixels together" in r.json()["detail"]
     assert loaded == []
     assert max(peak) - baseline < 48 * 1024 * 1024, f"RSS grew {(max(peak) - baseline) >> 20} MiB"
+
+
+def test_queued_jobs_keep_their_init_images_compressed(client):
+    long = client.post("/api/jobs/txt2img", json={**FAST, "steps": 150, "n_iter": 8}).json()["id"]
+    blank = png_b64(Image.new("RGB", (1024, 1024), "white"))
+    body = {**FAST, "init_images": [blank], "denoising_strength": 0.5}
+    waiting = client.post("/api/jobs/img2img", json=body).json()["id"]
+    job = client.app.state.studio.queue.get(waiting)
+    held = job.request.init_images[0] if job.state == "queued" else None
+    client.post(f"/api/jobs/{long}/cancel")
+    if held is not None:  # (the long job may have ended already on a fast machine)
+        assert isinstance(held, bytes) and len(held) < 100_000  # PNG bytes, not a 3 MB decoded image
+    done = wait_job(client, waiting)
+    assert done["state"] == "done", done["error"]
+
+
+def test_a_cmyk_jpeg_init_image_is_accepted_and_runs(client):
+    buf = io.BytesIO()
+    Image.new("CMYK", (64, 64), (10, 200, 30, 0)).save(buf, "JPEG")
+    body = {**FAST, "init_images": [base64.b64encode(buf.getvalue()).decode()], "denoising_strength": 0.5}
+    r = client.post("/api/jobs/img2img", json=body)
+    assert r.status_code == 202, r.text  # was 503: "cannot write mode CMYK as PNG" when storing it
+    assert wait_job(client, r.json()["id"])["state"] == "done"

@@ -60,6 +60,7 @@ class ConvertedRequest:
         return self.request.kind
 
 
+PNG_MODES = ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")  # what a PNG holds losslessly
 FAR_FROM_NATIVE = 2.0  # an explicit size more than 2x off the model's native size gets a warning
 
 
@@ -103,7 +104,7 @@ def _load_image(raw: bytes, field_name: str, limits: Limits) -> Any:
     from sdstudio.pipelines.image_ops import load_image
 
     try:
-        return load_image(raw, field=field_name, max_pixels=limits.max_image_pixels)
+        image = load_image(raw, field=field_name, max_pixels=limits.max_image_pixels)
     except SDStudioError as exc:  # the API reports every input error as 422
         raise SDStudioError(str(exc), field=exc.field or field_name, status=422) from None
     except Image.DecompressionBombError:  # over PIL's own hard limit: refused before decoding
@@ -111,6 +112,9 @@ def _load_image(raw: bytes, field_name: str, limits: Limits) -> Any:
             f"{field_name}: image is too large (at most {limits.max_image_pixels} pixels are allowed)",
             field=field_name,
         ) from None
+    if image.mode not in PNG_MODES:  # CMYK/YCbCr JPEGs: RGB now, as the pipeline would; the queue
+        image = image.convert("RGB")  # keeps (and the job store writes) every input as PNG
+    return image
 
 
 def encode_png(image: Any, infotext: str | None = None) -> str:

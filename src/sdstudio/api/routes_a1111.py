@@ -37,7 +37,10 @@ SCHEDULER_FACTS = {  # A1111 modules/sd_schedulers.py: name, default_rho, need_i
 async def _generate(request: Request, req: s._A1111Base, kind: str) -> s.GenerationResponse:
     st = studio(request)
     converted = await run_in_threadpool(convert_for_studio, st, req, kind)
-    job = st.submit(converted, client=client_id(request), owner=client_owner(request))
+    # storing the job (PNG-encoding its inputs, SQLite) runs off the event loop
+    job = await run_in_threadpool(
+        st.submit, converted, client=client_id(request), owner=client_owner(request)
+    )
     if converted.model_name and not req.override_settings_restore_afterwards:
         st.manager.select(converted.model_name)  # A1111: the request's model stays for later requests
     await wait_finished(job, st.settings.sync_timeout)
@@ -356,9 +359,10 @@ async def face_restorers() -> list[s.FaceRestorerItem]:
 
 
 @router.get("/realesrgan-models", response_model=list[s.RealesrganItem])
-async def realesrgan_models() -> list[s.RealesrganItem]:
-    """No Real-ESRGAN model is installed in sdstudio: always empty."""
-    return []
+async def realesrgan_models(request: Request) -> list[s.RealesrganItem]:
+    """Upscaler files in models/RealESRGAN (A1111 lists its Real-ESRGAN upscalers here)."""
+    files = await run_in_threadpool(studio(request).manager.upscalers)
+    return [s.RealesrganItem(name=f.name, path=str(f.path), scale=f.scale) for f in files if f.folder == "RealESRGAN"]
 
 
 @router.get("/embeddings", response_model=s.EmbeddingsResponse)
@@ -387,10 +391,17 @@ def _embeddings(manager: Any) -> s.EmbeddingsResponse:
 
 
 @router.get("/upscalers", response_model=list[s.UpscalerItem])
-async def upscalers() -> list[s.UpscalerItem]:
-    """Image upscalers usable by the hires pass (latent modes are in /latent-upscale-modes)."""
+async def upscalers(request: Request) -> list[s.UpscalerItem]:
+    """Image upscalers (hires fix, SD upscale, Extras): None, Lanczos, Nearest, then the model files
+    in models/ESRGAN, RealESRGAN, SwinIR, DAT, HAT and upscale_models (A1111: ``model_name`` is the
+    upscaler kind, here the folder; ``scale`` as the file name states it). Latent modes are in
+    /latent-upscale-modes."""
     names = ["None"] + [n for n in hires_upscalers() if not n.startswith("Latent") and n != "None"]
-    return [s.UpscalerItem(name=n, scale=4.0 if n != "None" else None) for n in names]
+    builtin = [s.UpscalerItem(name=n, scale=4.0 if n != "None" else None) for n in names]
+    files = await run_in_threadpool(studio(request).manager.upscalers)
+    return builtin + [
+        s.UpscalerItem(name=f.name, model_name=f.folder, model_path=str(f.path), scale=f.scale) for f in files
+    ]
 
 
 @router.get("/latent-upscale-modes", response_model=list[s.LatentUpscalerModeItem])

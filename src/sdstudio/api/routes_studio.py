@@ -38,7 +38,11 @@ def _job(request: Request, job_id: str) -> Job:
 async def _submit(request: Request, req: s._A1111Base, kind: str) -> s.JobInfo:
     st = studio(request)
     converted = await run_in_threadpool(convert_for_studio, st, req, kind)
-    return job_info(st, st.submit(converted, client=client_id(request), owner=client_owner(request)))
+    # storing the job (PNG-encoding its inputs, SQLite) runs off the event loop
+    job = await run_in_threadpool(
+        st.submit, converted, client=client_id(request), owner=client_owner(request)
+    )
+    return job_info(st, job)
 
 
 @router.post("/jobs/txt2img", response_model=s.JobInfo, status_code=202)

@@ -8,6 +8,7 @@ the lab use.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -18,7 +19,7 @@ from sdstudio.api.settings import ServerSettings
 from sdstudio.errors import SDStudioError
 from sdstudio.models.sdmodel import ModelDefaults
 from sdstudio.runtime.history import HistoryStore, ReconcileReport
-from sdstudio.runtime.jobstore import JobStore, StoredJob
+from sdstudio.runtime.jobstore import JobStore, StoredJob, compress_inputs, expand_inputs
 from sdstudio.runtime.manager import ModelManager
 from sdstudio.runtime.queue import Job, JobContext, JobQueue
 from sdstudio.runtime.server_lock import ServerLock
@@ -124,9 +125,11 @@ class Studio:
             "vae": converted.vae,
             "model_key": model_key(self.manager, converted.model_name),
         }
+        # while it waits, the job holds its init images as PNG bytes (the store writes those same bytes)
+        queued = dataclasses.replace(converted, request=compress_inputs(converted.request))
         return self.queue.submit(
-            lambda ctx: self._generate(ctx, converted), client=client, owner=owner, kind=converted.kind, meta=meta,
-            request=converted.request if converted.script is None else None,  # scripts: memory only
+            lambda ctx: self._generate(ctx, queued), client=client, owner=owner, kind=converted.kind, meta=meta,
+            request=queued.request if converted.script is None else None,  # scripts: memory only
         )  # fmt: skip
 
     def ensure_store(self) -> None:
@@ -168,6 +171,7 @@ class Studio:
     def _generate(self, ctx: JobContext, converted: ConvertedRequest) -> JobResult:
         """Worker side of a job: the slot's model worker runs it; the image service saves and records."""
         vae = converted.vae or self.options.get("sd_vae")
+        converted = dataclasses.replace(converted, request=expand_inputs(converted.request))
         if converted.script is not None:  # A1111 script_name: the script calls the image service per cell
             return self._run_script(ctx, converted, vae)
         worker = ctx.worker or self.workers[0]
