@@ -359,10 +359,9 @@ async def face_restorers() -> list[s.FaceRestorerItem]:
 
 
 @router.get("/realesrgan-models", response_model=list[s.RealesrganItem])
-async def realesrgan_models(request: Request) -> list[s.RealesrganItem]:
-    """Upscaler files in models/RealESRGAN (A1111 lists its Real-ESRGAN upscalers here)."""
-    files = await run_in_threadpool(studio(request).manager.upscalers)
-    return [s.RealesrganItem(name=f.name, path=str(f.path), scale=f.scale) for f in files if f.folder == "RealESRGAN"]
+async def realesrgan_models() -> list[s.RealesrganItem]:
+    """No Real-ESRGAN model is installed in sdstudio: always empty."""
+    return []
 
 
 @router.get("/embeddings", response_model=s.EmbeddingsResponse)
@@ -391,17 +390,10 @@ def _embeddings(manager: Any) -> s.EmbeddingsResponse:
 
 
 @router.get("/upscalers", response_model=list[s.UpscalerItem])
-async def upscalers(request: Request) -> list[s.UpscalerItem]:
-    """Image upscalers (hires fix, SD upscale, Extras): None, Lanczos, Nearest, then the model files
-    in models/ESRGAN, RealESRGAN, SwinIR, DAT, HAT and upscale_models (A1111: ``model_name`` is the
-    upscaler kind, here the folder; ``scale`` as the file name states it). Latent modes are in
-    /latent-upscale-modes."""
+async def upscalers() -> list[s.UpscalerItem]:
+    """Image upscalers usable by the hires pass (latent modes are in /latent-upscale-modes)."""
     names = ["None"] + [n for n in hires_upscalers() if not n.startswith("Latent") and n != "None"]
-    builtin = [s.UpscalerItem(name=n, scale=4.0 if n != "None" else None) for n in names]
-    files = await run_in_threadpool(studio(request).manager.upscalers)
-    return builtin + [
-        s.UpscalerItem(name=f.name, model_name=f.folder, model_path=str(f.path), scale=f.scale) for f in files
-    ]
+    return [s.UpscalerItem(name=n, scale=4.0 if n != "None" else None) for n in names]
 
 
 @router.get("/latent-upscale-modes", response_model=list[s.LatentUpscalerModeItem])
