@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from sdstudio.config import default_backend
 from sdstudio.errors import SDStudioError
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111 compatible"])
+_EXTRAS_LOCK = threading.Lock()  # one Extras upscale at a time: memory of one image and one upscaler
 
 SCHEDULER_FACTS = {  # A1111 modules/sd_schedulers.py: name, default_rho, need_inner_model
     "Automatic": ("automatic", None, False),
@@ -359,9 +361,11 @@ async def face_restorers() -> list[s.FaceRestorerItem]:
 
 
 @router.get("/realesrgan-models", response_model=list[s.RealesrganItem])
-async def realesrgan_models() -> list[s.RealesrganItem]:
-    """No Real-ESRGAN model is installed in sdstudio: always empty."""
-    return []
+async def realesrgan_models(request: Request) -> list[s.RealesrganItem]:
+    """Upscaler files in models/RealESRGAN (A1111 lists its Real-ESRGAN upscalers here)."""
+    files = await run_in_threadpool(studio(request).manager.upscalers)
+    found = [f for f in files if f.folder == "RealESRGAN"]
+    return [s.RealesrganItem(name=f.name, path=str(f.path), scale=f.scale) for f in found]
 
 
 @router.get("/embeddings", response_model=s.EmbeddingsResponse)
@@ -390,10 +394,92 @@ def _embeddings(manager: Any) -> s.EmbeddingsResponse:
 
 
 @router.get("/upscalers", response_model=list[s.UpscalerItem])
-async def upscalers() -> list[s.UpscalerItem]:
-    """Image upscalers usable by the hires pass (latent modes are in /latent-upscale-modes)."""
+async def upscalers(request: Request) -> list[s.UpscalerItem]:
+    """Image upscalers (hires fix, SD upscale, Extras): None, Lanczos, Nearest, then the model files
+    in models/ESRGAN, RealESRGAN, SwinIR, DAT, HAT and upscale_models (A1111: ``model_name`` is the
+    upscaler kind, here the folder; ``scale`` as the file name states it). Latent modes are in
+    /latent-upscale-modes."""
     names = ["None"] + [n for n in hires_upscalers() if not n.startswith("Latent") and n != "None"]
-    return [s.UpscalerItem(name=n, scale=4.0 if n != "None" else None) for n in names]
+    builtin = [s.UpscalerItem(name=n, scale=4.0 if n != "None" else None) for n in names]
+    files = await run_in_threadpool(studio(request).manager.upscalers)
+    return builtin + [
+        s.UpscalerItem(name=f.name, model_name=f.folder, model_path=str(f.path), scale=f.scale) for f in files
+    ]
+
+
+@router.post("/extra-single-image", response_model=s.ExtrasSingleImageResponse)
+async def extra_single_image(
+    request: Request, req: s.ExtrasSingleImageRequest
+) -> s.ExtrasSingleImageResponse:
+    """A1111 Extras, one image: upscaler 1 (+ upscaler 2 blended) by a factor or to a size."""
+    images, html_info = await run_in_threadpool(_run_extras, studio(request), req, [req.image])
+    return s.ExtrasSingleImageResponse(html_info=html_info, image=images[0])
+
+
+@router.post("/extra-batch-images", response_model=s.ExtrasBatchImagesResponse)
+async def extra_batch_images(
+    request: Request, req: s.ExtrasBatchImagesRequest
+) -> s.ExtrasBatchImagesResponse:
+    """A1111 Extras, a list of images (``imageList``: ``{data, name}``), each upscaled alike."""
+    datas = [item.data for item in req.imageList]
+    images, html_info = await run_in_threadpool(_run_extras, studio(request), req, datas)
+    return s.ExtrasBatchImagesResponse(html_info=html_info, images=images)
+
+
+def _run_extras(st: Any, req: s._ExtrasBase, datas: list[str]) -> tuple[list[str], str]:
+    """Decode (held to --max-image-pixels), check every result size against the same limit, then
+    upscale one image at a time (one Extras run per process at a time: the memory of one image)."""
+    import html
+
+    from sdstudio.api.convert import encode_png
+    from sdstudio.upscale.extras import ExtrasOptions, run_extras
+
+    if req.gfpgan_visibility > 0 or req.codeformer_visibility > 0:
+        field = "gfpgan_visibility" if req.gfpgan_visibility > 0 else "codeformer_visibility"
+        raise SDStudioError("face restoration is not available: no face restorer is installed", field=field)
+    field = "image" if isinstance(req, s.ExtrasSingleImageRequest) else "imageList"
+    if not datas:
+        raise SDStudioError("no image given", field=field)
+    files = st.manager.upscalers()
+    options = ExtrasOptions(
+        upscaler_1=_upscaler_name(files, req.upscaler_1, "upscaler_1"),
+        upscaler_2=_upscaler_name(files, req.upscaler_2, "upscaler_2"),
+        upscaler_2_visibility=req.extras_upscaler_2_visibility,
+        resize_mode=req.resize_mode,
+        scale=req.upscaling_resize,
+        size=(req.upscaling_resize_w, req.upscaling_resize_h),
+        crop=req.upscaling_crop,
+    )
+    limits = st.settings.limits
+    images = [decode_image(d, field_name=field, limits=limits) for d in datas]
+    for im in images:
+        options.check(im.size, limits.max_image_pixels)
+    paths = {f.name: f.path for f in files}
+
+    def load(name: str) -> Any:
+        return st.manager.load_upscaler(paths[name])
+
+    out, info = [], {}
+    with _EXTRAS_LOCK:
+        for im in images:
+            result, info = run_extras(im, options, load)
+            out.append(encode_png(result))
+    text = ", ".join(f"{k}: {v}" for k, v in info.items())
+    return out, f"<p>{html.escape(text)}</p>"
+
+
+def _upscaler_name(files: list, name: str | None, field: str) -> str:
+    """The canonical name of a built-in (None, Lanczos, Nearest; any case) or installed upscaler."""
+    from sdstudio.upscale.files import BUILTIN_UPSCALERS, find_upscaler
+
+    key = (name or "None").strip().lower()
+    for builtin in BUILTIN_UPSCALERS:
+        if builtin.lower() == key:
+            return builtin
+    try:
+        return find_upscaler(files, name or "").name
+    except SDStudioError as exc:
+        raise SDStudioError(str(exc), field=field) from None
 
 
 @router.get("/latent-upscale-modes", response_model=list[s.LatentUpscalerModeItem])

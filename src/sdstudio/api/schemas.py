@@ -476,3 +476,50 @@ class ReconcileResponse(BaseModel):
     added_files: list[str]
     unreadable: list[str]
     rebuilt_database: str | None = None
+
+
+# -- Extras (A1111 ExtrasBaseRequest / ExtrasSingleImageRequest / ExtrasBatchImagesRequest) ----------
+MAX_EXTRAS_SCALE = 8.0  # A1111's Extras slider; the result is also held to --max-image-pixels
+MAX_EXTRAS_IMAGES = 100  # images in one extra-batch-images request
+
+
+class _ExtrasBase(TextSafeModel):
+    """A1111 ``ExtrasBaseRequest``: upscaler 1 (+ upscaler 2 blended in) by a factor or to a size;
+    face restoration fields are accepted with 0 (no restorer is installed)."""
+
+    resize_mode: int = Field(0, ge=0, le=1, description="0: by upscaling_resize; 1: to upscaling_resize_w/h")
+    show_extras_results: bool = True
+    gfpgan_visibility: float = Field(0.0, ge=0, le=1)
+    codeformer_visibility: float = Field(0.0, ge=0, le=1)
+    codeformer_weight: float = Field(0.0, ge=0, le=1)
+    upscaling_resize: float = Field(2.0, gt=0, le=MAX_EXTRAS_SCALE)
+    upscaling_resize_w: int = Field(512, ge=1, le=MAX_PIXELS_SIDE)
+    upscaling_resize_h: int = Field(512, ge=1, le=MAX_PIXELS_SIDE)
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = Field(0.0, ge=0, le=1)
+    upscale_first: bool = False
+
+
+class ExtrasSingleImageRequest(_ExtrasBase):
+    image: str = Field("", description="The base64 encoded image")
+
+
+class ExtrasFileData(TextSafeModel):
+    data: str = Field(description="The base64 encoded image")
+    name: str = Field("", description="The file name")
+
+
+class ExtrasBatchImagesRequest(_ExtrasBase):
+    imageList: list[ExtrasFileData] = Field(default_factory=list, max_length=MAX_EXTRAS_IMAGES)
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str = Field(description="The postprocessing parameters")
+    image: str = Field(description="The upscaled image, base64 PNG")
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str = Field(description="The postprocessing parameters")
+    images: list[str] = Field(description="The upscaled images, base64 PNG")

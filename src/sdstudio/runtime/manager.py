@@ -1,7 +1,8 @@
 """The model manager: what is in the models folder, and which one model is loaded.
 
 The folder follows A1111's layout so a user can point sdstudio at an existing A1111 install:
-``Stable-diffusion/`` (checkpoints), ``Lora/``, ``VAE/``, ``embeddings/``. Checkpoints are
+``Stable-diffusion/`` (checkpoints), ``Lora/``, ``VAE/``, ``embeddings/``, and the upscaler folders
+of A1111 and ComfyUI (``ESRGAN/``, ``upscale_models/``, ...: :mod:`sdstudio.upscale.files`). Checkpoints are
 named as A1111 names them (``title`` = relative file name plus ``[short hash]`` once known,
 ``model_name`` = relative name without extension); the relative name with its extension is the
 unique key, so ``x.ckpt`` and ``x.safetensors`` are two models. Models built in memory (tests)
@@ -126,6 +127,7 @@ class ModelManager:
         self.loaded_name: str | None = None
         self.loaded: Any = None
         self.last_error: str | None = None
+        self._upscaler: tuple[tuple[str, int, float], Any] | None = None  # (file key, LoadedUpscaler)
         from sdstudio.networks import NetworkLibrary
 
         self.networks = NetworkLibrary.from_models_dir(self.models_dir)  # LoRA/embeddings/VAE/hypernetworks
@@ -206,6 +208,27 @@ class ModelManager:
             name = rel if kind == "vae" else rel.rsplit(".", 1)[0]
             out.append(AuxFile(name=name, path=str(path.resolve())))
         return out
+
+    def upscalers(self) -> list[Any]:
+        """Model upscaler files (:class:`sdstudio.upscale.UpscalerFile`) in the folders A1111 and
+        ComfyUI use: ``ESRGAN``, ``RealESRGAN``, ``SwinIR``, ``DAT``, ``HAT``, ``upscale_models``."""
+        from sdstudio.upscale.files import find_upscalers
+
+        return find_upscalers(self.models_dir)
+
+    def load_upscaler(self, path: str | os.PathLike) -> Any:
+        """The upscaler in ``path``, loaded with spandrel (:func:`sdstudio.upscale.load_upscaler`); the
+        last one loaded is kept until another file (or a changed one) is asked for."""
+        from sdstudio.upscale.load import load_upscaler
+
+        p = Path(path)
+        stat = p.stat()
+        key = (str(p.resolve()), stat.st_size, stat.st_mtime)
+        with self._lock:
+            if self._upscaler is None or self._upscaler[0] != key:
+                self._upscaler = None  # free the previous one before loading the next
+                self._upscaler = (key, load_upscaler(p, device=self.device))
+            return self._upscaler[1]
 
     def register(self, name: str, model: Any) -> None:
         """Make an already-built model selectable under ``name``."""
