@@ -14,8 +14,9 @@ from sdstudio.errors import SDStudioError
 from sdstudio.families.base import FamilyLoader, ModelFamily, read_model_index
 from sdstudio.families.pixel_ddpm.load import LOADER as PIXEL_DDPM
 from sdstudio.families.sd.load import LOADER as SD
+from sdstudio.families.sd3.load import LOADER as SD3
 
-FAMILY_LOADERS: tuple[FamilyLoader, ...] = (PIXEL_DDPM, SD)  # the registry: first claim wins
+FAMILY_LOADERS: tuple[FamilyLoader, ...] = (PIXEL_DDPM, SD3, SD)  # the registry: first claim wins
 
 
 def loader_for(path: Path) -> FamilyLoader:

@@ -132,6 +132,9 @@ class DiscreteModelSampling:
         s = append_dims(sigma.float(), x.ndim)
         return x - output * s
 
+    def check_sampler(self, name: str) -> None:
+        """Every sampler fits a discrete eps/v model."""
+
     def noise_scaling(
         self, sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -155,3 +158,72 @@ PREDICTION_CLASSES: dict[str, type[DiscreteModelSampling]] = {
     "epsilon": DiscreteModelSampling,
     "v_prediction": VDiscreteModelSampling,
 }
+
+
+def flow_shift(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's timestep shift (Esser et al. 2024, eq. 23): ``shift * s / (1 + (shift - 1) * s)``."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+class FlowModelSampling:
+    """Rectified flow (SD3, Flux; ComfyUI ``CONST`` x ``ModelSamplingDiscreteFlow``).
+
+    ``x_sigma = (1 - sigma) * x0 + sigma * eps`` with sigma in (0, 1]; the network predicts the
+    velocity ``v = eps - x0`` at timestep ``sigma * 1000``, so ``x0 = x - sigma * v``. The probability
+    flow ODE is the same ``dx/dsigma = (x - D(x, sigma)) / sigma`` as in k-diffusion's VE view, so its
+    ODE samplers run unchanged; samplers whose noise injection assumes ``x = x0 + sigma * eps``
+    (ancestral, SDE) or a VP schedule (UniPC, LCM) are refused (:meth:`check_sampler`).
+    """
+
+    prediction_type = "flow"
+    ODE_SAMPLERS = ("Euler", "Heun", "LMS", "DPM2", "DPM++ 2M", "DDIM", "PLMS")
+
+    def __init__(self, scheduler_config: dict) -> None:
+        self.config = dict(scheduler_config)
+        self.shift = float(self.config.get("shift", 1.0))
+        self.multiplier = int(self.config.get("num_train_timesteps", 1000))
+        t = torch.arange(1, self.multiplier + 1, dtype=torch.float64) / self.multiplier
+        sigmas = flow_shift(t, self.shift)  # (T,) ascending, the discrete table "Uniform" etc. read
+        self.schedule = DiscreteSchedule(sigmas.float(), sigmas.log().float())
+
+    @property
+    def sigma_min(self) -> float:
+        return self.schedule.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.schedule.sigma_max
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma.float().cpu() * self.multiplier
+
+    def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def calculate_denoised(self, sigma: torch.Tensor, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x - output * append_dims(sigma.float(), x.ndim)
+
+    def noise_scaling(
+        self, sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``sigma * noise + (1 - sigma) * latent`` (pure ``sigma * noise`` for txt2img)."""
+        scaled = noise * sigma
+        if latent is None:
+            return scaled
+        return scaled + latent.to(scaled.device, torch.float32) * (1 - sigma)
+
+    def default_sigmas(self, steps: int) -> torch.Tensor:
+        """The "Automatic" schedule: diffusers' ``FlowMatchEulerDiscreteScheduler`` sigmas for the
+        model's scheduler config (what the reference pipelines sample), ending in 0: (steps + 1,)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.config)
+        scheduler.set_timesteps(steps)
+        return scheduler.sigmas.float().cpu()
+
+    def check_sampler(self, name: str) -> None:
+        if name not in self.ODE_SAMPLERS:
+            raise SDStudioError(
+                f"sampler {name!r} does not fit a flow-matching model; use one of {', '.join(self.ODE_SAMPLERS)}",
+                field="sampler_name",
+            )

@@ -89,7 +89,7 @@ def load_model(
     target_dtype = dtype or resolve_dtype(precision, target_device)
     p = check_model_path(default_model_path() if path is None else path)
     cache_file = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "hashes.json"
-    hash_file = diffusers_weights_file(p, "unet") if p.is_dir() else p
+    hash_file = _weights_file(p)
     source = _unet_source(backend, target_device, target_dtype, hash_file, cache_file)
     graph = cached_unet_fingerprint(cache_file.parent, source) if source else None
     try:
@@ -154,6 +154,14 @@ def load_model(
         remember_unet_source(cache_file.parent, source, model.compiled_unet.graph.fingerprint)
     model.backend = "openvino" if model.compiled_unet is not None else "torch"
     return model
+
+
+def _weights_file(p: Path) -> Path | None:
+    """The file the A1111 model hash is taken from: a single file itself; a folder's denoiser weights
+    (``unet/``, or ``transformer/`` for DiT families), since that is what tells fine-tunes apart."""
+    if not p.is_dir():
+        return p
+    return diffusers_weights_file(p, "unet") or diffusers_weights_file(p, "transformer")
 
 
 def read_model(path: Path, options: LoadOptions) -> StableDiffusionModel:

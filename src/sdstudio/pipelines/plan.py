@@ -64,7 +64,7 @@ class SamplingPlan:
     """Sampler, the model's sampling (schedule and parameterisation) and the sigmas one pass runs."""
 
     spec: SamplerSpec
-    sampling: DiscreteModelSampling
+    sampling: DiscreteModelSampling  # or families.model_sampling.FlowModelSampling
     sigmas: torch.Tensor  # (steps + 1,) descending, ending in 0
 
     @property
@@ -80,7 +80,12 @@ class SamplingPlan:
         """Sigmas of ``total`` steps under ``scheduler``, from index ``start`` (img2img tail)."""
         spec = get_sampler(sampler)
         sampling = model.sampling
-        return cls(spec, sampling, sigmas_for(spec, scheduler, total, sampling.schedule)[start:])
+        sampling.check_sampler(spec.name)
+        if scheduler in ("", None, "Automatic") and hasattr(sampling, "default_sigmas"):
+            sigmas = sampling.default_sigmas(total)  # the family's own schedule (flow matching)
+        else:
+            sigmas = sigmas_for(spec, scheduler, total, sampling.schedule)
+        return cls(spec, sampling, sigmas[start:])
 
 
 def img2img_schedule(steps: int, strength: float, fix_steps: bool = False) -> tuple[int, int]:

@@ -28,13 +28,14 @@ CHUNK = 75
 class ClipLayout:
     """How a family reads its CLIP text encoders (data the family owns; ``sdstudio.families``).
 
-    ``penultimate_raw``: the penultimate hidden state without the final layer norm (SDXL; clip skip
-    counts from there) instead of the last state after it (SD 1.x/2.x). ``pooled_encoder``: index of
-    the encoder whose pooled, projected first-chunk embedding is a condition (SDXL: 1), or None.
+    ``penultimate_raw``: the penultimate hidden state without the final layer norm (SDXL, SD3; clip
+    skip counts from there) instead of the last state after it (SD 1.x/2.x). ``pooled_encoders``: the
+    encoders whose pooled, projected first-chunk embeddings (concatenated) are a condition (SDXL: the
+    second; SD3: both), none for SD 1.x/2.x.
     """
 
     penultimate_raw: bool = False
-    pooled_encoder: int | None = None
+    pooled_encoders: tuple[int, ...] = ()
 
 
 @dataclass
@@ -231,38 +232,44 @@ def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_prompts(model, prompts: Sequence[str], clip_skip: int = 1, min_chunks: int = 1) -> Conditioning:
-    """Encode one prompt per batch row; returns (B, 77*chunks, D) context (and pooled for SDXL)."""
+    """Encode one prompt per batch row with all of ``model``'s CLIP encoders: (B, 77*chunks, D) context
+    (and pooled where the family's layout says)."""
     with model.text_encoders_held():  # read back if the backend freed them since the last job
-        return _encode_prompts(model, prompts, clip_skip, min_chunks, model.family.clip_layout)
+        return encode_clip(
+            model.text_encoders, model.tokenizers, text_embeddings(model), model.device,
+            prompts, clip_skip, min_chunks, model.family.clip_layout,
+        )  # fmt: skip
 
 
-def _encode_prompts(
-    model, prompts: Sequence[str], clip_skip: int, min_chunks: int, layout: ClipLayout
-) -> Conditioning:
-    lookups = text_embeddings(model)
-    chunks_needed = max([min_chunks] + [count_chunks(model.tokenizers[0], p, lookups[0]) for p in prompts])
+def encode_clip(
+    encoders: Sequence, tokenizers: Sequence, lookups: Sequence, device, prompts: Sequence[str],
+    clip_skip: int, min_chunks: int, layout: ClipLayout,
+) -> Conditioning:  # fmt: skip
+    """A1111 chunked, weighted encoding with the given CLIP ``encoders`` (their hidden states
+    concatenated along the feature axis); ``lookups`` are the textual-inversion lookups per encoder."""
+    chunks_needed = max([min_chunks] + [count_chunks(tokenizers[0], p, lookups[0]) for p in prompts])
     rows, pooled_rows = [], []
     for prompt in prompts:
-        per_chunk, pooled = [], None
+        per_chunk, pooled = [], []
         chunk_lists = [
             tokenize_chunks(tok, prompt, chunks_needed, embeddings=lookup)
-            for tok, lookup in zip(model.tokenizers, lookups)
+            for tok, lookup in zip(tokenizers, lookups)
         ]
         for ci in range(chunks_needed):
             parts = []
-            for idx, enc in enumerate(model.text_encoders):
+            for idx, enc in enumerate(encoders):
                 chunk = chunk_lists[idx][ci]
-                ids = torch.tensor([chunk.tokens], device=model.device)
+                ids = torch.tensor([chunk.tokens], device=device)
                 if layout.penultimate_raw:  # penultimate layer, no final LN (clip_skip adds more)
                     hidden, p = _encode_chunk(enc, ids, chunk.fixes, clip_skip, final_norm=False)
-                    if idx == layout.pooled_encoder and ci == 0:
-                        pooled = p
+                    if idx in layout.pooled_encoders and ci == 0:
+                        pooled.append(p)
                 else:
                     hidden, _ = _encode_chunk(enc, ids, chunk.fixes, clip_skip - 1, final_norm=True)
                 parts.append(apply_emphasis(hidden.float(), torch.tensor([chunk.multipliers])))
             per_chunk.append(torch.cat(parts, dim=-1))
         rows.append(torch.cat(per_chunk, dim=1))
-        pooled_rows.append(pooled)
+        pooled_rows.append(torch.cat(pooled, dim=-1) if pooled else None)
     context = torch.cat(rows).float()
-    pooled = torch.cat(pooled_rows).float() if layout.pooled_encoder is not None else None
+    pooled = torch.cat(pooled_rows).float() if layout.pooled_encoders else None
     return Conditioning(context, pooled)

@@ -176,7 +176,7 @@ FAMILIES: dict[str, Family] = {
         2048,
         "StableDiffusionXLPipeline",
         SDXL_RGB_FACTORS,
-        ClipLayout(penultimate_raw=True, pooled_encoder=1),
+        ClipLayout(penultimate_raw=True, pooled_encoders=(1,)),
         micro_conditioning=True,
     ),
 }
