@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sdstudio.models.resident_memory import (
+from sdstudio.backends.resident_memory import (
     drop_mapped_pages,
     read_only_mappings,
     releasing_mapped_pages,

@@ -95,7 +95,7 @@ def test_fast_mode_on_pytorch_downsamples_only_from_the_threshold(monkeypatch):
 
 def test_a_graph_traced_with_todo_downsamples_at_other_sizes_on_openvino(tmp_path):
     pytest.importorskip("openvino")
-    from sdstudio.models.openvino_backend import _UNetGraph, convert_module
+    from sdstudio.backends.openvino import _UNetGraph, convert_module
 
     unet = tiny_sd1().unet
     example = unet_inputs(unet, 8, 8)
