@@ -49,6 +49,7 @@ class Limits:
     max_prompt_chars: int = 10_000
     max_image_pixels: int = 4096 * 4096
     max_job_steps: int = 0  # work of one job in steps of a 512x512 image (runtime.admission); 0: derived
+    max_native_factor: float = 0.0  # images at most this many times the model's native pixels; 0: off
 
     def job_steps_budget(self) -> int:
         """:attr:`max_job_steps`, or by default one batch (with CFG's two passes) at the largest size,

@@ -300,3 +300,34 @@ def test_a_cmyk_jpeg_init_image_is_accepted_and_runs(client):
     r = client.post("/api/jobs/img2img", json=body)
     assert r.status_code == 202, r.text  # was 503: "cannot write mode CMYK as PNG" when storing it
     assert wait_job(client, r.json()["id"])["state"] == "done"
+
+
+def test_sizes_far_over_the_models_native_pixels_are_refused_unless_max_size_is_given(tmp_path, tiny_sd1):
+    from fastapi.testclient import TestClient
+
+    from sdstudio.api import ServerSettings, create_app
+    from sdstudio.cli import build_parser
+    from sdstudio.cli.serve import build_settings
+    from sdstudio.config import Limits
+    from tests.server.conftest import TEST_HOSTS
+
+    parse = build_parser().parse_args
+    assert build_settings(parse(["serve", "--outdir", str(tmp_path)])).limits.max_native_factor == 4
+    explicit = build_settings(parse(["serve", "--outdir", str(tmp_path), "--max-size", "2048"])).limits
+    assert explicit.max_native_factor == 0 and explicit.max_width == 2048
+
+    limits = Limits(max_native_factor=4.0)
+    settings = ServerSettings(
+        allowed_hosts=TEST_HOSTS, outdir=tmp_path / "out", preview_interval=0.0, limits=limits
+    )
+    app = create_app(settings, models={"tiny": tiny_sd1})  # native 32x32
+    with TestClient(app) as c:
+        assert c.post("/sdapi/v1/txt2img", json={**FAST, "width": 64, "height": 64}).status_code == 200
+        r = c.post("/sdapi/v1/txt2img", json={**FAST, "width": 128, "height": 64})
+        assert r.status_code == 422 and r.json()["field"] == "width", r.text
+        assert (
+            "8.0 times the model's native 32x32" in r.json()["detail"] and "--max-size" in r.json()["detail"]
+        )
+        body = {**FAST, "width": 64, "height": 64, "enable_hr": True, "hr_scale": 2.0}
+        assert c.post("/sdapi/v1/txt2img", json=body).json()["field"] == "hr_scale"
+    app.state.studio.stop()

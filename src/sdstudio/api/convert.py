@@ -174,6 +174,7 @@ def convert(
     from sdstudio.pipelines import prepare
 
     request = prepare(GenerationRequest(**fields), limits)
+    _check_native_size(request, defaults.size, limits)
     warnings += size_warnings(request, defaults.size, explicit="width" in sent or "height" in sent)
     script = None
     if req.script_name:  # A1111 scripts: X/Y/Z plot, prompt matrix, SD upscale (unknown -> 422)
@@ -184,6 +185,27 @@ def convert(
 
     check_work(request, script, limits)  # the whole job's work, before it is queued
     return ConvertedRequest(request, model_name, warnings, _echo(req), vae=vae, script=script)
+
+
+def _check_native_size(request: GenerationRequest, native: int | None, limits: Limits) -> None:
+    """With ``limits.max_native_factor`` (``sdstudio serve`` without ``--max-size``: 4), refuse an
+    image (or hires target) over that many times the model's native pixels: a 2048x2048 image on a
+    256 px model is 64 times its work per step and rarely a usable picture."""
+    if not limits.max_native_factor or not native:
+        return
+    sizes = [("width", request.width, request.height)]
+    if request.hires is not None:
+        sizes.append(("hr_scale", *request.hires.target_size(request.width, request.height)))
+    for field_name, w, h in sizes:
+        factor = w * h / (native * native)
+        if factor > limits.max_native_factor:
+            side = int((limits.max_native_factor * native * native) ** 0.5) // 8 * 8
+            raise SDStudioError(
+                f"{field_name}: {w}x{h} is {factor:.1f} times the model's native {native}x{native} pixels; "
+                f"this server allows {limits.max_native_factor:g} times (about {side}x{side}): start it "
+                "with --max-size to allow larger images",
+                field=field_name,
+            )
 
 
 def size_warnings(request: GenerationRequest, native: int | None, *, explicit: bool = True) -> list[str]:

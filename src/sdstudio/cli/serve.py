@@ -74,7 +74,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_backend_arg(p)
     p.add_argument("--max-body-mb", type=float, default=64, help="largest request body in MiB (default 64)")
-    p.add_argument("--max-size", type=int, default=2048, help="largest width/height (default 2048)")
+    p.add_argument(
+        "--max-size",
+        type=int,
+        default=None,
+        help="largest width/height (default 2048, and at most 4 times the model's native pixels; "
+        "given explicitly, only this limit applies)",
+    )
     p.add_argument("--max-steps", type=int, default=150, help="most sampling steps per image (default 150)")
     p.add_argument("--max-batch-size", type=int, default=8, help="largest batch size (default 8)")
     p.add_argument(
@@ -160,13 +166,14 @@ def build_settings(args: argparse.Namespace):
     if args.model and not Path(args.model).exists():
         raise SDStudioError(f"--model: no such file or folder: {args.model}", field="model")
     limits = Limits(
-        max_width=args.max_size,
-        max_height=args.max_size,
+        max_width=args.max_size or 2048,
+        max_height=args.max_size or 2048,
         max_steps=args.max_steps,
         max_batch_size=args.max_batch_size,
         max_image_pixels=args.max_image_pixels,
         max_prompt_chars=args.max_prompt_chars,
         max_job_steps=getattr(args, "max_job_steps", 0),
+        max_native_factor=0.0 if args.max_size else 4.0,  # an explicit --max-size is the only size limit
     )
     return ServerSettings(
         outdir=Path(args.outdir),
