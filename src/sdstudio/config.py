@@ -65,6 +65,7 @@ class HiresSettings:
 
     scale: float = 2.0
     upscaler: str = "Latent"
+    upscaler_path: str = ""  # a model upscaler's file (models/ESRGAN/...), resolved at the edge
     second_pass_steps: int = 0  # 0 = same as the first pass
     denoising_strength: float = 0.7
     resize_x: int = 0

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,9 +131,17 @@ def encode_png(image: Any, infotext: str | None = None) -> str:
 
 
 def convert(
-    req: _A1111Base, *, limits: Limits, kind: str, defaults: ModelDefaults | None = None
+    req: _A1111Base,
+    *,
+    limits: Limits,
+    kind: str,
+    defaults: ModelDefaults | None = None,
+    upscalers: Sequence[Any] = (),
 ) -> ConvertedRequest:
     """Validate an A1111 request and build the prepared :class:`GenerationRequest` it describes.
+
+    ``upscalers``: the installed model upscaler files (:class:`sdstudio.upscale.UpscalerFile`) that
+    ``hr_upscaler`` and the SD upscale script may name besides the built-ins.
 
     Knobs the client left out take the model's defaults where it declares them (``defaults``):
     the native size instead of A1111's 512x512, the card's steps instead of 50 (README: deviations).
@@ -167,7 +176,7 @@ def convert(
     if req.token_merging_ratio is None and tome is not None:
         fields["token_merging_ratio"] = _float_option(tome, "token_merging_ratio")
     if isinstance(req, Txt2ImgRequest):
-        fields["hires"] = _hires(req)
+        fields["hires"] = _hires(req, upscalers)
     else:
         assert isinstance(req, Img2ImgRequest)
         fields.update(_img2img_fields(req, limits))
@@ -180,7 +189,7 @@ def convert(
     if req.script_name:  # A1111 scripts: X/Y/Z plot, prompt matrix, SD upscale (unknown -> 422)
         from sdstudio.pipelines.scripts.registry import parse_script
 
-        script = parse_script(req.script_name, req.script_args, kind, request, limits)
+        script = parse_script(req.script_name, req.script_args, kind, request, limits, upscalers=upscalers)
     from sdstudio.runtime.admission import check_work
 
     check_work(request, script, limits)  # the whole job's work, before it is queued
@@ -283,20 +292,25 @@ def _outpaint_requested(req: Img2ImgRequest) -> bool:
     return any((req.outpaint_left, req.outpaint_right, req.outpaint_top, req.outpaint_bottom))
 
 
-def _hires(req: Txt2ImgRequest) -> HiresSettings | None:
-    """A1111 hires fix fields -> :class:`HiresSettings` (None when ``enable_hr`` is false)."""
+def _hires(req: Txt2ImgRequest, upscalers: Sequence[Any] = ()) -> HiresSettings | None:
+    """A1111 hires fix fields -> :class:`HiresSettings` (None when ``enable_hr`` is false); a model
+    upscaler named in ``hr_upscaler`` is resolved to its file here."""
     if not req.enable_hr:
         return None
-    upscaler = req.hr_upscaler or "Latent"
+    upscaler, path = req.hr_upscaler or "Latent", ""
     allowed = hires_upscalers()
-    if allowed and upscaler not in allowed:
+    found = next((f for f in upscalers if f.name.lower() == upscaler.strip().lower()), None)
+    if found is not None:
+        upscaler, path = found.name, str(found.path)
+    elif allowed and upscaler not in allowed:
+        names = ", ".join([*allowed, *(f.name for f in upscalers)])
         raise SDStudioError(
-            f"hr_upscaler {upscaler!r} is not available; choose one of: {', '.join(allowed)}",
-            field="hr_upscaler",
+            f"hr_upscaler {upscaler!r} is not available; choose one of: {names}", field="hr_upscaler"
         )
     return HiresSettings(
         scale=float(req.hr_scale),
         upscaler=upscaler,
+        upscaler_path=path,
         second_pass_steps=int(req.hr_second_pass_steps or 0),
         denoising_strength=0.7 if req.denoising_strength is None else float(req.denoising_strength),
         resize_x=int(req.hr_resize_x or 0),

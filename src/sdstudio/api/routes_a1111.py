@@ -68,7 +68,13 @@ def convert_for_studio(st: Any, req: s._A1111Base, kind: str):
     }
     req.override_settings = {**overrides, **(req.override_settings or {})}
     model_name = (req.override_settings or {}).get("sd_model_checkpoint") or None
-    return convert(req, limits=st.settings.limits, kind=kind, defaults=st.defaults_for(model_name))
+    return convert(
+        req,
+        limits=st.settings.limits,
+        kind=kind,
+        defaults=st.defaults_for(model_name),
+        upscalers=st.manager.upscalers(),
+    )
 
 
 def _encode_files(st: Any, images: list) -> list[str]:

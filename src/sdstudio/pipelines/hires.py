@@ -2,7 +2,8 @@
 
 The first pass runs at (width, height); its latents are upscaled either in latent space
 (``torch.nn.functional.interpolate``, A1111 ``shared.latent_upscale_modes``) or as decoded
-images (PIL Lanczos / Nearest, re-encoded), then a second img2img pass runs at the target size
+images (PIL Lanczos / Nearest, or a model upscaler file such as ESRGAN run tile by tile by
+:mod:`sdstudio.upscale`; re-encoded), then a second img2img pass runs at the target size
 with ``hires.denoising_strength`` and exactly ``second_pass_steps or steps`` steps (A1111 passes
 the step count explicitly, which selects the "fix steps" schedule of ``setup_img2img_steps``).
 """
@@ -27,6 +28,8 @@ from sdstudio.pipelines.plan import (
     txt2img_concat,
 )
 from sdstudio.pipelines.speed import SpeedOptions
+from sdstudio.upscale.image import upscale_to
+from sdstudio.upscale.load import load_upscaler
 
 # A1111 modules/shared_items.py latent_upscale_modes: name -> (interpolate mode, antialias)
 LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
@@ -86,7 +89,7 @@ def hires_infotext(request: Any) -> dict[str, Any]:
         extra["Hires upscale"] = hr.scale
     if hr.second_pass_steps:
         extra["Hires steps"] = hr.second_pass_steps
-    extra["Hires upscaler"] = check_upscaler(hr.upscaler)
+    extra["Hires upscaler"] = hr.upscaler if hr.upscaler_path else check_upscaler(hr.upscaler)
     if hr.sampler and hr.sampler != request.sampler_name:
         extra["Hires sampler"] = hr.sampler
     if hr.scheduler and hr.scheduler != request.scheduler:
@@ -141,7 +144,7 @@ def hires_pass(
     hr = second_pass_request(request)
     speed = SpeedOptions.from_request(hr)
     strength = check_strength(hr.denoising_strength, "hr_denoising_strength")
-    upscaled = _upscale(model, request.hires.upscaler, latents, hr.width, hr.height)
+    upscaled = _upscale(model, request.hires, latents, hr.width, hr.height)
     if strength > 0:
         total, start = img2img_schedule(hr.steps, strength, fix_steps=True)
         plan = SamplingPlan.build(model, hr.sampler_name, hr.scheduler, total, start)
@@ -171,10 +174,16 @@ def hires_pass(
     return upscaled, to_pil(pixels), {**hires_infotext(request), **decoder}
 
 
-def _upscale(model: Any, upscaler: str, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Latents at (height, width) pixels: interpolated directly, or decoded, resized and re-encoded."""
+def _upscale(model: Any, hires: Any, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Latents at (height, width) pixels: interpolated directly, or decoded, resized (a built-in or a
+    model upscaler: model passes, then Lanczos to the exact size, as A1111) and re-encoded."""
     f = model.vae_scale_factor
-    if is_latent_upscaler(upscaler):
-        return upscale_latents(latents, upscaler, (height // f, width // f))
-    images = [upscale_image(im, upscaler, (width, height)) for im in to_pil(decode_latents(model, latents))]
+    if not hires.upscaler_path and is_latent_upscaler(hires.upscaler):
+        return upscale_latents(latents, hires.upscaler, (height // f, width // f))
+    images = to_pil(decode_latents(model, latents))
+    if hires.upscaler_path:
+        upscaler = load_upscaler(hires.upscaler_path)
+        images = [upscale_to(upscaler, im, (width, height)) for im in images]
+    else:
+        images = [upscale_image(im, hires.upscaler, (width, height)) for im in images]
     return encode_images(model, from_pil(images))

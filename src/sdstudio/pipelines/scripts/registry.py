@@ -5,6 +5,7 @@ does (``script_name_to_index`` compares lower-cased titles).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,12 +62,16 @@ def parse_script(
     kind: str,
     base: GenerationRequest | None = None,
     limits: Limits | None = None,
+    *,
+    upscalers: Sequence[Any] = (),
 ) -> ScriptCall:
     """Validate ``script_name``/``script_args``; unknown names list the known ones (422).
 
     With ``base`` the X/Y/Z plan is built once as a dry run, so every axis value (unknown sampler,
     Prompt S/R word missing from the prompt, ...) fails here rather than inside a queued job; with
     ``limits`` too, every axis value is held to them (Steps, Hires steps, Size, CFG, ...).
+    ``upscalers``: installed model upscaler files the SD upscale script may use (after A1111's
+    built-ins, by index or name).
     """
     key = (name or "").strip().lower()
     if key not in SCRIPTS or kind not in SCRIPTS[key]:
@@ -82,7 +87,7 @@ def parse_script(
     elif key == "prompt matrix":
         options = prompt_matrix.options_from_args(args)
     else:
-        options = sd_upscale.options_from_args(args)
+        options = sd_upscale.options_from_args(args, upscalers)
         if base is not None and limits is not None:
             sd_upscale.check_cost(base, options, limits.max_image_pixels)
     return ScriptCall(key, kind, options)

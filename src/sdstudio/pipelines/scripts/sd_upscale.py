@@ -3,13 +3,15 @@ tiles of the request's width x height, and blend the tiles back with linear ramp
 
 Batch ``i`` of tiles (``batch_size`` tiles each) uses seed ``seed + i`` for its first tile, as A1111
 does (``p.seed = processed.seed + 1`` after each batch); each of ``n_iter`` upscales starts at
-``seed + n``. The upscaler list is A1111's built-in image upscalers in its order: None (keep the
-size: only the tiles are re-drawn), Lanczos, Nearest.
+``seed + n``. The upscaler list is A1111's: the built-ins in its order, None (keep the size: only
+the tiles are re-drawn), Lanczos, Nearest, then the installed model upscalers (ESRGAN, ...) as
+``/sdapi/v1/upscalers`` lists them, run tile by tile by :mod:`sdstudio.upscale`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,8 @@ from sdstudio.pipelines.scripts.grid import (
     split_grid,
     with_params,
 )
+from sdstudio.upscale.image import upscale_to
+from sdstudio.upscale.load import load_upscaler
 
 TITLE = "SD upscale"
 MAX_TILES = 256  # tiles per upscaled image (each is one img2img run)
@@ -38,20 +42,25 @@ class UpscaleOptions:
     overlap: int = 64
     upscaler: str = "None"
     scale_factor: float = 2.0
+    upscaler_path: str = ""  # a model upscaler's file, resolved from its name or index when parsed
 
 
 def upscaled_size(size: tuple[int, int], upscaler: str, scale: float) -> tuple[int, int]:
     """The upscaled image's (width, height): ``int(side * scale) // 8 * 8`` (A1111), or unchanged for None."""
-    if UPSCALERS[upscaler] is None:
+    if upscaler == "None":
         return size
     return max(8, int(size[0] * scale) // 8 * 8), max(8, int(size[1] * scale) // 8 * 8)
 
 
-def upscale(image: Image.Image, upscaler: str, scale: float) -> Image.Image:
-    """A1111 ``Upscaler.upscale`` for the built-ins: resize to ``int(side * scale) // 8 * 8``."""
+def upscale(image: Image.Image, upscaler: str, scale: float, path: str = "") -> Image.Image:
+    """A1111 ``Upscaler.upscale``: to ``int(side * scale) // 8 * 8`` with a built-in, or with the model
+    upscaler in ``path`` (model passes, then Lanczos to the exact size)."""
+    size = upscaled_size(image.size, upscaler, scale)
+    if path:
+        return upscale_to(load_upscaler(path), image, size)
     if UPSCALERS[upscaler] is None:
         return image
-    return image.resize(upscaled_size(image.size, upscaler, scale), resample=UPSCALERS[upscaler])
+    return image.resize(size, resample=UPSCALERS[upscaler])
 
 
 def check_cost(base: GenerationRequest, options: UpscaleOptions, max_pixels: int) -> None:
@@ -85,7 +94,7 @@ def run_sd_upscale(
         raise SDStudioError(
             "SD upscale: the tile overlap must be smaller than width and height", field="script_args"
         )
-    big = upscale(init_image.convert("RGB"), options.upscaler, options.scale_factor)
+    big = upscale(init_image.convert("RGB"), options.upscaler, options.scale_factor, options.upscaler_path)
     if big.width < base.width or big.height < base.height:
         raise SDStudioError(
             f"SD upscale: the upscaled image ({big.width}x{big.height}) is smaller than one tile "
@@ -114,15 +123,17 @@ def run_sd_upscale(
     return ScriptResult(images=results, cells=[], runner_calls=calls)
 
 
-def options_from_args(script_args: list) -> UpscaleOptions:
-    """:class:`UpscaleOptions` from A1111 ``script_args`` (upscaler by index or by name)."""
+def options_from_args(script_args: list, upscalers: Sequence[Any] = ()) -> UpscaleOptions:
+    """:class:`UpscaleOptions` from A1111 ``script_args`` (upscaler by index or by name); the indexes
+    after the built-ins are the installed model ``upscalers`` (:class:`sdstudio.upscale.UpscalerFile`)
+    in their order, as A1111's ``shared.sd_upscalers``."""
     defaults: list[Any] = [None, 64, 0, 2.0]
     if not isinstance(script_args, list) or len(script_args) > len(defaults):
         raise SDStudioError(
             "script_args for SD upscale must be a list of at most 4 values", field="script_args"
         )
     a = list(script_args) + defaults[len(script_args) :]
-    names = list(UPSCALERS)
+    names = [*UPSCALERS, *(f.name for f in upscalers)]
     up = a[2]
     if isinstance(up, int) and not isinstance(up, bool) and 0 <= up < len(names):
         name = names[up]
@@ -130,7 +141,8 @@ def options_from_args(script_args: list) -> UpscaleOptions:
         name = {n.lower(): n for n in names}[up.strip().lower()]
     else:
         raise SDStudioError(
-            f"SD upscale: unknown upscaler {up!r}; choose one of {names} (or 0..2)", field="script_args"
+            f"SD upscale: unknown upscaler {up!r}; choose one of {names} (or 0..{len(names) - 1})",
+            field="script_args",
         )
     try:
         overlap, scale = int(a[1]), float(a[3])
@@ -142,4 +154,5 @@ def options_from_args(script_args: list) -> UpscaleOptions:
         raise SDStudioError(
             "SD upscale: overlap must be in [0, 256] and scale_factor in (0, 4]", field="script_args"
         )
-    return UpscaleOptions(overlap, name, scale)
+    path = next((str(f.path) for f in upscalers if f.name == name), "")
+    return UpscaleOptions(overlap, name, scale, path)
