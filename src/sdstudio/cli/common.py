@@ -109,12 +109,76 @@ OUTPUTS = "outputs"  # the CLI's outputs folder, as the server's default --outdi
 CLI_DEFAULTS = {"steps": 20, "sampler": "Euler a", "cfg_scale": 7.0}  # when the model declares none
 
 
-def request_from_args(args, model, **extra) -> GenerationRequest:
-    """Build a GenerationRequest from parsed CLI args (or from ``--from-png``)."""
+def check_args(args) -> None:
+    """Fail on what the flags alone get wrong, before any model is read: no prompt, a missing --model,
+    every range :meth:`GenerationRequest.validate` checks (``--width 70``; no torch import for these)
+    and an unknown sampler or schedule."""
+    from pathlib import Path
+
     from sdstudio.errors import SDStudioError
     from sdstudio.fields import KNOBS
 
-    defaults = model.defaults
+    if not args.prompt and args.prompt != "" and not args.from_png:
+        raise SDStudioError("give a prompt, or --from-png FILE")
+    if args.model and not Path(args.model).exists():
+        raise SDStudioError(f"--model: no such file or folder: {args.model}", field="model")
+    knobs = {k.name: getattr(args, k.name) for k in KNOBS if getattr(args, k.name, None) is not None}
+    size = 64  # a stand-in where the model's native size will apply; it passes every check
+    GenerationRequest(
+        **knobs, prompt=args.prompt or "", width=args.width or size, height=args.height or size
+    ).validate()
+    if args.sampler:  # the sampler table imports torch (sdstudio.sampling), still no model
+        from sdstudio.sampling import get_sampler
+
+        get_sampler(args.sampler).resolve_schedule(args.scheduler)
+
+
+def model_defaults_from_args(args):
+    """:class:`~sdstudio.models.sdmodel.ModelDefaults` of --model (else the embedded model) without
+    loading it: native size from its configs or its header, steps and sampler from its card."""
+    from sdstudio.runtime.manager import ModelManager
+
+    manager = ModelManager(None, default_model=args.model)
+    return manager.defaults(manager.current_entry())
+
+
+def warn_far_size(request: GenerationRequest, defaults, args) -> None:
+    """Say so on stderr when --width/--height is far from the model's native size (as the API warns):
+    the embedded 64 px model draws noise at 512 px, and slowly."""
+    import sys
+
+    from sdstudio.api.convert import size_warnings
+
+    explicit = args.width is not None or args.height is not None
+    for warning in size_warnings(request, defaults.size, explicit=explicit):
+        print(f"sdstudio: warning: {warning}", file=sys.stderr)
+
+
+def build_then_load(args, build):
+    """``(model, request)``: the flags checked, the request built by ``build(defaults)`` from the model's
+    defaults, and only then the model loaded, so a wrong sampler or size never waits for a load. A
+    single file whose native size shows only once loaded (.ckpt) has its request built again."""
+    import dataclasses
+
+    check_args(args)
+    defaults = model_defaults_from_args(args)
+    request = build(defaults if defaults.size else dataclasses.replace(defaults, size=64))
+    if defaults.size:
+        warn_far_size(request, defaults, args)  # before the wait, not after it
+    model = load_model_from_args(args)
+    if defaults.size is None:
+        defaults = model.defaults
+        request = build(defaults)
+        warn_far_size(request, defaults, args)
+    return model, request
+
+
+def request_from_args(args, defaults, **extra) -> GenerationRequest:
+    """Build a GenerationRequest from parsed CLI args (or from ``--from-png``); ``defaults`` are the
+    model's (:func:`model_defaults_from_args`), so this runs before the model loads."""
+    from sdstudio.errors import SDStudioError
+    from sdstudio.fields import KNOBS
+
     knobs = {k.name: getattr(args, k.name) for k in KNOBS if getattr(args, k.name, None) is not None}
     request = GenerationRequest(
         **{
@@ -149,7 +213,7 @@ def request_from_args(args, model, **extra) -> GenerationRequest:
     from sdstudio.sampling import get_sampler
 
     get_sampler(request.sampler_name).resolve_schedule(request.scheduler)  # fail before loading work
-    return request
+    return request.validate()
 
 
 def _given(*values):
@@ -205,12 +269,15 @@ def _shown(path):
 
 def add_hires_args(p: argparse.ArgumentParser) -> None:
     """Hires fix flags for txt2img (A1111 enable_hr, hr_scale, hr_upscaler, ...)."""
-    from sdstudio.pipelines.hires import UPSCALERS
-
     g = p.add_argument_group("hires fix")
     g.add_argument("--hires", action="store_true", help="enable the hires fix (upscale + second pass)")
     g.add_argument("--hr-scale", type=float, default=2.0, help="upscale factor (default 2)")
-    g.add_argument("--hr-upscaler", default="Latent", help=f"one of: {', '.join(UPSCALERS)}")
+    g.add_argument(
+        "--hr-upscaler",
+        default="Latent",
+        help="Latent (default), a 'Latent (...)' mode, Lanczos, Nearest or None; a wrong name fails at "
+        "once with the list",
+    )
     g.add_argument("--hr-steps", type=int, default=0, help="second-pass steps (0 = same as --steps)")
     g.add_argument("--hr-denoising-strength", type=float, default=0.7, help="second-pass strength")
     g.add_argument("--hr-resize-x", type=int, default=0, help="target width instead of --hr-scale")

@@ -81,11 +81,11 @@ def add_mask_args(p: argparse.ArgumentParser, *, with_mask: bool = True) -> None
     )
 
 
-def _request(args, model, init, **fields):
+def _request(args, defaults, init, **fields):
     """The request for an edit verb: CLI flags (or --from-png), size defaulting to the init image's."""
     from sdstudio.cli.common import request_from_args
 
-    request = request_from_args(args, model, **fields)
+    request = request_from_args(args, defaults, **fields)
     if args.from_png:
         from sdstudio.infotext import parse_infotext
         from sdstudio.runtime.outputs import read_infotext
@@ -122,7 +122,9 @@ def _mask_fields(args) -> dict[str, Any]:
 
 
 def _run(args, kind: str) -> int:
-    from sdstudio.cli.common import load_model_from_args, run_and_save
+    from sdstudio.cli.common import build_then_load, check_args, run_and_save
+
+    check_args(args)  # bad flags fail before torch loads or any image is read
     from sdstudio.pipelines import image_ops as ops
 
     inits = args.init if isinstance(args.init, list) else [args.init]
@@ -139,8 +141,8 @@ def _run(args, kind: str) -> int:
     if kind == "outpaint":
         sides = _sides(args)
         fields["outpaint"] = (sides["left"], sides["right"], sides["up"], sides["down"])
-    model = load_model_from_args(args)
-    return run_and_save(model, _request(args, model, images[0], **fields), args)
+    model, request = build_then_load(args, lambda d: _request(args, d, images[0], **fields))
+    return run_and_save(model, request, args)
 
 
 def _sides(args) -> dict[str, int]:

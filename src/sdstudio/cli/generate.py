@@ -6,16 +6,15 @@ from sdstudio.cli.common import (
     add_generation_args,
     add_hires_args,
     add_model_args,
+    build_then_load,
     hires_from_args,
-    load_model_from_args,
     request_from_args,
     run_and_save,
 )
 
 
 def _txt2img(args) -> int:
-    model = load_model_from_args(args)
-    request = request_from_args(args, model, hires=hires_from_args(args))
+    model, request = build_then_load(args, lambda d: request_from_args(args, d, hires=hires_from_args(args)))
     return run_and_save(model, request, args)
 
 

@@ -16,8 +16,8 @@ from sdstudio.cli.common import (
     add_generation_args,
     add_hires_args,
     add_model_args,
+    build_then_load,
     hires_from_args,
-    load_model_from_args,
     request_from_args,
 )
 
@@ -115,8 +115,7 @@ def _shown(path):
 def _xyz(args: argparse.Namespace) -> int:
     from sdstudio.pipelines.scripts import axes, xyz_grid
 
-    model = load_model_from_args(args)
-    request = request_from_args(args, model, hires=hires_from_args(args))
+    model, request = build_then_load(args, lambda d: request_from_args(args, d, hires=hires_from_args(args)))
     vary = {a.strip().lower() for a in args.vary_seeds.split(",") if a.strip()}
     choices = [
         xyz_grid.AxisChoice(
@@ -146,8 +145,7 @@ def _main_grid_per_z(result):
 def _matrix(args: argparse.Namespace) -> int:
     from sdstudio.pipelines.scripts import prompt_matrix
 
-    model = load_model_from_args(args)
-    request = request_from_args(args, model)
+    model, request = build_then_load(args, lambda d: request_from_args(args, d))
     options = prompt_matrix.MatrixOptions(
         args.put_at_start, args.different_seeds, "negative" if args.negative_matrix else "positive",
         args.delimiter, args.margin,
