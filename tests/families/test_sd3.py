@@ -142,3 +142,17 @@ def test_a1111_api_generates_from_an_sd3_folder_in_the_models_folder(sd3_folder,
             assert refused.status_code == 422 and "flow-matching" in refused.text
     finally:
         app.state.studio.stop()
+
+
+def test_defaults_follow_the_family_before_and_after_loading(sd3, sd3_folder, tmp_path):
+    from sdstudio.runtime.manager import ModelManager
+
+    assert (sd3.defaults.sampler, sd3.defaults.steps, sd3.defaults.cfg_scale) == ("Euler", 28, 7.0)
+    models = tmp_path / "models" / "Stable-diffusion"
+    models.mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(sd3_folder, models / "tiny-sd3")
+    manager = ModelManager(tmp_path / "models", backend="torch")
+    listed = manager.defaults(manager.find("tiny-sd3"))  # read from the folder's configs, not loaded
+    assert (listed.size, listed.sampler, listed.steps) == (32, "Euler", 28)

@@ -51,6 +51,7 @@ class ModelFamily(Protocol):
     name: str
     pixel_space: bool  # True: no VAE, latents are pixels in [-1, 1] (identity latent format)
     speed_techniques: tuple[str, ...]  # which of deepcache, tome, todo, openvino apply
+    defaults: dict[str, Any]  # request defaults of the family (sampler, steps, cfg_scale), may be empty
 
     def latent_format(self, vae_config: dict[str, Any]) -> LatentFormat: ...
 

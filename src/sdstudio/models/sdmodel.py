@@ -39,19 +39,25 @@ class ModelDefaults:
     cfg_scale: float | None = None
 
     @classmethod
-    def read(cls, folder: str | Path | None, size: int | None = None) -> ModelDefaults:
-        """Defaults declared in ``folder/sdstudio.json`` (missing or unreadable file: none)."""
+    def read(
+        cls, folder: str | Path | None, size: int | None = None, family: dict[str, Any] | None = None
+    ) -> ModelDefaults:
+        """Defaults declared in ``folder/sdstudio.json`` (missing or unreadable file: none), over the
+        family's own (``family``: e.g. SD3's Euler, 28 steps, CFG 7 as its reference pipeline)."""
         data: dict[str, Any] = {}
         if folder is not None and (Path(folder) / DEFAULTS_FILE).is_file():
             try:
                 data = json.loads((Path(folder) / DEFAULTS_FILE).read_text())
             except (OSError, ValueError):
                 data = {}
-        steps, cfg = data.get("default_steps"), data.get("default_cfg_scale")
+        family = family or {}
+        steps = data.get("default_steps", family.get("steps"))
+        cfg = data.get("default_cfg_scale", family.get("cfg_scale"))
+        sampler = data.get("default_sampler", family.get("sampler"))
         return cls(
             size=size,
             steps=int(steps) if isinstance(steps, int) and steps > 0 else None,
-            sampler=data.get("default_sampler") if isinstance(data.get("default_sampler"), str) else None,
+            sampler=sampler if isinstance(sampler, str) else None,
             cfg_scale=float(cfg) if isinstance(cfg, (int, float)) else None,
         )
 
@@ -158,7 +164,7 @@ class StableDiffusionModel:
     def defaults(self) -> ModelDefaults:
         """Native size plus the defaults declared beside a model folder (``sdstudio.json``)."""
         folder = Path(self.path) if self.path and Path(self.path).is_dir() else None
-        return ModelDefaults.read(folder, self.native_size)
+        return ModelDefaults.read(folder, self.native_size, self.family.defaults)
 
     def replace_vae(self, vae: Any, name: str = "", vae_hash: str = "") -> None:
         """Use another VAE (A1111 VAE swap); its latent facts replace the old ones."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sdstudio.errors import SDStudioError
+from sdstudio.families import family_of
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
 VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".sft")
@@ -186,9 +187,12 @@ class ModelManager:
             return ModelDefaults()
         if entry.in_memory is not None:
             return entry.in_memory.defaults
-        size = self.native_size(entry)
+        if self.loaded is not None and self.loaded_name == entry.key:
+            return self.loaded.defaults
+        info = _file_info(Path(entry.filename)) if entry.filename else None
         folder = entry.filename if entry.filename and Path(entry.filename).is_dir() else None
-        return ModelDefaults.read(folder, size)
+        family = family_of(info.model_arch).defaults if info is not None else None
+        return ModelDefaults.read(folder, info.native_size if info is not None else None, family)
 
     def entries(self) -> list[ModelEntry]:
         with self._lock:
@@ -415,16 +419,22 @@ def _embedded_folder() -> Path | None:
         return None
 
 
-def _file_native_size(path: Path) -> int | None:
-    """Native size of a model folder or safetensors file, from its configs and header; None otherwise."""
+def _file_info(path: Path) -> Any:
+    """What a model folder or safetensors file is, from its configs and header (``ModelInfo``); None
+    for pickles (read whole: not for a listing) and for what no family reads."""
     if not (path.is_dir() or path.suffix.lower() == ".safetensors"):
-        return None  # a pickle is read whole: not for a listing
+        return None
     from sdstudio.models.loader import inspect_model
 
     try:
-        return inspect_model(path).native_size
+        return inspect_model(path)
     except (SDStudioError, KeyError, OSError, ValueError, TypeError):
         return None
+
+
+def _file_native_size(path: Path) -> int | None:
+    info = _file_info(path)
+    return info.native_size if info is not None else None
 
 
 def _model_paths(folder: Path | None) -> list[Path]:

@@ -24,6 +24,11 @@ class PixelDDPMFamily:
     speed_techniques: tuple[str, ...] = ()  # DeepCache/ToMe/ToDo/OpenVINO are built for the SD UNet
     clip_layout: Any = None  # no CLIP text encoder
 
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """None of its own: the front end's (or a folder's ``sdstudio.json``)."""
+        return {}
+
     def latent_format(self, vae_config: dict[str, Any]) -> LatentFormat:
         return IDENTITY_LATENT
 

@@ -114,6 +114,11 @@ class Family:
     pixel_space: bool = False
     speed_techniques: tuple[str, ...] = ("deepcache", "tome", "todo", "openvino")
 
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Request defaults of the family itself: none (the front end's, or a folder's sdstudio.json)."""
+        return {}
+
     def latent_format(self, vae_config: dict[str, Any]) -> LatentFormat:
         """The latent format of a VAE with ``vae_config``: the family's preview colours only when the VAE
         has the family's published layout (a VAE trained from scratch has a latent space of its own)."""

@@ -24,6 +24,11 @@ class SD3Family:
     speed_techniques: tuple[str, ...] = ()
     clip_layout: ClipLayout = ClipLayout(penultimate_raw=True, pooled_encoders=(0, 1))  # noqa: RUF009
 
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """diffusers' ``StableDiffusion3Pipeline`` defaults: flow Euler, 28 steps, guidance 7."""
+        return {"sampler": "Euler", "steps": 28, "cfg_scale": 7.0}
+
     def latent_format(self, vae_config: dict[str, Any]) -> LatentFormat:
         """SD3's VAE: ``(z - shift) * scale`` (1.5305, 0.0609 in the released VAE config)."""
         return LatentFormat(float(vae_config["scaling_factor"]), float(vae_config.get("shift_factor") or 0.0))
