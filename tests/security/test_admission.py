@@ -331,3 +331,11 @@ def test_sizes_far_over_the_models_native_pixels_are_refused_unless_max_size_is_
         body = {**FAST, "width": 64, "height": 64, "enable_hr": True, "hr_scale": 2.0}
         assert c.post("/sdapi/v1/txt2img", json=body).json()["field"] == "hr_scale"
     app.state.studio.stop()
+
+
+def test_xyz_checkpoint_names_are_looked_up_at_submit(client):
+    body = {**FAST, **_xyz("Checkpoint name", "tiny, nope")}
+    r = client.post("/api/jobs/txt2img", json=body)
+    assert r.status_code == 422 and r.json()["field"] == "script_args", r.text
+    assert "'nope'" in r.json()["detail"]
+    assert client.get("/api/jobs").json()["queued"] == 0

@@ -115,6 +115,14 @@ class Studio:
         ``owner`` is whom the per-client queue cap counts (default: ``client``)."""
         if converted.model_name:
             self.manager.find(converted.model_name)
+        if converted.script is not None and converted.script.name == "x/y/z plot":
+            from sdstudio.pipelines.scripts.xyz_grid import checkpoint_names
+
+            for name in checkpoint_names(converted.script.options):  # a typo fails now, not mid-grid
+                try:
+                    self.manager.find(name)
+                except SDStudioError as exc:
+                    raise SDStudioError(f"X/Y/Z Checkpoint name: {exc}", field="script_args") from None
         self._check_networks(converted)
         self.ensure_store()
         meta = {

@@ -126,6 +126,17 @@ def plan_xyz(
     return Plan(xs, ys, zs, labels, cells, base)
 
 
+def checkpoint_names(options: XYZOptions) -> list[str]:
+    """The checkpoint names the plot's "Checkpoint name" axes list (to look up before queueing)."""
+    names: list[str] = []
+    for choice in (options.x, options.y, options.z):
+        if choice.axis.label == "Checkpoint name":
+            names += [
+                str(v) for v in ax.parse_values(choice.axis, choice.text, choice.dropdown, options.csv_mode)
+            ]
+    return names
+
+
 def _cell(start: ax.Cell, options: XYZOptions, value: tuple, index: tuple, lists: tuple) -> ax.Cell:
     """Apply X, then Y, then Z (A1111 order); "vary seeds" offsets the seed per position."""
     cell = start
