@@ -276,9 +276,9 @@ class GenerationRequest:
             _check(bool(self.init_images), "init_images", "a mask needs an init image")
         if self.hires is not None:
             _check(
-                isinstance(self.hires.scale, (int, float)) and 0 < self.hires.scale <= MAX_HR_SCALE,
+                isinstance(self.hires.scale, (int, float)) and 0 <= self.hires.scale <= MAX_HR_SCALE,
                 "hr_scale",
-                f"hr_scale must be a number in (0, {MAX_HR_SCALE:g}], got {self.hires.scale!r}",
+                f"hr_scale must be a number in [0, {MAX_HR_SCALE:g}], got {self.hires.scale!r}",
             )
             _check(
                 isinstance(self.hires.second_pass_steps, int)

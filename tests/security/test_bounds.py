@@ -184,7 +184,7 @@ def test_values_past_every_bound_are_422_naming_the_field(full_client, full_app)
         ({"enable_hr": True, "hr_second_pass_steps": 151}, "hr_second_pass_steps"),  # over --max-steps
         ({"enable_hr": True, "hr_second_pass_steps": -5}, "hr_second_pass_steps"),
         ({"enable_hr": True, "hr_scale": 1e308}, "hr_scale"),
-        ({"enable_hr": True, "hr_scale": 0}, "hr_scale"),
+        ({"enable_hr": True, "hr_scale": -1}, "hr_scale"),
         ({"enable_hr": True, "hr_resize_x": 100000}, "hr_resize_x"),
         ({"steps": 151}, "steps"),
         ({"batch_size": 9}, "batch_size"),
@@ -272,3 +272,12 @@ def test_a_study_over_the_work_budget_is_refused_before_it_is_queued(tmp_path, t
         assert r.status_code == 422 and r.json()["field"] == "max_job_steps", r.text
         assert not [j for j in c.get("/api/jobs").json()["jobs"] if j["kind"] == "lab-study"]
     app.state.studio.stop()
+
+
+def test_zero_still_means_the_default_where_a1111_clients_send_it(client):
+    from tests.server.conftest import FAST
+
+    body = {**FAST, "clip_skip": 0, "enable_hr": True, "hr_scale": 0, "hr_resize_x": 64, "hr_resize_y": 64}
+    r = client.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 200, r.text
+    assert "Clip skip" not in json.loads(r.json()["info"])["infotexts"][0]  # 0: the default (1)

@@ -95,7 +95,10 @@ class _A1111Base(TextSafeModel):
     infotext: str | None = None
     # sdstudio extension (ignored by A1111 clients): clip skip without override_settings
     clip_skip: int | None = Field(
-        None, ge=1, le=12, description="sdstudio: CLIP skip (A1111: CLIP_stop_at_last_layers)"
+        None,
+        ge=0,
+        le=12,
+        description="sdstudio: CLIP skip (A1111: CLIP_stop_at_last_layers); 0: the server's",
     )
     fast: bool | None = Field(
         None,
@@ -129,7 +132,7 @@ class Txt2ImgRequest(_A1111Base):
     denoising_strength: float | None = Field(0.75, ge=0, le=1)
     firstphase_width: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
     firstphase_height: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
-    hr_scale: float = Field(2.0, gt=0, le=MAX_HR_SCALE)  # the target size is also held to --max-width/height
+    hr_scale: float = Field(2.0, ge=0, le=MAX_HR_SCALE)  # the target size is also held to --max-width/height
     hr_upscaler: str | None = None
     hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS)  # 0 = as the first pass; and --max-steps
     hr_resize_x: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
