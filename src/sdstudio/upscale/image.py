@@ -20,8 +20,8 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 def to_image(x: torch.Tensor) -> Image.Image:
     """(1, 3, H, W) in [0, 1] -> RGB PIL image (rounded, as A1111's ``tensor2img``)."""
-    a = (x[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-    return Image.fromarray(a, "RGB")
+    a = x[0].clamp(0, 1).mul_(255.0).round_().to(torch.uint8)  # one float copy, then 3 bytes a pixel
+    return Image.fromarray(a.permute(1, 2, 0).contiguous().numpy(), "RGB")
 
 
 def run_model(
