@@ -182,7 +182,7 @@ def _upscale(model: Any, hires: Any, latents: torch.Tensor, width: int, height: 
         return upscale_latents(latents, hires.upscaler, (height // f, width // f))
     images = to_pil(decode_latents(model, latents))
     if hires.upscaler_path:
-        upscaler = load_upscaler(hires.upscaler_path)
+        upscaler = load_upscaler(hires.upscaler_path, device=str(getattr(model, "device", "cpu")))
         images = [upscale_to(upscaler, im, (width, height)) for im in images]
     else:
         images = [upscale_image(im, hires.upscaler, (width, height)) for im in images]
