@@ -4,6 +4,7 @@ files, embedding names matched per token, and ``sd_vae`` confined to models/VAE.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +159,28 @@ def test_sd_vae_names_and_paths_inside_models_vae_still_work(client, models):
     for value in ("other.vae.safetensors", str(models / "VAE" / "other.vae.safetensors")):
         assert client.post("/sdapi/v1/options", json={"sd_vae": value}).status_code == 200
     assert client.post("/sdapi/v1/options", json={"sd_vae": "None"}).status_code == 200
+
+
+def test_lora_listing_skips_huge_metadata_headers_and_reads_each_file_once(tmp_path, monkeypatch):
+    import json
+    import struct
+
+    from sdstudio.networks import NetworkLibrary
+    from sdstudio.networks import library as lib
+
+    folder = tmp_path / "Lora"
+    save(
+        {"a.lora_down.weight": torch.zeros(1, 2)},
+        folder / "small.safetensors",
+        metadata={"ss_output_name": "S"},
+    )
+    header = json.dumps({"__metadata__": {"junk": "x" * (9 * 1024 * 1024)}}).encode()
+    (folder / "huge.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    parsed = []
+    real = lib.safetensors_metadata
+    monkeypatch.setattr(lib, "safetensors_metadata", lambda p, *a: parsed.append(Path(p).name) or real(p, *a))
+    library = NetworkLibrary(lora_dir=folder)
+    for _ in range(3):
+        files = {f.name: f for f in library.files("lora")}
+    assert files["small"].alias == "S" and files["huge"].metadata == {}  # 9 MB header: not parsed
+    assert sorted(parsed) == ["huge.safetensors", "small.safetensors"]  # once per file state

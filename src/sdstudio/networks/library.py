@@ -28,6 +28,7 @@ HYPERNETWORK_SUFFIXES = (".pt",)
 SUBFOLDERS = {"lora": "Lora", "embeddings": "embeddings", "vae": "VAE", "hypernetworks": "hypernetworks"}
 CACHE_SIZE = 16  # LoRA / embedding files kept in memory
 FAILED_CACHE_SIZE = 1024  # unreadable files remembered (each logged once)
+MAX_METADATA_HEADER = 8 * 1024 * 1024  # LoRA listing: kohya metadata (tag frequencies included) is < 1 MB
 log = logging.getLogger(__name__)
 
 
@@ -189,15 +190,16 @@ def _data_offset(path: Path) -> int:
     return 8 + struct.unpack("<Q", head)[0] if len(head) == 8 else 0
 
 
-def safetensors_metadata(path: str | Path) -> dict[str, str]:
-    """The ``__metadata__`` of a .safetensors file (header only; {} for others or unreadable files)."""
+def safetensors_metadata(path: str | Path, max_header: int = MAX_METADATA_HEADER) -> dict[str, str]:
+    """The ``__metadata__`` of a .safetensors file (header only; {} for others, unreadable files and
+    headers over ``max_header`` bytes: parsing a 40 MB header holds the interpreter for half a second)."""
     p = Path(path)
     if p.suffix.lower() != ".safetensors":
         return {}
     try:
         with open(p, "rb") as f:
             n = struct.unpack("<Q", f.read(8))[0]
-            if n > min(100 * 1024 * 1024, p.stat().st_size):
+            if n > min(max_header, p.stat().st_size):
                 return {}
             meta = json.loads(f.read(n)).get("__metadata__", {})
     except (OSError, ValueError, struct.error, AttributeError):
