@@ -8,7 +8,7 @@ A1111 field names and defaults follow ``modules/api/models.py`` and the v1.10
 Every number a request carries has a lower and an upper bound here (a 422 naming the field before
 anything is decoded or allocated; ``tests/security/test_bounds.py`` walks every request schema to
 keep it so). These are hard ceilings, the same on every server; the server's own limits
-(``--max-width``, ``--max-steps``, ...) are checked after them, by ``GenerationRequest.validate``.
+(``--max-size``, ``--max-steps``, ...) are checked after them, by ``GenerationRequest.validate``.
 NaN and infinity are refused in every float field.
 """
 
@@ -22,9 +22,9 @@ from pydantic_core import PydanticCustomError
 from sdstudio.api.text import find_lone_surrogate, surrogate_message
 from sdstudio.config import MAX_HR_SCALE, MAX_SEED, MAX_TOKEN_MERGING_RATIO
 
-MAX_PIXELS_SIDE = 16384  # any pixel size or margin; the server's --max-width/--max-height are lower
+MAX_PIXELS_SIDE = 16384  # any pixel size or margin; the server's --max-size is lower
 MAX_STEPS = 1_000_000  # steps of any pass; the server's --max-steps is lower (and named when it refuses)
-MAX_COUNT = 1_000_000  # batch size, batch count; --max-batch-size/--max-batch-count are lower
+MAX_COUNT = 1_000_000  # batch size, batch count; --max-batch-size and the batch-count limit are lower
 MAX_SIGMA = 1000.0  # s_tmin / s_tmax (accepted for A1111 clients, not used)
 SQLITE_MAX_INT = 2**63 - 1  # ids and offsets of the history database
 
@@ -57,7 +57,7 @@ class _A1111Base(TextSafeModel):
     seed: int = Field(-1, ge=-1, le=MAX_SEED)
     subseed: int = Field(-1, ge=-1, le=MAX_SEED)
     subseed_strength: float = Field(0.0, ge=0, le=1)
-    seed_resize_from_h: int = Field(-1, ge=-1, le=MAX_PIXELS_SIDE)  # -1 / 0 = off; else also <= --max-height
+    seed_resize_from_h: int = Field(-1, ge=-1, le=MAX_PIXELS_SIDE)  # -1 / 0 = off; else also <= --max-size
     seed_resize_from_w: int = Field(-1, ge=-1, le=MAX_PIXELS_SIDE)
     sampler_name: str | None = None
     scheduler: str | None = None
@@ -65,7 +65,7 @@ class _A1111Base(TextSafeModel):
     n_iter: int = Field(1, ge=1, le=MAX_COUNT)
     steps: int = Field(50, ge=1, le=MAX_STEPS)  # and --max-steps
     cfg_scale: float = Field(7.0, ge=0, le=100)
-    width: int = Field(512, ge=16, le=MAX_PIXELS_SIDE)  # and --max-width
+    width: int = Field(512, ge=16, le=MAX_PIXELS_SIDE)  # and --max-size
     height: int = Field(512, ge=16, le=MAX_PIXELS_SIDE)
     restore_faces: bool | None = None
     tiling: bool | None = None
@@ -132,7 +132,7 @@ class Txt2ImgRequest(_A1111Base):
     denoising_strength: float | None = Field(0.75, ge=0, le=1)
     firstphase_width: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
     firstphase_height: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
-    hr_scale: float = Field(2.0, ge=0, le=MAX_HR_SCALE)  # the target size is also held to --max-width/height
+    hr_scale: float = Field(2.0, ge=0, le=MAX_HR_SCALE)  # the target size is also held to --max-size
     hr_upscaler: str | None = None
     hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS)  # 0 = as the first pass; and --max-steps
     hr_resize_x: int = Field(0, ge=0, le=MAX_PIXELS_SIDE)
