@@ -119,7 +119,11 @@ def test_extra_batch_images(client):
     "body,field,words",
     [
         ({"upscaler_1": "4x-nope"}, "upscaler_1", "installed: None, Lanczos, Nearest, 4x-tinycompact"),
-        ({"upscaler_1": "Lanczos", "upscaling_resize": 8}, "upscaling_resize", f"limit of {MAX_PIXELS} pixels"),
+        (
+            {"upscaler_1": "Lanczos", "upscaling_resize": 8},
+            "upscaling_resize",
+            f"limit of {MAX_PIXELS} pixels",
+        ),
         ({"upscaler_1": "Lanczos", "upscaling_resize": 9}, "upscaling_resize", ""),
         ({"upscaler_1": "Lanczos", "gfpgan_visibility": 1}, "gfpgan_visibility", "no face restorer"),
     ],
@@ -134,3 +138,8 @@ def test_an_input_over_the_pixel_limit_is_refused_before_upscaling(client):
     big = _image(200, 200)
     r = client.post("/sdapi/v1/extra-single-image", json={"image": png_b64(big), "upscaler_1": "Lanczos"})
     assert r.status_code == 422 and str(MAX_PIXELS) in r.text
+
+
+def test_the_web_ui_offers_model_upscalers_for_hires_fix(client):
+    upscalers = client.get("/api/info").json()["upscalers"]
+    assert upscalers[0] == "Latent" and upscalers[-2:] == ["4x-tinycompact", "RealESRGAN_x2tiny"]

@@ -215,11 +215,12 @@ async def info(request: Request) -> s.ServerInfo:
     from sdstudio.sampling import SCHEDULE_TYPES, list_samplers
 
     st = studio(request)
+    files = await run_in_threadpool(st.manager.upscalers)  # model upscalers: models/ESRGAN, ...
     return s.ServerInfo(
         version=__version__,
         auth=bool(st.settings.api_auth),
         limits=asdict(st.settings.limits),
-        upscalers=hires_upscalers(),
+        upscalers=[*hires_upscalers(), *(f.name for f in files)],
         samplers=[x.name for x in list_samplers()],
         schedulers=list(SCHEDULE_TYPES),
         img2img_available=True,
