@@ -143,3 +143,24 @@ def test_an_input_over_the_pixel_limit_is_refused_before_upscaling(client):
 def test_the_web_ui_offers_model_upscalers_for_hires_fix(client):
     upscalers = client.get("/api/info").json()["upscalers"]
     assert upscalers[0] == "Latent" and upscalers[-2:] == ["4x-tinycompact", "RealESRGAN_x2tiny"]
+
+
+def test_extras_tiles_by_a1111s_esrgan_tile_options(client, nets):
+    """ESRGAN_tile / ESRGAN_tile_overlap decide the tiling: with overlap 16 (margin 4 >= the tiny
+    Compact's receptive radius) the result is the untiled forward; with no overlap the seams show."""
+    image = _image(40, 36, seed=4)
+    with torch.inference_mode():
+        ref = np.asarray(to_image(nets["4x-tinycompact"](to_tensor(image)).clamp(0, 1)))
+    body = {"image": png_b64(image), "upscaler_1": "4x-tinycompact", "upscaling_resize": 4}
+    try:
+        results = []
+        for overlap in (16, 0):
+            assert client.post(
+                "/sdapi/v1/options", json={"ESRGAN_tile": 32, "ESRGAN_tile_overlap": overlap}
+            ).is_success
+            r = client.post("/sdapi/v1/extra-single-image", json=body)
+            results.append(np.asarray(decode_png(r.json()["image"]).convert("RGB")))
+        differ = [int((res != ref).any(axis=2).sum()) for res in results]
+        assert differ[0] <= 2 and differ[1] > 50
+    finally:
+        client.post("/sdapi/v1/options", json={"ESRGAN_tile": 192, "ESRGAN_tile_overlap": 8})

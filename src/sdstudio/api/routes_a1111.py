@@ -465,13 +465,25 @@ def _run_extras(st: Any, req: s._ExtrasBase, datas: list[str]) -> tuple[list[str
     def load(name: str) -> Any:
         return st.manager.load_upscaler(paths[name])
 
+    tile, overlap = _tile_options(st.options)
     out, info = [], {}
     with _EXTRAS_LOCK:
         for im in images:
-            result, info = run_extras(im, options, load)
+            result, info = run_extras(im, options, load, tile=tile, overlap=overlap)
             out.append(encode_png(result))
     text = ", ".join(f"{k}: {v}" for k, v in info.items())
     return out, f"<p>{html.escape(text)}</p>"
+
+
+def _tile_options(options: dict[str, Any]) -> tuple[int, int]:
+    """(tile, overlap) from A1111's options ``ESRGAN_tile`` (192) and ``ESRGAN_tile_overlap`` (8), held
+    to [32, 1024] and [0, tile): A1111's 0 ("no tiling") becomes 1024, so memory stays bounded."""
+    try:
+        tile, overlap = int(options.get("ESRGAN_tile", 192)), int(options.get("ESRGAN_tile_overlap", 8))
+    except (TypeError, ValueError, OverflowError):
+        tile, overlap = 192, 8
+    tile = 1024 if tile <= 0 else min(max(tile, 32), 1024)
+    return tile, min(max(overlap, 0), tile - 1)
 
 
 def _upscaler_name(files: list, name: str | None, field: str) -> str:
