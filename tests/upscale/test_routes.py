@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -164,3 +166,28 @@ def test_extras_tiles_by_a1111s_esrgan_tile_options(client, nets):
         assert differ[0] <= 2 and differ[1] > 50
     finally:
         client.post("/sdapi/v1/options", json={"ESRGAN_tile": 192, "ESRGAN_tile_overlap": 8})
+
+
+def test_a_broken_or_hostile_upscaler_file_is_a_422_not_a_crash(client, tmp_path):
+    import os
+
+    folder = Path(client.get("/sdapi/v1/upscalers").json()[3]["model_path"]).parent.parent / "ESRGAN"
+    marker = tmp_path / "pwned"
+    broken, hostile = folder / "4x-broken.pth", folder / "4x-hostile.pth"
+    broken.write_bytes(b"PK\x03\x04 truncated zip")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"w": torch.zeros(1), "x": Evil()}, hostile)
+    try:
+        for name, words in (("4x-broken", "not a readable upscaler file"), ("4x-hostile", "code execution")):
+            r = client.post(
+                "/sdapi/v1/extra-single-image", json={"image": png_b64(_image()), "upscaler_1": name}
+            )
+            assert r.status_code == 422 and words in r.text, r.text
+        assert not marker.exists()
+    finally:
+        broken.unlink()
+        hostile.unlink()
