@@ -31,6 +31,12 @@ def _probe(argv: list[str]) -> tuple[int, bool, str]:
     return rc, torch, out.stderr
 
 
+@pytest.fixture(autouse=True)
+def no_studio(monkeypatch):
+    """These commands run in this process, whatever listens on 127.0.0.1:7860."""
+    monkeypatch.setenv("SDSTUDIO_SERVER", "")
+
+
 @pytest.fixture
 def png(tmp_path):
     info = PngInfo()

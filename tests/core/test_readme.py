@@ -52,6 +52,12 @@ def test_readme_has_runnable_examples():
     assert {"txt2img", "img2img", "inpaint", "outpaint", "png-info"} <= verbs, verbs
 
 
+@pytest.fixture(autouse=True)
+def no_studio(monkeypatch):
+    """These commands run in this process, whatever listens on 127.0.0.1:7860."""
+    monkeypatch.setenv("SDSTUDIO_SERVER", "")
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A folder that looks like the repository root to the commands: docs/ (the example images)."""

@@ -110,27 +110,34 @@ CLI_DEFAULTS = {"steps": 20, "sampler": "Euler a", "cfg_scale": 7.0}  # when the
 
 
 def check_args(args) -> None:
-    """Fail on what the flags alone get wrong, before any model is read: no prompt, a missing --model,
-    every range :meth:`GenerationRequest.validate` checks (``--width 70``; no torch import for these)
-    and an unknown sampler or schedule."""
+    """Fail on what the flags alone get wrong, before any model is read: a missing --model, what
+    :func:`check_flags` checks, and an unknown sampler or schedule."""
     from pathlib import Path
 
+    from sdstudio.errors import SDStudioError
+
+    if args.model and not Path(args.model).exists():
+        raise SDStudioError(f"--model: no such file or folder: {args.model}", field="model")
+    check_flags(args)
+    if args.sampler:  # the sampler table imports torch (sdstudio.sampling), still no model
+        from sdstudio.sampling import get_sampler
+
+        get_sampler(args.sampler).resolve_schedule(args.scheduler)
+
+
+def check_flags(args) -> None:
+    """No prompt, and every range :meth:`GenerationRequest.validate` checks (``--width 70``), without
+    importing torch."""
     from sdstudio.errors import SDStudioError
     from sdstudio.fields import KNOBS
 
     if not args.prompt and args.prompt != "" and not args.from_png:
         raise SDStudioError("give a prompt, or --from-png FILE")
-    if args.model and not Path(args.model).exists():
-        raise SDStudioError(f"--model: no such file or folder: {args.model}", field="model")
     knobs = {k.name: getattr(args, k.name) for k in KNOBS if getattr(args, k.name, None) is not None}
     size = 64  # a stand-in where the model's native size will apply; it passes every check
     GenerationRequest(
         **knobs, prompt=args.prompt or "", width=args.width or size, height=args.height or size
     ).validate()
-    if args.sampler:  # the sampler table imports torch (sdstudio.sampling), still no model
-        from sdstudio.sampling import get_sampler
-
-        get_sampler(args.sampler).resolve_schedule(args.scheduler)
 
 
 def model_defaults_from_args(args):
