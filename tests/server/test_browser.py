@@ -296,7 +296,9 @@ def test_every_tab_fits_the_window_and_clears_the_header(browser, server, width)
             pg.wait_for_selector("#study-start")
         pg.evaluate("window.scrollTo(0, 0)")
         pg.wait_for_timeout(150)
-        tops = pg.evaluate("[...document.querySelectorAll('.tabs button')].map((b) => b.getBoundingClientRect().top)")
+        tops = pg.evaluate(
+            "[...document.querySelectorAll('.tabs button')].map((b) => b.getBoundingClientRect().top)"
+        )
         header = pg.evaluate("document.querySelector('header.topbar').getBoundingClientRect().height")
         if len(set(tops)) != 1 or header > 60:
             problems.append(f"{tab}: tab bar wraps (tops {sorted(set(tops))}, header {header}px)")
@@ -304,7 +306,9 @@ def test_every_tab_fits_the_window_and_clears_the_header(browser, server, width)
         assert len(controls) >= 3, f"{tab}: no controls found"
         for c in controls:
             if c["left"] < -0.5 or c["right"] > width + 0.5:
-                problems.append(f"{tab}: {c['name']!r} clipped ({c['left']:.0f}..{c['right']:.0f} of {width})")
+                problems.append(
+                    f"{tab}: {c['name']!r} clipped ({c['left']:.0f}..{c['right']:.0f} of {width})"
+                )
             if c["covered"]:
                 problems.append(f"{tab}: {c['name']!r} covered by {c['covered']}")
         pg.evaluate("document.activeElement && document.activeElement.blur()")
@@ -317,7 +321,9 @@ def test_every_tab_fits_the_window_and_clears_the_header(browser, server, width)
             pg.evaluate(f"window.scrollTo(0, {y})")
             pg.wait_for_timeout(100)
             for c in pg.evaluate(_CONTROLS_JS):
-                if c["name"] in ("Generate", "Interrupt", "Skip") and (c["covered"] or c["top"] < c["headerBottom"]):
+                if c["name"] in ("Generate", "Interrupt", "Skip") and (
+                    c["covered"] or c["top"] < c["headerBottom"]
+                ):
                     problems.append(f"{tab} scrolled to {y}: {c['name']} under the header ({c})")
         pg.screenshot(path=str(SHOTS / f"layout-{tab}-scrolled-{width}.png"))
     ctx.close()
@@ -454,3 +460,19 @@ def test_form_follows_the_selected_models_defaults(browser, carded_server):
     ui_img = Image.open(io.BytesIO(ui_png)).convert("RGB")
     api_img = Image.open(io.BytesIO(base64.b64decode(api["images"][0]))).convert("RGB")
     assert ui_img.tobytes() == api_img.tobytes()
+
+
+def test_running_job_without_steps_says_the_model_is_loading(page):
+    """A job that runs but has no step yet is loading (or converting) its model, not at "Step 0/0"."""
+    page.evaluate(
+        """outputs.txt2img.start(); outputs.txt2img.update({id: "x", state: "running", job_step: 0,
+        job_steps: 0, progress: 0, images: [], model: "v1-5-pruned-emaonly.safetensors", batch_count: 1})"""
+    )
+    text = page.locator('[data-output="txt2img"] .progress-text').inner_text()
+    assert text.startswith("Loading v1-5-pruned-emaonly.safetensors…") and "Step 0/0" not in text
+    page.evaluate(
+        """outputs.txt2img.update({id: "x", state: "running", job_step: 3, job_steps: 15, progress: 0.2,
+        images: [], batch_count: 1, batch_index: 0})"""
+    )
+    assert page.locator('[data-output="txt2img"] .progress-text').inner_text().startswith("Step 3/15")
+    page.evaluate("outputs.txt2img.finished = true; outputs.txt2img.job = null; outputs.txt2img.busy(false)")
