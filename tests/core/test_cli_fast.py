@@ -118,3 +118,38 @@ def test_embedded_models_defaults_are_known_before_loading():
     card = json.loads((default_model_path() / "sdstudio.json").read_text())
     d = model_defaults_from_args(argparse.Namespace(model=None))
     assert (d.size, d.steps, d.sampler) == (64, card["default_steps"], card["default_sampler"])
+
+
+def test_samplers_ask_a_running_studio_without_torch(monkeypatch):
+    """With a studio up, `sdstudio samplers` reads its table over HTTP and never imports torch."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    table = {"samplers": [{"name": "Euler", "aliases": ["k_euler"], "default_schedule": "Uniform",
+                           "schedules": ["Uniform", "Karras"]}]}  # fmt: skip
+
+    class Studio(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = {"/api/info": {"limits": {}}, "/api/samplers": table}[self.path]
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Studio)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("SDSTUDIO_SERVER", f"http://127.0.0.1:{httpd.server_port}")
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE, json.dumps(["samplers"])],
+            check=False, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        httpd.shutdown()
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "Euler (aliases: k_euler)" and "Automatic=Uniform, Uniform, Karras" in lines[1]
+    assert json.loads(lines[-1]) == [0, False], out.stderr

@@ -106,3 +106,12 @@ def test_no_studio_runs_here():
     assert not Remote(f"http://127.0.0.1:{free_port()}").up()
     args = build_parser().parse_args(["txt2img", "x", "--server", f"http://127.0.0.1:{free_port()}"])
     assert try_remote(args) is None
+
+
+def test_samplers_from_the_studio_match_the_local_table(studio, monkeypatch, capsys):
+    live, _, _ = studio
+    monkeypatch.setenv("SDSTUDIO_SERVER", "")
+    assert main(["samplers"]) == 0
+    local = capsys.readouterr().out
+    assert main(["samplers", "--server", live.url]) == 0
+    assert capsys.readouterr().out == local and "DPM++ 2M" in local and "schedules: Automatic=" in local

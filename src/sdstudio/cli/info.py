@@ -26,12 +26,29 @@ def _png_info(args) -> int:
 
 
 def _samplers(args) -> int:
-    from sdstudio.sampling import list_samplers
+    """The sampler table; from a running studio when one answers (no torch import here, ~0.3 s),
+    else from ``sdstudio.sampling`` (which imports torch)."""
+    from sdstudio.cli.remote import Remote
 
-    for spec in list_samplers():
-        aliases = f" (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""
+    remote = None if args.local or not args.server else Remote(args.server)
+    if remote is not None and remote.up():
+        rows = remote.call("GET", "/api/samplers")["samplers"]
+    else:
+        from sdstudio.sampling import list_samplers
+
+        rows = [
+            {
+                "name": x.name,
+                "aliases": x.aliases,
+                "default_schedule": x.default_schedule,
+                "schedules": x.schedules,
+            }
+            for x in list_samplers()
+        ]
+    for row in rows:
+        aliases = f" (aliases: {', '.join(row['aliases'])})" if row["aliases"] else ""
         print(
-            f"{spec.name}{aliases}\n    schedules: Automatic={spec.default_schedule}, {', '.join(spec.schedules)}"
+            f"{row['name']}{aliases}\n    schedules: Automatic={row['default_schedule']}, {', '.join(row['schedules'])}"
         )
     return 0
 
@@ -42,4 +59,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the parsed fields as JSON")
     p.set_defaults(func=_png_info)
     s = sub.add_parser("samplers", help="list samplers (A1111 names) and their schedule types")
+    from sdstudio.cli.remote import add_remote_args
+
+    add_remote_args(s)
     s.set_defaults(func=_samplers)
