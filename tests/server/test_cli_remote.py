@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,37 @@ def test_samplers_from_the_studio_match_the_local_table(studio, monkeypatch, cap
     local = capsys.readouterr().out
     assert main(["samplers", "--server", live.url]) == 0
     assert capsys.readouterr().out == local and "DPM++ 2M" in local and "schedules: Automatic=" in local
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
+EDITS = {
+    "img2img": ["--init", str(EXAMPLES / "face.png"), "--denoising-strength", "0.6"],
+    "inpaint": ["--init", str(EXAMPLES / "face.png"), "--mask", str(EXAMPLES / "mouth.png"), "--only-masked"],
+    "outpaint": ["--init", str(EXAMPLES / "right.png"), "--left", "24"],
+}
+
+
+@pytest.mark.parametrize("verb", list(EDITS))
+def test_image_to_image_verbs_run_on_the_studio_with_the_local_bytes(studio, monkeypatch, capsys, verb):
+    live, root, model = studio
+    monkeypatch.chdir(root)
+    argv = [
+        verb,
+        "a face",
+        *EDITS[verb],
+        "--seed",
+        "3",
+        "--steps",
+        "3",
+        "--sampler",
+        "Euler",
+        "--model",
+        str(model),
+    ]
+    assert main([*argv, "--server", live.url]) == 0
+    out, err = capsys.readouterr()
+    (printed,) = out.split()
+    assert "job " in err and printed.startswith("outputs/img2img-images/")
+    assert main([*argv, "--local", "--precision", "fp32", "--outdir", str(root / verb), "--no-history"]) == 0
+    (local,) = capsys.readouterr().out.split()
+    assert (root / printed).read_bytes() == (root / local).read_bytes()

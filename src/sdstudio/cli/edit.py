@@ -123,6 +123,11 @@ def _mask_fields(args) -> dict[str, Any]:
 
 def _run(args, kind: str) -> int:
     from sdstudio.cli.common import build_then_load, check_args, run_and_save
+    from sdstudio.cli.remote import try_remote
+
+    done = try_remote(args, kind)  # a running studio answers in about a second
+    if done is not None:
+        return done
 
     check_args(args)  # bad flags fail before torch loads or any image is read
     from sdstudio.pipelines import image_ops as ops
@@ -174,6 +179,7 @@ def _outpaint(args) -> int:
 
 def register(sub) -> None:
     from sdstudio.cli.common import add_generation_args, add_model_args
+    from sdstudio.cli.remote import add_remote_args
 
     p = sub.add_parser(
         "img2img",
@@ -183,6 +189,7 @@ def register(sub) -> None:
     add_generation_args(p)
     add_img2img_args(p)
     add_model_args(p)
+    add_remote_args(p)
     p.set_defaults(func=_img2img)
 
     p = sub.add_parser(
@@ -194,6 +201,7 @@ def register(sub) -> None:
     add_img2img_args(p)
     add_mask_args(p)
     add_model_args(p)
+    add_remote_args(p)
     p.set_defaults(func=_inpaint)
 
     p = sub.add_parser(
@@ -209,4 +217,5 @@ def register(sub) -> None:
     p.add_argument("--up", "--top", dest="up", type=int, default=0, help="pixels to add at the top")
     p.add_argument("--down", "--bottom", dest="down", type=int, default=0, help="pixels to add at the bottom")
     add_model_args(p)
+    add_remote_args(p)
     p.set_defaults(func=_outpaint)

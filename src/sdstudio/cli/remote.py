@@ -1,4 +1,4 @@
-"""``sdstudio txt2img`` through a running studio: when ``sdstudio serve`` answers at the configured
+"""``sdstudio txt2img`` (and img2img, inpaint, outpaint) through a running studio: when ``sdstudio serve`` answers at the configured
 address, the job is submitted there (``POST /api/jobs/txt2img``), followed to the end and its saved
 files printed, so a warm server answers in about a second instead of a process start plus a model
 load. ``--local`` always runs in this process.
@@ -95,7 +95,7 @@ def payload(args, model_title: str) -> dict[str, Any]:
             body[field] = getattr(args, flag)
     if args.scheduler and args.scheduler.lower() != "automatic":
         body["scheduler"] = args.scheduler
-    if args.hires:
+    if getattr(args, "hires", False):
         body.update(
             enable_hr=True, hr_scale=args.hr_scale, hr_upscaler=args.hr_upscaler,
             hr_second_pass_steps=args.hr_steps, denoising_strength=args.hr_denoising_strength,
@@ -122,9 +122,53 @@ def model_title(remote: Remote, model: str | None) -> str | None:
     return None
 
 
-def try_remote(args) -> int | None:
-    """Run ``args`` (txt2img) on a running studio; None when it must run locally (no studio up, or a
-    local-only flag), with a line on stderr saying why when a studio was up."""
+def edit_fields(args, kind: str) -> dict[str, Any]:
+    """The img2img body's image fields for ``sdstudio img2img|inpaint|outpaint`` flags, as
+    ``cli/edit.py`` builds them locally: the init image(s) and mask as base64 files, and without
+    --width/--height the first init image's size rounded down to a multiple of 8 (at least 64)."""
+    import base64
+
+    from sdstudio.errors import SDStudioError
+
+    def b64(path: str, flag: str) -> str:
+        try:
+            return base64.b64encode(Path(path).read_bytes()).decode()
+        except OSError as exc:
+            raise SDStudioError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+
+    inits = args.init if isinstance(args.init, list) else [args.init]
+    body: dict[str, Any] = {"init_images": [b64(x, "--init") for x in inits]}
+    if args.denoising_strength is not None:
+        body["denoising_strength"] = args.denoising_strength
+    elif kind == "outpaint":  # the API fills A1111's 0.75 for an omitted strength; outpaint's own is 0.8
+        from sdstudio.pipelines.outpaint import DEFAULT_STRENGTH
+
+        body["denoising_strength"] = DEFAULT_STRENGTH
+    if kind != "outpaint":
+        body["resize_mode"] = args.resize_mode
+        if args.width is None and args.height is None:
+            from PIL import Image
+
+            with Image.open(inits[0]) as im:
+                body["width"], body["height"] = (max(64, v // 8 * 8) for v in im.size)
+    if kind != "img2img":
+        body.update(mask_blur=args.mask_blur, inpainting_fill=args.inpainting_fill)
+    if kind == "inpaint":
+        body.update(
+            mask=b64(args.mask, "--mask"), inpainting_mask_invert=int(args.mask_invert),
+            inpaint_full_res=args.only_masked, inpaint_full_res_padding=args.only_masked_padding,
+        )  # fmt: skip
+    if kind == "outpaint":
+        body.update(
+            outpaint_left=args.left, outpaint_right=args.right, outpaint_top=args.up, outpaint_bottom=args.down,
+            inpaint_full_res=False,
+        )  # fmt: skip
+    return body
+
+
+def try_remote(args, kind: str = "txt2img") -> int | None:
+    """Run ``args`` on a running studio; None when it must run locally (no studio up, or a local-only
+    flag), with a line on stderr saying why when a studio was up."""
     if local_reason(args) or not args.server:
         return None
     remote = Remote(args.server)
@@ -139,20 +183,23 @@ def try_remote(args) -> int | None:
     from sdstudio.cli.common import check_flags
 
     check_flags(args)  # the same one-line errors as locally, before anything is sent
-    return run_remote(remote, payload(args, title))
+    body = payload(args, title)
+    if kind != "txt2img":
+        body.update(edit_fields(args, kind))
+    return run_remote(remote, body, "txt2img" if kind == "txt2img" else "img2img")
 
 
-def run_remote(remote: Remote, body: dict[str, Any]) -> int:
+def run_remote(remote: Remote, body: dict[str, Any], route: str = "txt2img") -> int:
     """Submit, follow with a progress bar on stderr, print each saved file; Ctrl+C cancels the job."""
     from sdstudio.errors import SDStudioError
 
     try:
-        job = remote.call("POST", "/api/jobs/txt2img", body)
+        job = remote.call("POST", f"/api/jobs/{route}", body)
     except urllib.error.HTTPError as exc:
         raise SDStudioError(_detail(exc)) from None
     print(f"sdstudio: job {job['id']} on {remote.url}", file=sys.stderr)
     try:
-        job = _follow(remote, job)
+        job = _follow(remote, job, route)
     except KeyboardInterrupt:
         remote.call("POST", f"/api/jobs/{job['id']}/cancel")
         raise
@@ -166,10 +213,10 @@ def run_remote(remote: Remote, body: dict[str, Any]) -> int:
     return 0 if job["state"] == "done" else 130
 
 
-def _follow(remote: Remote, job: dict[str, Any]) -> dict[str, Any]:
+def _follow(remote: Remote, job: dict[str, Any], route: str) -> dict[str, Any]:
     from tqdm import tqdm
 
-    bar = tqdm(total=None, unit="step", desc="txt2img", dynamic_ncols=True, file=sys.stderr, leave=False)
+    bar = tqdm(total=None, unit="step", desc=route, dynamic_ncols=True, file=sys.stderr, leave=False)
     try:
         while job["state"] not in ("done", "failed", "cancelled"):
             time.sleep(0.1)
@@ -177,7 +224,7 @@ def _follow(remote: Remote, job: dict[str, Any]) -> dict[str, Any]:
             if job["state"] == "queued":
                 bar.set_description_str(f"queued ({job.get('position') or 0} ahead)")
             elif job["job_steps"]:
-                bar.set_description_str("txt2img")
+                bar.set_description_str(route)
                 bar.total, bar.n = job["job_steps"], job["job_step"]
                 bar.set_postfix_str(f"batch {job['batch_index'] + 1}/{job['batch_count']}", refresh=False)
             bar.refresh()
