@@ -95,7 +95,9 @@ def test_served_access_log_leaves_polls_out(capfd):
         base = f"http://127.0.0.1:{port}"
         for _ in range(3):
             urllib.request.urlopen(base + "/api/jobs?limit=1").read()
-        urllib.request.urlopen(urllib.request.Request(base + "/api/jobs/txt2img", data=b"", method="POST")).read()
+        urllib.request.urlopen(
+            urllib.request.Request(base + "/api/jobs/txt2img", data=b"", method="POST")
+        ).read()
         time.sleep(0.2)
     finally:
         server.should_exit = True
