@@ -153,3 +153,14 @@ def test_samplers_ask_a_running_studio_without_torch(monkeypatch):
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "Euler (aliases: k_euler)" and "Automatic=Uniform, Uniform, Karras" in lines[1]
     assert json.loads(lines[-1]) == [0, False], out.stderr
+
+
+def test_a_terminal_is_told_the_model_is_loading(monkeypatch, capsys):
+    def stop(args):
+        raise SDStudioError("stopped at the load")
+
+    monkeypatch.setattr("sdstudio.cli.common.load_model_from_args", stop)
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    assert main(["txt2img", "cat face"]) == 2
+    err = capsys.readouterr().err
+    assert err.index("loading the embedded model") < err.index("stopped at the load")

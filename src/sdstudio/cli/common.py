@@ -172,12 +172,23 @@ def build_then_load(args, build):
     request = build(defaults if defaults.size else dataclasses.replace(defaults, size=64))
     if defaults.size:
         warn_far_size(request, defaults, args)  # before the wait, not after it
+    _say_loading(args)
     model = load_model_from_args(args)
     if defaults.size is None:
         defaults = model.defaults
         request = build(defaults)
         warn_far_size(request, defaults, args)
     return model, request
+
+
+def _say_loading(args) -> None:
+    """A line on a terminal's stderr while the model loads (seconds; a checkpoint's first use on a CPU
+    also converts it, 1-2 min), so the wait does not look like a hang. Nothing when piped."""
+    import sys
+
+    if sys.stderr.isatty():
+        what = args.model or "the embedded model"
+        print(f"sdstudio: loading {what} (the first use of a checkpoint converts it once)…", file=sys.stderr)
 
 
 def request_from_args(args, defaults, **extra) -> GenerationRequest:
