@@ -369,6 +369,10 @@ def test_xyz_run_counts_every_image(page):
         timeout=120000,
     )
     out = page.locator('[data-output="txt2img"]')
+    # the thumbnails arrive with the job's results, possibly a moment after the status line
+    page.wait_for_function(
+        "document.querySelectorAll('[data-output=txt2img] .thumbs img').length >= 7", timeout=30000
+    )
     assert out.locator(".thumbs img").count() == 7
     assert out.locator(".progress-text").inner_text() == "Done — 6 images + 1 grid"
 

@@ -57,9 +57,10 @@ def test_load_hash_and_switch(models_dir, tiny_sd2, monkeypatch, tmp_path):
     entry = m.find(sha[:10])  # by short hash, as A1111 accepts
     assert entry.title == f"anime/tinyfile.safetensors [{sha[:10]}]"
     assert m.find("anime/tinyfile.safetensors [0123456789]") is entry  # stale hash in a client's title
-    assert m.acquire() is model  # no name: the loaded one stays
-    m.select("mem")
+    # no name: not the model a job named for itself, but the one current before it (A1111 restores it)
     assert m.acquire() is tiny_sd2 and m.loaded_name == "mem"
+    m.select("anime/tinyfile.safetensors")  # a selection is what later jobs get
+    assert m.acquire().model_hash == sha[:10] and m.acquire().model_hash == sha[:10]
 
 
 def test_generation_from_a_checkpoint_file(models_dir, tmp_path, monkeypatch):
