@@ -10,6 +10,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The default backend is "auto" (OpenVINO where installed); the suite's many short model loads run on
 # PyTorch so as not to pay OpenVINO's compilation each time. tests/speed/test_openvino.py covers it.
 os.environ.setdefault("SDSTUDIO_BACKEND", "torch")
+# The CLI submits to a running studio when one answers at $SDSTUDIO_SERVER (default 127.0.0.1:7860);
+# a studio left running on this machine must never take the suite's CLI runs.
+os.environ["SDSTUDIO_SERVER"] = ""
 
 import pytest
 
