@@ -68,7 +68,7 @@ def ensure_model(folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); from bench_txt2img import build_sd15;"
-        "from sdstudio.models.loader import save_single_file, save_diffusers;"
+        "from sdstudio.models.save import save_single_file, save_diffusers;"
         f"m = build_sd15(); save_single_file(m, {str(single)!r}, half=True);"
         f"save_diffusers(m, {str(diffusers_dir)!r}, half=True)"
     )

@@ -9,7 +9,7 @@ import torch
 def original_state_dict(model):
     """Return (architecture, original-layout state dict) of an in-memory model via our converter."""
     from sdstudio.families.sd.keymap import diffusers_to_original
-    from sdstudio.models.loader import model_components
+    from sdstudio.models.save import model_components
 
     arch, components, configs = model_components(model)
     return arch, diffusers_to_original(components, arch, configs)
@@ -29,7 +29,7 @@ def tiny_models(tiny_sd1, tiny_inpaint, tiny_sd2, tiny_sd2_v, tiny_sdxl):
 @pytest.fixture(scope="session")
 def saved_models(tiny_models, tmp_path_factory):
     """{arch name: {"model", "diffusers", "safetensors", "ckpt"}} written with our own savers."""
-    from sdstudio.models.loader import save_diffusers, save_single_file
+    from sdstudio.models.save import save_diffusers, save_single_file
 
     root = tmp_path_factory.mktemp("models")
     out = {}

@@ -13,7 +13,7 @@ from sdstudio.families.sd.keymap import (
     unet_to_original,
     vae_to_original,
 )
-from sdstudio.models.loader import model_components
+from sdstudio.models.save import model_components
 from tests.checkpoints.conftest import original_state_dict
 
 

@@ -15,7 +15,8 @@ import torch
 
 from sdstudio.families.sd.architectures import ARCHITECTURES, materialize_config_folder
 from sdstudio.families.sd.tokenizer import clip_tokenizer
-from sdstudio.models.loader import load_model, model_components, save_single_file
+from sdstudio.models.loader import load_model
+from sdstudio.models.save import model_components, save_single_file
 from sdstudio.models.sdmodel import StableDiffusionModel
 from tests.checkpoints.test_loader import component_outputs
 

@@ -11,7 +11,8 @@ from sdstudio.checkpoints.io import write_safetensors
 from sdstudio.devices import resolve_dtype
 from sdstudio.errors import SDStudioError
 from sdstudio.models import loader
-from sdstudio.models.loader import load_model, save_single_file
+from sdstudio.models.loader import load_model
+from sdstudio.models.save import save_single_file
 from tests.checkpoints.conftest import original_state_dict
 
 FORMATS = ("diffusers", "safetensors", "ckpt")

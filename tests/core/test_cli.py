@@ -11,7 +11,7 @@ from sdstudio.cli import main
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_sd1):
-    from sdstudio.models.loader import save_diffusers
+    from sdstudio.models.save import save_diffusers
 
     path = tmp_path_factory.mktemp("models") / "tiny-sd1"
     save_diffusers(tiny_sd1, path)

@@ -7,7 +7,7 @@ import doctest
 import torch
 
 from sdstudio.families.sd.tokenizer import clip_tokenizer
-from sdstudio.prompts import attention
+from sdstudio.prompts import emphasis as attention
 from sdstudio.prompts.encode import apply_emphasis, encode_prompts, tokenize_chunks
 
 BOS, EOS = 49406, 49407

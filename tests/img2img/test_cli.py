@@ -28,7 +28,7 @@ def _main(argv: list[str]) -> int:
 
 @pytest.fixture(scope="module")
 def files(tiny_sd1, tmp_path_factory):
-    from sdstudio.models.loader import save_diffusers
+    from sdstudio.models.save import save_diffusers
 
     root = tmp_path_factory.mktemp("cli")
     folder = save_diffusers(tiny_sd1, root / "tiny-sd1")

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory, tiny_sd1):
-    from sdstudio.models.loader import save_diffusers
+    from sdstudio.models.save import save_diffusers
 
     path = tmp_path_factory.mktemp("lab-models") / "tiny-sd1"
     save_diffusers(tiny_sd1, path)

@@ -32,7 +32,7 @@ def _main(argv: list[str]) -> int:
 
 @pytest.fixture
 def models(tiny_sd1, tmp_path):
-    from sdstudio.models.loader import save_single_file
+    from sdstudio.models.save import save_single_file
 
     root = tmp_path / "models"
     ckpt = save_single_file(tiny_sd1, root / "Stable-diffusion" / "tiny.safetensors")

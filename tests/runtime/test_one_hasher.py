@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 
 from sdstudio.checkpoints import hashing
-from sdstudio.models.loader import save_single_file
+from sdstudio.models.save import save_single_file
 from sdstudio.runtime.manager import ModelManager
 
 

@@ -8,7 +8,7 @@ import base64
 import pytest
 
 from sdstudio.cli import main as cli_main
-from sdstudio.models.loader import save_single_file
+from sdstudio.models.save import save_single_file
 from tests.server.conftest import TEST_HOSTS
 
 REQUEST = {"prompt": "a red heart", "seed": 77, "steps": 2, "width": 32, "height": 32,

@@ -233,7 +233,7 @@ def test_server_lists_unique_names_and_never_selects_a_broken_file(tmp_path, tin
     from fastapi.testclient import TestClient
 
     from sdstudio.api import ServerSettings, create_app
-    from sdstudio.models.loader import save_single_file
+    from sdstudio.models.save import save_single_file
     from tests.server.conftest import FAST, TEST_HOSTS
 
     _, hostile, broken, _ = files

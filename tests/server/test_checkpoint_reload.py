@@ -10,7 +10,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from sdstudio.models.loader import save_single_file
+from sdstudio.models.save import save_single_file
 from sdstudio.models.tiny import tiny_sd1
 from tests.server.conftest import TEST_HOSTS
 

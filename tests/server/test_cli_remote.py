@@ -32,7 +32,7 @@ ARGS = [
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, tiny_sd1):
     from sdstudio.api import ServerSettings, create_app
-    from sdstudio.models.loader import save_single_file
+    from sdstudio.models.save import save_single_file
 
     root = tmp_path_factory.mktemp("remote")
     model = save_single_file(tiny_sd1, root / "tiny.safetensors")

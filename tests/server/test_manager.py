@@ -14,7 +14,7 @@ from tests.server.conftest import TEST_HOSTS
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory, tiny_sd1):
-    from sdstudio.models.loader import save_single_file
+    from sdstudio.models.save import save_single_file
 
     root = tmp_path_factory.mktemp("models")
     for sub in ("Stable-diffusion/anime", "Lora", "VAE", "embeddings"):

@@ -134,7 +134,7 @@ def test_fast_and_ngms_are_in_the_infotext_and_reproduce(tiny_sd1):
 def test_single_file_streams_into_the_target_dtype(tiny_sd1, tmp_path):
     from sdstudio.checkpoints.io import read_checkpoint
     from sdstudio.errors import SDStudioError
-    from sdstudio.models.loader import save_single_file
+    from sdstudio.models.save import save_single_file
 
     path = save_single_file(tiny_sd1, tmp_path / "m.safetensors")
     plain = read_checkpoint(path).state_dict

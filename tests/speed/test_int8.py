@@ -159,7 +159,8 @@ def test_too_little_memory_for_the_int8_build_runs_the_float_graphs(tmp_path, mo
 def test_a_loaded_model_with_freed_weights_builds_int8_and_frees_them_again(tmp_path, monkeypatch):
     """load_model frees the PyTorch UNet (OpenVINO holds the weights): quantising traces an fp32
     copy re-read from the checkpoint, and the model's own weights stay freed."""
-    from sdstudio.models.loader import load_model, save_diffusers
+    from sdstudio.models.loader import load_model
+    from sdstudio.models.save import save_diffusers
 
     folder = save_diffusers(tiny_sd1(), tmp_path / "m")
     with monkeypatch.context() as m:  # a float fast job first: the shallow graph is cached, not int8

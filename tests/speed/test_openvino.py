@@ -222,7 +222,7 @@ def test_unsupported_models_and_backends_are_clear_errors(tiny_sdxl):
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from sdstudio.models.loader import save_diffusers
+    from sdstudio.models.save import save_diffusers
 
     return save_diffusers(tiny_sd1(), tmp_path_factory.mktemp("models") / "tiny-sd1")
 
@@ -277,7 +277,8 @@ def test_auto_falls_back_to_pytorch_when_openvino_cannot_run(tiny_folder, tmp_pa
 def test_loaded_model_frees_the_pytorch_unet_until_a_job_needs_it(tiny_folder, tmp_path):
     """The compiled graph holds the UNet's weights: the PyTorch copy is freed, and re-read from the
     checkpoint (the same bits as a PyTorch load) only when a job takes the PyTorch path."""
-    from sdstudio.models.loader import load_model, save_diffusers
+    from sdstudio.models.loader import load_model
+    from sdstudio.models.save import save_diffusers
 
     model = load_model(tiny_folder, precision="fp32", backend="openvino", cache_dir=tmp_path)
     assert model.compiled_unet.released and all(p.is_meta for p in model.unet.parameters())
@@ -306,7 +307,8 @@ def test_loaded_model_frees_the_pytorch_unet_until_a_job_needs_it(tiny_folder, t
 
 def test_a_checkpoint_changed_on_disk_fails_the_job_never_mixes_two(tmp_path):
     from sdstudio.errors import CheckpointChangedError
-    from sdstudio.models.loader import load_model, save_diffusers
+    from sdstudio.models.loader import load_model
+    from sdstudio.models.save import save_diffusers
 
     folder = save_diffusers(tiny_sd1(), tmp_path / "m")
     model = load_model(folder, precision="fp32", backend="openvino", cache_dir=tmp_path / "c")
@@ -425,7 +427,8 @@ def test_a_recorded_checkpoint_loads_without_reading_its_unet(layout, tmp_path, 
     A job that needs the PyTorch UNet reads them then: the same bits as a PyTorch load. Likewise the
     VAE decoder's weights (freed beside its graph) and the text encoders' (freed between jobs)."""
     from sdstudio.models import loader
-    from sdstudio.models.loader import load_model, save_diffusers, save_single_file
+    from sdstudio.models.loader import load_model
+    from sdstudio.models.save import save_diffusers, save_single_file
 
     monkeypatch.setattr(loader, "IDLE_TEXT_BYTES", 0)  # the tiny text encoder is freed like SD 1.5's
 
@@ -479,7 +482,8 @@ def test_a_pickled_checkpoint_keeps_the_weights_it_could_only_reread_whole(tmp_p
 
     from sdstudio.checkpoints.io import METADATA_KEY
     from sdstudio.models import loader
-    from sdstudio.models.loader import load_model, save_single_file
+    from sdstudio.models.loader import load_model
+    from sdstudio.models.save import save_single_file
 
     monkeypatch.setattr(loader, "IDLE_TEXT_BYTES", 0)
     single = save_single_file(tiny_sd1(), tmp_path / "tiny.safetensors")

@@ -11,7 +11,8 @@ from PIL import Image
 
 from sdstudio import GenerationRequest, txt2img
 from sdstudio.errors import SDStudioError
-from sdstudio.models.loader import DEFAULT_MODEL_DIR, attach_tiny_vae, load_model, save_diffusers
+from sdstudio.models.loader import DEFAULT_MODEL_DIR, attach_tiny_vae, load_model
+from sdstudio.models.save import save_diffusers
 from sdstudio.models.tiny_vae import (
     TINY_VAE_FOLDER,
     build_tiny_vae,
@@ -145,7 +146,7 @@ def test_model_folder_taesd_is_attached_and_explicit_path_wins(tiny_sd1, tmp_pat
 def test_a_servers_tiny_vae_serves_models_without_their_own_and_skips_misfits(tiny_sd1, tmp_path, caplog):
     """``serve --tiny-vae`` (``default_tiny_vae_path``): used where a model has no taesd/ of its
     own, never over it, and skipped with a warning where it does not decode the model's latents."""
-    from sdstudio.models.loader import save_single_file
+    from sdstudio.models.save import save_single_file
 
     shared = save_tiny_vae(tiny_vae_for(tiny_sd1, channels=4, blocks=1, seed=2), tmp_path / "shared")
     single = save_single_file(tiny_sd1, tmp_path / "tiny.safetensors")

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     """Convert ``args.src`` to ``args.dst``; print what was written. Returns the exit code."""
     import torch
 
-    from sdstudio.models.loader import load_model, save_diffusers, save_single_file
+    from sdstudio.models.loader import load_model
+    from sdstudio.models.save import save_diffusers, save_single_file
 
     layout = target_layout(args.dst, args.to)
     dst = Path(args.dst).expanduser()

@@ -99,7 +99,7 @@ def tokenize_chunks(
     ``embeddings`` (an ``EncoderEmbeddings``-like ``match(tokens, pos)``) turns embedding names into
     placeholder positions recorded in each chunk's ``fixes``.
     """
-    from sdstudio.prompts.attention import parse_prompt_attention
+    from sdstudio.prompts.emphasis import parse_prompt_attention
 
     parsed = parse_prompt_attention(text)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
