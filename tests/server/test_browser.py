@@ -364,15 +364,14 @@ def test_xyz_run_counts_every_image(page):
     page.fill("#xyz-x-values", "1-3")
     page.fill("#xyz-y-values", "3,5")
     page.click('[data-output="txt2img"] .generate')
+    # the exact line, not any "Done": the page may still show an earlier test's "Done" until the
+    # new job has been submitted
     page.wait_for_function(
-        "document.querySelector('[data-output=txt2img] .progress-text').textContent.startsWith('Done')",
-        timeout=120000,
+        "document.querySelector('[data-output=txt2img] .progress-text').textContent"
+        " === 'Done — 6 images + 1 grid'",
+        timeout=180000,
     )
     out = page.locator('[data-output="txt2img"]')
-    # the thumbnails arrive with the job's results, possibly a moment after the status line
-    page.wait_for_function(
-        "document.querySelectorAll('[data-output=txt2img] .thumbs img').length >= 7", timeout=30000
-    )
     assert out.locator(".thumbs img").count() == 7
     assert out.locator(".progress-text").inner_text() == "Done — 6 images + 1 grid"
 

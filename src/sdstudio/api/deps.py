@@ -97,7 +97,8 @@ def job_info(s: Studio, job: Job, positions: dict[str, int] | None = None) -> Jo
     p = job.progress
     images = []
     result = job.result
-    for img in getattr(result, "images", []) or []:
+    shown = [*(getattr(result, "images", []) or []), *(getattr(result, "also_saved", []) or [])]
+    for img in shown:  # the answer's images, then what else the job saved (a plot's cells)
         url = f"/api/images/{img.rel_path}" if img.rel_path else None
         images.append(
             JobImage(

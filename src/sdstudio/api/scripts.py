@@ -68,6 +68,7 @@ def run_script_job(studio, ctx, converted, model, result):
         ordered.append(
             saved if saved is not None else _save_extra(studio, ctx, converted, result, item, like)
         )
+    result.also_saved = [saved for saved in result.images if not any(saved is o for o in ordered)]
     result.images[:] = ordered
     ctx.touch()
     return result

@@ -46,6 +46,9 @@ class JobResult:
     images: list[SavedImage] = field(default_factory=list)
     model: ModelIdentity | None = None
     model_title: str = ""  # A1111 "sd_model_name": the checkpoint's file stem or in-memory name
+    # saved but not among the answer's images (an X/Y/Z plot's cells without "Include sub images":
+    # A1111 answers with the grid only); job views list them after ``images``
+    also_saved: list[SavedImage] = field(default_factory=list)
 
 
 class ImageService:
