@@ -132,13 +132,22 @@ def sample_batch(
     elif speed.int8:
         compiled = int8_unet(model, todo)
     unet = speed.unet_for(model.unet, compiled, todo)
+    latest = {"denoised": x, "step": 0}  # what an interrupt returns: the last x0 guess
+    cancel = progress.cancel if progress is not None else None
+
+    def stop_now(*_args) -> None:
+        """Raised inside the model call (between its blocks) once the job is cancelled or skipped."""
+        if cancel is not None and cancel.stop_batch:
+            raise SamplingInterrupted(latest["denoised"], latest["step"])
+
     denoiser = CFGDenoiser(
-        ModelDenoiser(model, plan.sampling, unet), cond_at, uncond_at, cfg_scale, sigmas,
+        _Checked(ModelDenoiser(model, plan.sampling, unet), stop_now), cond_at, uncond_at, cfg_scale, sigmas,
         Conditioning.cat, post_denoise, speed.s_min_uncond, speed.uncond_every_step,
     )  # fmt: skip
     steps = plan.steps
 
     def callback(state: dict) -> None:
+        latest["denoised"], latest["step"] = state["denoised"], state["i"] + 1
         if on_step is not None:
             on_step(state)
         if progress is None:
@@ -151,6 +160,7 @@ def sample_batch(
 
     if progress is not None:
         progress.stopped = None
+    hooks = _block_hooks(model.unet, stop_now) if cancel is not None else []
     try:
         return plan.spec.function(
             denoiser,
@@ -166,6 +176,30 @@ def sample_batch(
         if progress is not None:
             progress.stopped = (stop.step, steps)
         return stop.denoised.float()
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+class _Checked:
+    """A denoiser that checks for a cancel before each model call (also where a compiled graph runs)."""
+
+    def __init__(self, inner, check: Callable[[], None]) -> None:
+        self.inner, self.check = inner, check
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        self.check()
+        return self.inner(x, sigma, cond)
+
+
+def _block_hooks(network: torch.nn.Module, check: Callable[..., None]) -> list:
+    """Forward pre-hooks (torch's hook API) that run ``check`` before each block of the PyTorch
+    network: its direct children and the elements of its block lists (UNet down/mid/up blocks, DiT
+    transformer blocks), so a cancel takes effect within one block's time, not one step's."""
+    blocks = []
+    for child in network.children():
+        blocks.extend(child if isinstance(child, torch.nn.ModuleList) else [child])
+    return [block.register_forward_pre_hook(check) for block in blocks]
 
 
 def _step_info(model, state: dict, steps: int, batch_index: int, progress: JobProgress) -> StepInfo:
