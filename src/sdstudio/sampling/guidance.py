@@ -29,6 +29,9 @@ def cond_parts(cond: Any) -> tuple[tuple[Any, float], ...]:
     return cond.parts if isinstance(cond, Composite) else ((cond, 1.0),)
 
 
+MAX_PASSES_PER_CALL = 4  # uncond + 3 AND parts in one model call; more parts go in further calls
+
+
 class CFGDenoiser:
     """``D(x, sigma) = D_u + scale * sum_i w_i (D_i - D_u)``, evaluated as one batch of (1 + parts) B.
 
@@ -47,8 +50,10 @@ class CFGDenoiser:
         post_denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         s_min_uncond: float = 0.0,
         uncond_every_step: bool = False,
+        max_passes: int = MAX_PASSES_PER_CALL,
     ) -> None:
         self.inner = inner
+        self.max_passes = max_passes  # conditionings per model call: AND parts go in chunks of this
         self.s_min_uncond = s_min_uncond  # A1111 "NGMS": below this sigma the uncond pass may be skipped
         self.uncond_every_step = uncond_every_step  # skip on every call, not only odd ones ("NGMS all steps")
         self.calls = 0  # A1111's CFGDenoiser.step: counts denoiser calls
@@ -73,6 +78,18 @@ class CFGDenoiser:
         skip = self.s_min_uncond > 0 and float(sigma.flatten()[0]) < self.s_min_uncond
         return skip and (self.uncond_every_step or self.calls % 2 == 1)
 
+    def _passes(self, x: torch.Tensor, sigma: torch.Tensor, conds: list) -> list[torch.Tensor]:
+        """The denoised x for each conditioning: batched ``max_passes`` at a time along the batch axis,
+        so an ``AND`` prompt with many parts holds at most that many batches at once (one call, as
+        before, for CFG with up to ``max_passes - 1`` parts)."""
+        outs: list[torch.Tensor] = []
+        for start in range(0, len(conds), self.max_passes):
+            group = conds[start : start + self.max_passes]
+            n = len(group)
+            batch = self.concat(group) if n > 1 else group[0]
+            outs.extend(self.inner(torch.cat([x] * n), torch.cat([sigma] * n), batch).chunk(n))
+        return outs
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         step = self.step_of(sigma)
         parts = cond_parts(self.cond_at(step))
@@ -81,15 +98,11 @@ class CFGDenoiser:
         if self.cfg_scale == 1.0 and len(parts) == 1 and parts[0][1] == 1.0:
             denoised = self.inner(x, sigma, parts[0][0])
         elif skip_uncond:
-            n = len(parts)
-            batch = self.concat([c for c, _ in parts]) if n > 1 else parts[0][0]
-            outs = self.inner(torch.cat([x] * n), torch.cat([sigma] * n), batch).chunk(n)
+            outs = self._passes(x, sigma, [c for c, _ in parts])
             guidance = sum((d_c - outs[0]) * w for (_, w), d_c in zip(parts, outs))
             denoised = outs[0] + guidance * self.cfg_scale
         else:
-            n = len(parts) + 1
-            batch = self.concat([self.uncond_at(step), *(c for c, _ in parts)])
-            outs = self.inner(torch.cat([x] * n), torch.cat([sigma] * n), batch).chunk(n)
+            outs = self._passes(x, sigma, [self.uncond_at(step), *(c for c, _ in parts)])
             d_u = outs[0]
             guidance = sum((d_c - d_u) * w for (_, w), d_c in zip(parts, outs[1:]))
             denoised = d_u + guidance * self.cfg_scale
