@@ -103,6 +103,7 @@ def generation_params(
             if request.denoising_strength is not None
             else None,
             "RNG": "CPU",
+            "Backend": getattr(model, "backend_label", None) if model is not None else None,
         }
     )
     p.update(request.extra or {})

@@ -97,12 +97,38 @@ def load_model_from_args(args):
     from sdstudio.models.loader import load_model
 
     vae = vae_for(args)  # a missing VAE fails before loading
+    recorded_backend(args)
     model = load_model(
         args.model, device=args.device, precision=args.precision, prediction_type=args.prediction_type,
         backend=args.backend, tiny_vae_path=args.tiny_vae,
     )  # fmt: skip
     use_vae(model, vae)
     return model
+
+
+def recorded_backend(args) -> None:
+    """``--from-png`` of an image made on OpenVINO: load with the backend, precision and thread count its
+    infotext records ("Backend: OpenVINO bf16, 2 threads?"), unless ``--backend`` or ``--precision``
+    say otherwise, so the same pixels come back (bf16 results depend on the thread count)."""
+    import re
+
+    if not getattr(args, "from_png", None) or args.backend not in (None, "auto"):
+        return
+    from sdstudio.infotext import parse_infotext
+    from sdstudio.runtime.outputs import read_infotext
+
+    found = re.fullmatch(
+        r"OpenVINO (\w+), (\d+) threads?",
+        str(parse_infotext(read_infotext(args.from_png) or "").get("Backend", "")),
+    )
+    if found is None:
+        return
+    import torch
+
+    args.backend = "openvino"
+    if args.precision == "auto":
+        args.precision = found.group(1)
+    torch.set_num_threads(int(found.group(2)))
 
 
 OUTPUTS = "outputs"  # the CLI's outputs folder, as the server's default --outdir

@@ -134,6 +134,17 @@ class StableDiffusionModel:
         """A context in which the text encoders' weights are loaded (the backend may free them between jobs)."""
         return held_weights(self.idle_text_encoders) if self.idle_text_encoders is not None else nullcontext()
 
+    @property
+    def backend_label(self) -> str | None:
+        """The infotext's "Backend" (what, besides the request, decides the exact pixels): None on PyTorch,
+        the reference path; ``OpenVINO bf16, 2 threads`` where a compiled UNet runs (its bf16 results
+        depend on the thread count: up to a few levels per pixel)."""
+        if self.compiled_unet is None:
+            return None
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
+        threads = self.compiled_unet.threads
+        return f"OpenVINO {precision}, {threads} thread{'s' if threads != 1 else ''}"
+
     def release_text_encoders(self) -> None:
         """Let the backend free the text encoders' weights until the next prompt (a no-op where it keeps them)."""
         if self.idle_text_encoders is not None:
