@@ -5,7 +5,6 @@ depend on its thread count, so the infotext records the backend, precision and t
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
