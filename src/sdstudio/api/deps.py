@@ -114,6 +114,7 @@ def job_info(s: Studio, job: Job, positions: dict[str, int] | None = None) -> Jo
         kind=job.kind,
         client=safe_text(job.client),
         state=job.state,
+        phase=safe_text(p.phase) if job.state == "running" else "",
         position=(positions.get(job.id) if positions is not None else s.queue.position(job))
         if job.state == "queued"
         else None,

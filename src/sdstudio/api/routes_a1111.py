@@ -127,7 +127,7 @@ async def progress(request: Request, skip_current_image: bool = False) -> s.Prog
         eta_relative=job.eta_seconds() or 0.0,
         state=state,
         current_image=image,
-        textinfo=_queue_text(queued),
+        textinfo=p.phase or _queue_text(queued),  # "Loading <model>…" while the worker loads it
     )
 
 

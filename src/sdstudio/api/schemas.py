@@ -326,6 +326,7 @@ class JobInfo(BaseModel):
     kind: str
     client: str
     state: str = Field(description="queued | running | done | failed | cancelled")
+    phase: str = Field("", description="before the first step: what the worker does, e.g. 'Loading <model>…'")
     position: int | None = Field(None, description="0-based place in the run order while queued")
     created_at: float
     started_at: float | None = None

@@ -189,7 +189,8 @@ class Studio:
         """A script job (X/Y/Z plot, prompt matrix, ...) runs on this process's model manager."""
         from sdstudio.api.scripts import run_script_job
 
-        model = self.manager.acquire(converted.model_name)
+        model = self.manager.acquire(converted.model_name, on_phase=ctx.set_phase)
+        ctx.set_phase("")
         self.manager.apply_vae(model, vae)
         ctx.job.meta["model"] = self.manager.loaded_title()  # as the model list names it
         result = JobResult(converted.request)

@@ -306,8 +306,9 @@ class ModelManager:
         return entry.title if entry is not None else (name or "")
 
     # -- loading (worker thread only) ------------------------------------------------------
-    def acquire(self, name: str | None = None) -> Any:
-        """The loaded model for ``name`` (or the current one), loading/switching if needed.
+    def acquire(self, name: str | None = None, on_phase: Callable[[str], None] | None = None) -> Any:
+        """The loaded model for ``name`` (or the current one), loading/switching if needed; ``on_phase``
+        hears "Loading <title>…" before a load (the job's progress shows it).
 
         A job's own model (A1111 ``override_settings``) does not become the model of later jobs: when
         nothing was selected, the model current before it is pinned as the selection (A1111 restores
@@ -326,6 +327,8 @@ class ModelManager:
                 return self.loaded
             previous = self.loaded_name
             self._unload_locked()
+            if on_phase is not None:  # the job shows it: a first use may also convert it once (minutes)
+                on_phase(f"Loading {entry.title if entry else 'the default model'}…")
             try:
                 model = self._load(entry)
             except SDStudioError as exc:

@@ -53,6 +53,7 @@ class Progress:
     batch_count: int = 0
     preview: Any = None  # PIL.Image, refreshed at most every ``preview_interval`` seconds
     preview_step: int = 0
+    phase: str = ""  # what runs before the first step: "Loading <model>…" (empty once sampling starts)
 
     @property
     def fraction(self) -> float:
@@ -112,6 +113,11 @@ class JobContext:
     progress: Callable[[StepInfo], None]
     touch: Callable[[], None] = lambda: None  # tell watchers the job changed (e.g. a new image)
     worker: Any = None  # the slot's worker object (None: the server's own in-process models)
+
+    def set_phase(self, text: str) -> None:
+        """Say what the job does before its first step ("Loading <model>…"; "" when sampling starts)."""
+        self.job.progress.phase = text
+        self.touch()
 
 
 class Worker(Protocol):

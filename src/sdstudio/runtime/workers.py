@@ -72,7 +72,8 @@ class LocalWorker:
         *,
         vae: str | None = None,
     ) -> JobResult:
-        model = self.manager.acquire(model_name)
+        model = self.manager.acquire(model_name, on_phase=ctx.set_phase)
+        ctx.set_phase("")
         self.manager.apply_vae(model, vae)
         ctx.job.meta["model"] = self.manager.loaded_title()  # as the model list names it
         result = JobResult(request)

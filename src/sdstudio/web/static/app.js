@@ -298,7 +298,7 @@ class Output {
       this.setProgress(0, `Queued${job.position != null ? ` — ${job.position} job(s) ahead` : ""}`);
     } else if (job.state === "running" && !job.job_steps) {
       // no step yet: the worker is loading the model (a checkpoint's first use also converts it once)
-      this.setProgress(0, `Loading ${job.model || "the model"}… the first use of a checkpoint converts it once (1-2 min on a CPU)`);
+      this.setProgress(0, `${job.phase || `Loading ${job.model || "the model"}…`} the first use of a checkpoint converts it once (1-2 min on a CPU)`);
     } else if (job.state === "running") {
       const eta = job.eta_seconds != null ? ` · ETA ${job.eta_seconds.toFixed(1)} s` : "";
       const batch = job.batch_count > 1 ? ` · batch ${job.batch_index + 1}/${job.batch_count}` : "";
