@@ -479,3 +479,21 @@ def test_running_job_without_steps_says_the_model_is_loading(page):
     )
     assert page.locator('[data-output="txt2img"] .progress-text').inner_text().startswith("Step 3/15")
     page.evaluate("outputs.txt2img.finished = true; outputs.txt2img.job = null; outputs.txt2img.busy(false)")
+
+
+@pytest.mark.parametrize("fragment", ["%22x%5B", "a%20b", "%E0%A4%A", "tab-txt2img", "lab"])
+def test_any_url_hash_starts_the_page(browser, server, fragment):
+    """An unknown, garbled or hostile ``#hash`` is ignored (it used to throw in the start-up code); a
+    tab's name still opens that tab."""
+    ctx = browser.new_context(viewport={"width": 1366, "height": 820})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        pg.goto(f"{server.url}/#{fragment}")
+        pg.wait_for_selector("body[data-ready='1']", timeout=15000)
+        assert not errors
+        active = pg.locator(".tabs button.active").get_attribute("data-tab")
+        assert active == ("lab" if fragment == "lab" else "txt2img")
+    finally:
+        ctx.close()

@@ -1033,8 +1033,11 @@ async function init() {
   loadModels();
   refreshQueue();
   setInterval(() => { if (!document.hidden) refreshQueue(); }, 3000);
-  const initial = location.hash.slice(1);
-  if (initial && $(`#tab-${initial}`)) showTab(initial);
+  // a hash names a tab only if it is one: any other (hostile, garbled, an old link) is ignored, never
+  // parsed as a selector (that threw and stopped the start-up)
+  let initial = location.hash.slice(1);
+  try { initial = decodeURIComponent(initial); } catch { /* a malformed %-escape: not a tab name */ }
+  if ($$(".tabs button").some((b) => b.dataset.tab === initial)) showTab(initial);
   document.body.dataset.ready = "1";
 }
 
