@@ -8,7 +8,6 @@ diffusers' own DDPM scheduler maths on the same weights.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -135,26 +134,15 @@ def test_cli_generates_from_a_trained_ddpm(class_ddpm, tmp_path, capsys):
 
 
 def test_api_generates_from_the_models_folder(class_ddpm, tmp_path):
-    from fastapi.testclient import TestClient
+    from tests.families.conftest import studio_with_model
+    from tests.server.conftest import decode_png
 
-    from sdstudio.api import ServerSettings, create_app
-    from tests.server.conftest import TEST_HOSTS, decode_png
-
-    models = tmp_path / "models"
-    (models / "Stable-diffusion").mkdir(parents=True)
-    shutil.copytree(class_ddpm, models / "Stable-diffusion" / "my-ddpm")
-    settings = ServerSettings(allowed_hosts=TEST_HOSTS, outdir=tmp_path / "outputs", models_dir=models,
-                              preview_interval=0.0, backend="torch")  # fmt: skip
-    app = create_app(settings)
-    try:
-        with TestClient(app) as client:
-            titles = [m["title"] for m in client.get("/sdapi/v1/sd-models").json()]
-            assert any("my-ddpm" in t for t in titles), titles
-            body = {"prompt": "red circle", "width": 16, "height": 16, "steps": 3, "seed": 11,
-                    "sampler_name": "Euler a", "override_settings": {"sd_model_checkpoint": "my-ddpm"}}  # fmt: skip
-            r = client.post("/sdapi/v1/txt2img", json=body)
-            assert r.status_code == 200, r.text
-            assert decode_png(r.json()["images"][0]).size == (16, 16)
-            assert json.loads(r.json()["info"])["sd_model_name"] == "my-ddpm"
-    finally:
-        app.state.studio.stop()
+    with studio_with_model(tmp_path, class_ddpm, "my-ddpm") as client:
+        titles = [m["title"] for m in client.get("/sdapi/v1/sd-models").json()]
+        assert any("my-ddpm" in t for t in titles), titles
+        body = {"prompt": "red circle", "width": 16, "height": 16, "steps": 3, "seed": 11,
+                "sampler_name": "Euler a", "override_settings": {"sd_model_checkpoint": "my-ddpm"}}  # fmt: skip
+        r = client.post("/sdapi/v1/txt2img", json=body)
+        assert r.status_code == 200, r.text
+        assert decode_png(r.json()["images"][0]).size == (16, 16)
+        assert json.loads(r.json()["info"])["sd_model_name"] == "my-ddpm"

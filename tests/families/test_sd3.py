@@ -117,31 +117,19 @@ def test_img2img_noises_along_the_flow_path(sd3):
 
 def test_a1111_api_generates_from_an_sd3_folder_in_the_models_folder(sd3_folder, tmp_path):
     import json
-    import shutil
 
-    from fastapi.testclient import TestClient
+    from tests.families.conftest import studio_with_model
+    from tests.server.conftest import decode_png
 
-    from sdstudio.api import ServerSettings, create_app
-    from tests.server.conftest import TEST_HOSTS, decode_png
-
-    models = tmp_path / "models"
-    (models / "Stable-diffusion").mkdir(parents=True)
-    shutil.copytree(sd3_folder, models / "Stable-diffusion" / "tiny-sd3")
-    settings = ServerSettings(allowed_hosts=TEST_HOSTS, outdir=tmp_path / "outputs", models_dir=models,
-                              preview_interval=0.0, backend="torch")  # fmt: skip
-    app = create_app(settings)
-    try:
-        with TestClient(app) as client:
-            body = {"prompt": "a cube", "width": 32, "height": 32, "steps": 3, "seed": 5, "sampler_name": "Euler",
-                    "override_settings": {"sd_model_checkpoint": "tiny-sd3"}}  # fmt: skip
-            r = client.post("/sdapi/v1/txt2img", json=body)
-            assert r.status_code == 200, r.text
-            assert decode_png(r.json()["images"][0]).size == (32, 32)
-            assert json.loads(r.json()["info"])["sd_model_name"] == "tiny-sd3"
-            refused = client.post("/sdapi/v1/txt2img", json={**body, "sampler_name": "DPM++ SDE"})
-            assert refused.status_code == 422 and "flow-matching" in refused.text
-    finally:
-        app.state.studio.stop()
+    with studio_with_model(tmp_path, sd3_folder, "tiny-sd3") as client:
+        body = {"prompt": "a cube", "width": 32, "height": 32, "steps": 3, "seed": 5, "sampler_name": "Euler",
+                "override_settings": {"sd_model_checkpoint": "tiny-sd3"}}  # fmt: skip
+        r = client.post("/sdapi/v1/txt2img", json=body)
+        assert r.status_code == 200, r.text
+        assert decode_png(r.json()["images"][0]).size == (32, 32)
+        assert json.loads(r.json()["info"])["sd_model_name"] == "tiny-sd3"
+        refused = client.post("/sdapi/v1/txt2img", json={**body, "sampler_name": "DPM++ SDE"})
+        assert refused.status_code == 422 and "flow-matching" in refused.text
 
 
 def test_defaults_follow_the_family_before_and_after_loading(sd3, sd3_folder, tmp_path):

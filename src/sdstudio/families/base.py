@@ -10,13 +10,15 @@ pipelines and previews consume only these objects (ComfyUI ``supported_models`` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from sdstudio.families.model_sampling import DiscreteModelSampling
+from sdstudio.errors import SDStudioError
+from sdstudio.families.model_sampling import ModelSampling
 from sdstudio.prompts.encode import Conditioning
 
 
@@ -55,7 +57,7 @@ class ModelFamily(Protocol):
 
     def latent_format(self, vae_config: dict[str, Any]) -> LatentFormat: ...
 
-    def model_sampling(self, scheduler_config: dict[str, Any]) -> DiscreteModelSampling: ...
+    def model_sampling(self, scheduler_config: dict[str, Any]) -> ModelSampling: ...
 
     def count_chunks(self, model: Any, text: str) -> int: ...
 
@@ -133,6 +135,53 @@ class LoadOptions:
     dtype: torch.dtype | None = None
     lazy_unet: bool = False  # leave the denoiser's weights unread (a cached compiled graph runs it)
     only: str | None = None  # "unet" | "vae" | "text": read only that component's weights
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+
+
+def st_dtype(name: str) -> str:
+    """Return the torch name ("float16") of a safetensors dtype tag ("F16")."""
+    return _SAFETENSORS_DTYPES.get(str(name).upper(), str(name).lower())
+
+
+def folder_tensor_stats(folder: Path, pattern: str = "*/*.safetensors") -> tuple[int, tuple[str, ...]]:
+    """Return (parameter count, dtypes) over a diffusers folder's safetensors weights (headers only;
+    ``pattern`` picks the weights files)."""
+    from safetensors import safe_open
+
+    total, dtypes = 0, set()
+    for f in sorted(folder.glob(pattern)):
+        with safe_open(str(f), framework="pt", device="cpu") as st:
+            for key in st.keys():  # noqa: SIM118
+                view = st.get_slice(key)
+                total += math.prod(view.get_shape())
+                dtypes.add(st_dtype(view.get_dtype()))
+    return total, tuple(sorted(dtypes))
+
+
+def read_json_file(file: Path) -> dict[str, Any]:
+    """A model folder's JSON config as a dict; SDStudioError naming the file when it is missing or bad."""
+    import json
+
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SDStudioError(f"cannot read {file}: {exc}", field="model") from exc
+    if not isinstance(data, dict):
+        raise SDStudioError(f"{file} is not a JSON object", field="model")
+    return data
 
 
 def read_model_index(folder: Path) -> dict[str, Any]:

@@ -87,7 +87,29 @@ class DiscreteSchedule:
         return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
 
 
-class DiscreteModelSampling:
+class ModelSampling:
+    """What every parameterisation shares: its discrete table of sigmas (``schedule``) and what the
+    sampling plan may ask (ComfyUI ``model_sampling``)."""
+
+    schedule: DiscreteSchedule
+
+    @property
+    def sigma_min(self) -> float:
+        return self.schedule.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.schedule.sigma_max
+
+    def check_sampler(self, name: str) -> None:
+        """Raise SDStudioError for a sampler this parameterisation cannot run (default: every one fits)."""
+
+    def default_sigmas(self, steps: int) -> torch.Tensor | None:
+        """The family's own "Automatic" schedule, (steps + 1,); None: the sampler's A1111 default."""
+        return None
+
+
+class DiscreteModelSampling(ModelSampling):
     """eps-prediction on a discrete DDPM schedule (Ho et al. 2020; k-diffusion ``CompVisDenoiser``).
 
     In k-diffusion's VE view ``x = x0 + sigma * eps``: the network sees ``x * c_in`` with
@@ -110,14 +132,6 @@ class DiscreteModelSampling:
             )
         return PREDICTION_CLASSES[kind](DiscreteSchedule.from_config(scheduler_config))
 
-    @property
-    def sigma_min(self) -> float:
-        return self.schedule.sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self.schedule.sigma_max
-
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """The network's (continuous) timestep for each sigma, on the CPU: (B,)."""
         return self.schedule.sigma_to_t(sigma.float().cpu())
@@ -131,9 +145,6 @@ class DiscreteModelSampling:
         """x0 from the network's eps ``output``: ``x - sigma * eps``."""
         s = append_dims(sigma.float(), x.ndim)
         return x - output * s
-
-    def check_sampler(self, name: str) -> None:
-        """Every sampler fits a discrete eps/v model."""
 
     def noise_scaling(
         self, sigma: torch.Tensor, noise: torch.Tensor, latent: torch.Tensor | None = None
@@ -165,7 +176,7 @@ def flow_shift(sigma: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
-class FlowModelSampling:
+class FlowModelSampling(ModelSampling):
     """Rectified flow (SD3, Flux; ComfyUI ``CONST`` x ``ModelSamplingDiscreteFlow``).
 
     ``x_sigma = (1 - sigma) * x0 + sigma * eps`` with sigma in (0, 1]; the network predicts the
@@ -185,14 +196,6 @@ class FlowModelSampling:
         t = torch.arange(1, self.multiplier + 1, dtype=torch.float64) / self.multiplier
         sigmas = flow_shift(t, self.shift)  # (T,) ascending, the discrete table "Uniform" etc. read
         self.schedule = DiscreteSchedule(sigmas.float(), sigmas.log().float())
-
-    @property
-    def sigma_min(self) -> float:
-        return self.schedule.sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self.schedule.sigma_max
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         return sigma.float().cpu() * self.multiplier

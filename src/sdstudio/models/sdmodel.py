@@ -94,7 +94,7 @@ class StableDiffusionModel:
     def prediction_type(self) -> str:
         return self.scheduler_config.get("prediction_type", "epsilon")
 
-    @property
+    @cached_property
     def family(self) -> ModelFamily:
         """The model's family (``sdstudio.families``): model sampling, the model-call door, text encoding."""
         return family_of(self.arch)
@@ -125,7 +125,7 @@ class StableDiffusionModel:
 
     @cached_property
     def sampling(self):
-        """The family's :class:`~sdstudio.families.model_sampling.DiscreteModelSampling` for this model."""
+        """The family's :class:`~sdstudio.families.model_sampling.ModelSampling` for this model."""
         return self.family.model_sampling(self.scheduler_config)
 
     # What callers above ask of the backend; none of them needs to know which backend frees what.

@@ -17,7 +17,7 @@ import torch
 
 from sdstudio.config import GenerationRequest
 from sdstudio.errors import SDStudioError
-from sdstudio.families.model_sampling import DiscreteModelSampling, DiscreteSchedule
+from sdstudio.families.model_sampling import DiscreteSchedule, ModelSampling
 from sdstudio.infotext import format_infotext, generation_params
 from sdstudio.networks import strip_network_tags
 from sdstudio.prompts.encode import Conditioning
@@ -64,7 +64,7 @@ class SamplingPlan:
     """Sampler, the model's sampling (schedule and parameterisation) and the sigmas one pass runs."""
 
     spec: SamplerSpec
-    sampling: DiscreteModelSampling  # or families.model_sampling.FlowModelSampling
+    sampling: ModelSampling
     sigmas: torch.Tensor  # (steps + 1,) descending, ending in 0
 
     @property
@@ -81,9 +81,8 @@ class SamplingPlan:
         spec = get_sampler(sampler)
         sampling = model.sampling
         sampling.check_sampler(spec.name)
-        if scheduler in ("", None, "Automatic") and hasattr(sampling, "default_sigmas"):
-            sigmas = sampling.default_sigmas(total)  # the family's own schedule (flow matching)
-        else:
+        sigmas = sampling.default_sigmas(total) if scheduler in ("", None, "Automatic") else None
+        if sigmas is None:  # no schedule of the family's own (flow matching has one)
             sigmas = sigmas_for(spec, scheduler, total, sampling.schedule)
         return cls(spec, sampling, sigmas[start:])
 

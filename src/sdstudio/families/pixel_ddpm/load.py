@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from sdstudio.errors import SDStudioError
-from sdstudio.families.base import FamilyLoader, LoadOptions, ModelInfo, ModelParts, native_size
+from sdstudio.families.base import (
+    FamilyLoader,
+    LoadOptions,
+    ModelInfo,
+    ModelParts,
+    folder_tensor_stats,
+    native_size,
+    read_json_file,
+)
 from sdstudio.families.model_sampling import PREDICTION_TYPES
 from sdstudio.families.pixel_ddpm.family import ARCH, CLASSES_KEY, FAMILY, PixelDDPMFamily
 
@@ -29,7 +35,7 @@ def load(path: Path, options: LoadOptions) -> ModelParts:
     """Build the UNet (``UNet2DModel``), read the schedule and the class vocabulary."""
     from diffusers import UNet2DModel
 
-    unet_config = _read_json(path / "unet" / "config.json")
+    unet_config = read_json_file(path / "unet" / "config.json")
     if unet_config.get("_class_name") != "UNet2DModel":
         raise SDStudioError(
             f"{path}: a {unet_config.get('_class_name')} pixel DDPM (text-conditioned) cannot be loaded in "
@@ -51,20 +57,10 @@ def load(path: Path, options: LoadOptions) -> ModelParts:
 
 def inspect(path: Path, prediction_type: str | None = None) -> ModelInfo:
     """What a pixel DDPM folder is, from its configs and safetensors headers."""
-    from safetensors import safe_open
-
-    params, dtypes = 0, set()
-    for f in sorted(path.glob("unet/*.safetensors")):
-        with safe_open(str(f), framework="pt", device="cpu") as st:
-            for key in st.keys():  # noqa: SIM118 (safe_open is no dict)
-                view = st.get_slice(key)
-                params += math.prod(view.get_shape())
-                dtypes.add(str(view.get_dtype()).lower())
+    params, dtypes = folder_tensor_stats(path, "unet/*.safetensors")
     prediction = prediction_type or _scheduler(path).get("prediction_type", "epsilon")
-    size = native_size(_read_json(path / "unet" / "config.json"), None)
-    return ModelInfo(
-        str(path), "diffusers", ARCH, ARCH, False, prediction, params, tuple(sorted(dtypes)), size
-    )
+    size = native_size(read_json_file(path / "unet" / "config.json"), None)
+    return ModelInfo(str(path), "diffusers", ARCH, ARCH, False, prediction, params, dtypes, size)
 
 
 def family(arch: str) -> PixelDDPMFamily | None:
@@ -72,7 +68,7 @@ def family(arch: str) -> PixelDDPMFamily | None:
 
 
 def _scheduler(path: Path) -> dict[str, Any]:
-    config = _read_json(path / "scheduler" / "scheduler_config.json")
+    config = read_json_file(path / "scheduler" / "scheduler_config.json")
     if config.get("prediction_type", "epsilon") not in PREDICTION_TYPES:
         raise SDStudioError(
             f"{path}: unsupported prediction type {config.get('prediction_type')!r}", field="model"
@@ -82,19 +78,9 @@ def _scheduler(path: Path) -> dict[str, Any]:
 
 def _classes(path: Path) -> dict[str, int]:
     """``classes.json`` (caption -> class id), checked: string keys, non-negative int ids."""
-    data = _read_json(path / "classes.json") if (path / "classes.json").is_file() else {}
+    data = read_json_file(path / "classes.json") if (path / "classes.json").is_file() else {}
     if not all(isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in data.items()):
         raise SDStudioError(f"{path / 'classes.json'} must map captions to class ids", field="model")
-    return data
-
-
-def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SDStudioError(f"cannot read {file}: {exc}", field="model") from exc
-    if not isinstance(data, dict):
-        raise SDStudioError(f"{file} is not a JSON object", field="model")
     return data
 
 

@@ -21,7 +21,15 @@ import torch
 
 from sdstudio.checkpoints.io import metadata_json, read_checkpoint
 from sdstudio.errors import SDStudioError
-from sdstudio.families.base import FamilyLoader, LoadOptions, ModelInfo, ModelParts, native_size
+from sdstudio.families.base import (
+    FamilyLoader,
+    LoadOptions,
+    ModelInfo,
+    ModelParts,
+    folder_tensor_stats,
+    native_size,
+    st_dtype,
+)
 from sdstudio.families.sd.architectures import (
     ARCHITECTURES,
     FAMILIES,
@@ -52,25 +60,6 @@ _SKIP_ALL_BUT = {  # the key prefixes not read when reading only one component
 ARCH_INDEX_KEY = "_sdstudio_arch"  # written into model_index.json by save_diffusers
 
 
-_SAFETENSORS_DTYPES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-    "BOOL": "bool",
-}
-
-
-def _st_dtype(name: str) -> str:
-    """Return the torch name ("float16") of a safetensors dtype tag ("F16")."""
-    return _SAFETENSORS_DTYPES.get(str(name).upper(), str(name).lower())
-
-
 @dataclass(frozen=True)
 class _TensorHeader:
     shape: tuple[int, ...]
@@ -92,27 +81,13 @@ def file_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int | None]
             heads = {}
             for key in f.keys():  # noqa: SIM118 (safe_open is no dict)
                 view = f.get_slice(key)
-                heads[key] = _TensorHeader(tuple(view.get_shape()), _st_dtype(view.get_dtype()))
+                heads[key] = _TensorHeader(tuple(view.get_shape()), st_dtype(view.get_dtype()))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise SDStudioError(
             f"{path} is not a valid checkpoint: not a valid safetensors file (truncated or corrupt: {exc})",
             field="model",
         ) from exc
     return normalize_original_keys(heads), metadata, None
-
-
-def _folder_tensor_stats(folder: Path) -> tuple[int, tuple[str, ...]]:
-    """Return (parameter count, dtypes) over a diffusers folder's safetensors weights (headers only)."""
-    from safetensors import safe_open
-
-    total, dtypes = 0, set()
-    for f in sorted(folder.glob("*/*.safetensors")):
-        with safe_open(str(f), framework="pt", device="cpu") as st:
-            for key in st.keys():  # noqa: SIM118
-                view = st.get_slice(key)
-                total += math.prod(view.get_shape())
-                dtypes.add(_st_dtype(view.get_dtype()))
-    return total, tuple(sorted(dtypes))
 
 
 def load_folder(folder: Path, prediction_type: str | None, lazy_unet: bool = False) -> ModelParts:
@@ -384,7 +359,7 @@ def inspect(path: Path, prediction_type: str | None = None) -> ModelInfo:
         unet_config = read_json(path / "unet" / "config.json")
         arch = folder_architecture(path, index, unet_config, prediction_type)
         size = native_size(unet_config, read_json(path / "vae" / "config.json"))
-        params, dtypes = _folder_tensor_stats(path)
+        params, dtypes = folder_tensor_stats(path)
         fmt = "diffusers"
     else:
         shapes, metadata, global_step = file_header(path)

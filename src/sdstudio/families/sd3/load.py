@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from sdstudio.errors import SDStudioError
-from sdstudio.families.base import FamilyLoader, LoadOptions, ModelInfo, ModelParts, native_size
+from sdstudio.families.base import (
+    FamilyLoader,
+    LoadOptions,
+    ModelInfo,
+    ModelParts,
+    folder_tensor_stats,
+    native_size,
+    read_json_file,
+)
 from sdstudio.families.sd3.family import ARCH, FAMILY, SD3Family
 
 PIPELINE_CLASS = "StableDiffusion3Pipeline"
@@ -38,23 +44,15 @@ def load(path: Path, options: LoadOptions) -> ModelParts:
         tokenizers.append(_pretrained(T5TokenizerFast, path, "tokenizer_3"))
     transformer = _pretrained(SD3Transformer2DModel, path, "transformer")
     vae = _pretrained(AutoencoderKL, path, "vae")
-    scheduler = {k: v for k, v in _read_json(path / "scheduler" / "scheduler_config.json").items()}
+    scheduler = {k: v for k, v in read_json_file(path / "scheduler" / "scheduler_config.json").items()}
     return ModelParts(path.name, ARCH, transformer, vae, encoders, tokenizers, scheduler, str(path))
 
 
 def inspect(path: Path, prediction_type: str | None = None) -> ModelInfo:
-    from safetensors import safe_open
-
-    params, dtypes = 0, set()
-    for f in sorted(path.glob("*/*.safetensors")):
-        with safe_open(str(f), framework="pt", device="cpu") as st:
-            for key in st.keys():  # noqa: SIM118 (safe_open is no dict)
-                view = st.get_slice(key)
-                params += math.prod(view.get_shape())
-                dtypes.add(str(view.get_dtype()).lower())
-    transformer = _read_json(path / "transformer" / "config.json")
-    size = native_size(transformer, _read_json(path / "vae" / "config.json"))
-    return ModelInfo(str(path), "diffusers", ARCH, ARCH, False, "flow", params, tuple(sorted(dtypes)), size)
+    params, dtypes = folder_tensor_stats(path, "*/*.safetensors")
+    transformer = read_json_file(path / "transformer" / "config.json")
+    size = native_size(transformer, read_json_file(path / "vae" / "config.json"))
+    return ModelInfo(str(path), "diffusers", ARCH, ARCH, False, "flow", params, dtypes, size)
 
 
 def family(arch: str) -> SD3Family | None:
@@ -70,13 +68,6 @@ def _pretrained(cls: Any, folder: Path, subfolder: str) -> Any:
         raise SDStudioError(
             f"cannot load {subfolder} from {folder}: {str(exc).splitlines()[0]}", field="model"
         ) from exc
-
-
-def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SDStudioError(f"cannot read {file}: {exc}", field="model") from exc
 
 
 LOADER = FamilyLoader(
